@@ -61,11 +61,11 @@ class Recipe:
     text_layers: int = 8
     text_heads: int = 8
     # stage 1: vision tower with class and colour heads
-    vision_steps: int = 2800
+    vision_steps: int = 2600
     vision_batch: int = 128
     vision_lr: float = 2e-3
     # stage 2: the whole LLaVA
-    llava_steps: int = 1000
+    llava_steps: int = 900
     llava_batch: int = 64
     llava_lr: float = 1.5e-3
     tower_lr_scale: float = 0.2  # the pretrained tower moves slower in stage 2
@@ -169,7 +169,7 @@ class PromptCache:
             if diff > 1e-4:
                 raise RuntimeError(f"fast pixel normalisation differs from the processor by {diff:.2e}")
         self.pad_id = processor.tokenizer.pad_token_id
-        self.answer_ids = [torch.tensor(answer_token_ids(processor, ANSWER_WORDS[q])) for q in QUESTION_TYPES]
+        self.answer_ids = [torch.tensor(answer_token_ids(processor, ANSWER_WORDS[q], single_token=True)) for q in QUESTION_TYPES]
 
     def batch(self, qtypes: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Left-padded ``input_ids``, ``attention_mask`` and ``position_ids``, each ``(B, L)``."""

@@ -41,23 +41,29 @@ def _tokenizer(processor_or_tokenizer):
     return getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
 
 
-def answer_token_ids(processor, words: Sequence[str], prompt: str | None = None) -> list[int]:
+def answer_token_ids(processor, words: Sequence[str], prompt: str | None = None,
+                     single_token: bool = False) -> list[int]:
     """First token id of each answer word, as it would follow ``prompt``.
 
-    Raises ValueError if a word is unknown to the tokenizer (it maps to the unknown token) or if
-    two words share their first token (the target would be ambiguous).
+    Raises ValueError if a word is unknown to the tokenizer (it maps to the unknown token), if
+    ``single_token`` and a word is more than one token, or if two words share their first token
+    (the target would be ambiguous).
     """
     tok = _tokenizer(processor)
     prompt = prompt if prompt is not None else "ASSISTANT:"
     base = tok(prompt, add_special_tokens=False)["input_ids"]
     ids = []
     for word in words:
-        if not word or word.strip() != word or " " in word:
-            raise ValueError(f"answer {word!r} is not one word; give single words without spaces")
+        if not isinstance(word, str) or not word.strip():
+            raise ValueError(f"answer {word!r} is empty; give a non-empty answer word")
         full = tok(prompt + " " + word, add_special_tokens=False)["input_ids"]
         if full[:len(base)] != base or len(full) == len(base):
             raise ValueError(f"answer word {word!r} does not tokenise as a continuation of the prompt")
         first = full[len(base)]
+        if single_token and len(full) - len(base) != 1:
+            pieces = tok.convert_ids_to_tokens(full[len(base):])
+            raise ValueError(f"answer word {word!r} is {len(pieces)} tokens {pieces}, not one; choose a "
+                             "one-token word or allow first-token targets (single_token=False)")
         if tok.unk_token_id is not None and first == tok.unk_token_id:
             raise ValueError(f"answer word {word!r} is not in the tokenizer's vocabulary (it maps to "
                              f"{tok.unk_token!r}); use a word the model knows")

@@ -1,0 +1,54 @@
+# Two commands do all the set-up on a fresh machine:
+#   make book   install, execute every notebook on the organism (profile default), build the HTML book
+#   make test   install, run the whole test suite
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.headflow-installed
+FMNIST := /usr/share/datasets/fashion-mnist
+export HF_HUB_OFFLINE ?= 1
+export PYTHONHASHSEED = 0
+
+.PHONY: setup book html notebooks test test-fast organism data bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -f $(FMNIST)/t10k-images-idx3-ubyte.gz || { \
+	  echo "installing Debian package dataset-fashion-mnist"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; }
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@# torch first, from the CPU build, unless this environment already has a torch (e.g. a CUDA build)
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[book,test]"
+	@touch $(STAMP)
+
+book: setup notebooks html
+
+notebooks: setup
+	$(PY) -m headflow.run --profile default
+
+html: setup
+	$(VENV)/bin/jupyter-book build book --config _config.yml --toc book/_toc.yml --path-output . -W -n --keep-going
+	@echo "The book is at $(CURDIR)/_build/html/index.html"
+
+test: setup
+	$(PY) -m pytest tests -ra
+
+test-fast: setup
+	$(PY) -m pytest tests -ra -m "not slow"
+
+organism: setup
+	$(PY) -m headflow.organism --out data/models/organism
+	$(PY) -m headflow.evalset --readme-only
+
+data: setup
+	$(PY) -m headflow.evalset
+
+bench: setup
+	$(PIP) install -q -e ".[bench]"
+	$(PY) -m headflow.bench
+
+clean:
+	rm -rf _build

@@ -1,0 +1,78 @@
+"""Loading models: the embedded organism, a local checkpoint, or a Hugging Face hub id.
+
+``load("organism")`` gives the model trained in this repository; any other name is a local
+folder or a hub id, loaded with transformers' ``AutoModelForImageTextToText`` and
+``AutoProcessor`` (stock classes only).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ORGANISM_DIR = Path(os.environ.get("HEADFLOW_ORGANISM", REPO_ROOT / "data" / "models" / "organism"))
+
+# Families whose token groups (tokens.py) and interventions are tested here on tiny models.
+TESTED_FAMILIES = ("llava", "qwen2_vl")
+
+
+def resolve_path(name_or_path: str) -> str:
+    """``"organism"`` -> its folder; a path or hub id is returned unchanged."""
+    if name_or_path == "organism":
+        if not (ORGANISM_DIR / "config.json").exists():
+            raise FileNotFoundError(f"the organism checkpoint is missing at {ORGANISM_DIR}; run `make organism` "
+                                    "to train it (about 55 minutes on 2 cores)")
+        return str(ORGANISM_DIR)
+    return name_or_path
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def load(name_or_path: str = "organism", attn_implementation: str = "sdpa", dtype=None, device: str | None = None):
+    """Return ``(model, processor)`` in eval mode.
+
+    ``name_or_path``: ``"organism"``, a local folder saved with ``save_pretrained``, or a hub id
+    such as ``"llava-hf/llava-1.5-7b-hf"`` (needs a local copy when ``HF_HUB_OFFLINE=1``).
+    """
+    import transformers
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    if not isinstance(name_or_path, str) or not name_or_path:
+        raise ValueError(f"model must be 'organism', a local folder or a hub id, not {name_or_path!r}")
+    path = resolve_path(name_or_path)
+    is_local = Path(path).is_dir()
+    if not is_local and (Path(path).suffix or path.startswith((".", "/"))):
+        raise FileNotFoundError(f"model folder {path} does not exist")
+    kwargs = {"local_files_only": True} if (not is_local and _offline()) else {}
+    try:
+        config = AutoConfig.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        if not is_local:
+            hint = (" HF_HUB_OFFLINE=1 is set and there is no local copy in the Hugging Face cache: download it "
+                    f"first where there is network (`huggingface-cli download {path}`) or pass a local folder."
+                    if _offline() else " Check the id, your network, and access rights.")
+            raise OSError(f"model {path!r} is not available{' offline' if _offline() else ''}.{hint}") from e
+        raise
+    if config.model_type not in transformers.models.auto.modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        supported = ", ".join(sorted(transformers.models.auto.modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES))
+        raise ValueError(f"unknown model family {config.model_type!r} for {path!r}: it is not an image-text-to-text "
+                         f"model in transformers {transformers.__version__}. Known families: {supported}")
+    processor = AutoProcessor.from_pretrained(path, **kwargs)
+    model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation=attn_implementation,
+                                                        dtype=dtype if dtype is not None else "auto", **kwargs)
+    if device is not None:
+        model = model.to(device)
+    return model.eval(), processor
+
+
+def text_config(model):
+    """The language model's config (``n_layers``, ``n_heads`` ...)."""
+    return model.config.get_text_config()
+
+
+def n_heads(model) -> tuple[int, int]:
+    """``(n_layers, n_query_heads)`` of the language model."""
+    cfg = text_config(model)
+    return cfg.num_hidden_layers, cfg.num_attention_heads

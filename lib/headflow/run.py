@@ -1,0 +1,221 @@
+"""Execute the book's notebooks with papermill and record their provenance.
+
+    python -m headflow.run --profile {ci,default} [--only NAME] [--out book] [-p NAME KEY=VALUE]
+
+Each ``notebooks/NN-name.ipynb`` runs with its own ``parameters`` cell overridden by the
+profile (``notebooks/profiles.yml``) and by ``-p`` options; every given parameter must exist in
+that cell and have its type (a misspelled name is an error, not a warning).  The executed copy
+goes to ``<out>/NN-name.ipynb``, and ``<out>/_provenance/NN-name.json`` records the parameters,
+git commit, a hash of ``lib/``, package versions, seeds and the sha256 of every figure and
+results file the notebook wrote.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from .models import REPO_ROOT
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+PROFILE_FILE = NOTEBOOK_DIR / "profiles.yml"
+PROFILES = ("ci", "default")
+VERSIONED = ("headflow", "torch", "transformers", "numpy", "scikit-learn", "papermill", "nbformat",
+             "matplotlib", "seaborn", "pycocotools", "jupyter-book")
+
+
+class ParameterError(ValueError):
+    """A parameter that the notebook does not declare, or of the wrong type."""
+
+
+# ------------------------------------------------------------------------------------ notebooks
+def notebooks(only: str | None = None) -> list[Path]:
+    """Source notebooks in chapter order; ``only`` selects by name (with or without ``.ipynb``)."""
+    paths = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]-*.ipynb"))
+    if only is None:
+        return paths
+    names = [p.stem for p in paths]
+    chosen = [p for p in paths if p.stem == only.removesuffix(".ipynb") or p.stem.split("-", 1)[1] == only]
+    if not chosen:
+        hint = difflib.get_close_matches(only, names, n=1)
+        raise SystemExit(f"no notebook named {only!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                         + f" Notebooks: {', '.join(names)}")
+    return chosen
+
+
+def declared_parameters(path: Path) -> dict:
+    """``{name: default}`` from the cell tagged ``parameters`` (literal assignments only)."""
+    nb = json.loads(path.read_text())
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ParameterError(f"{path.name} must have exactly one cell tagged 'parameters', found {len(cells)}")
+    src = "".join(cells[0]["source"])
+    out = {}
+    for node in ast.parse(src).body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise ParameterError(f"{path.name}: the parameters cell may only hold `name = literal` lines")
+        out[node.targets[0].id] = ast.literal_eval(node.value)
+    return out
+
+
+def _type_ok(default, value) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if default is None:
+        return True
+    return isinstance(value, type(default))
+
+
+def validate(path: Path, params: dict) -> dict:
+    """Check ``params`` against the notebook's parameters cell; return the effective parameters."""
+    declared = declared_parameters(path)
+    for name, value in params.items():
+        if name not in declared:
+            hint = difflib.get_close_matches(name, declared, n=1)
+            raise ParameterError(f"{path.name} has no parameter {name!r}"
+                                 + (f"; did you mean {hint[0]!r}?" if hint else "")
+                                 + f" Its parameters: {', '.join(declared)}")
+        if not _type_ok(declared[name], value):
+            raise ParameterError(f"{path.name}: parameter {name!r} must be {type(declared[name]).__name__} "
+                                 f"(default {declared[name]!r}), got {type(value).__name__} {value!r}")
+    return {**declared, **params}
+
+
+def profile_parameters(profile: str, name: str, profile_file: Path = PROFILE_FILE) -> dict:
+    import yaml
+
+    if profile not in PROFILES:
+        raise SystemExit(f"unknown profile {profile!r}; choose one of {PROFILES}")
+    profiles = yaml.safe_load(profile_file.read_text()) or {}
+    return dict((profiles.get(profile) or {}).get(name) or {})
+
+
+def parse_override(text: str) -> tuple[str, str, object]:
+    """``NOTEBOOK:KEY=VALUE`` -> (notebook, key, literal value); strings need no quotes."""
+    if "=" not in text or ":" not in text.split("=", 1)[0]:
+        raise SystemExit(f"-p takes NOTEBOOK:KEY=VALUE (e.g. 03-head-attribution:n_masks=500), got {text!r}")
+    target, value = text.split("=", 1)
+    nb, key = target.split(":", 1)
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    return nb, key, parsed
+
+
+# ------------------------------------------------------------------------------------ provenance
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def lib_hash() -> str:
+    """sha256 over the package's source files (names and contents)."""
+    h = hashlib.sha256()
+    for p in sorted((REPO_ROOT / "lib" / "headflow").rglob("*.py")):
+        h.update(p.relative_to(REPO_ROOT).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def git_commit() -> dict:
+    def git(*args):
+        r = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+    status = git("status", "--porcelain", "--", "lib", "notebooks")
+    return {"commit": git("rev-parse", "HEAD"), "lib_or_notebooks_modified": bool(status)}
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _snapshot(out: Path) -> dict:
+    files = {}
+    for sub in ("figures", "results"):
+        for p in (out / sub).glob("*"):
+            if p.is_file():
+                files[p.relative_to(out).as_posix()] = p.stat().st_mtime_ns
+    return files
+
+
+# ------------------------------------------------------------------------------------ running
+def execute(path: Path, params: dict, out: Path, profile: str, timeout: int | None = None) -> dict:
+    """Run one notebook with papermill into ``out`` and write its provenance record."""
+    import papermill as pm
+
+    effective = validate(path, params)
+    out.mkdir(parents=True, exist_ok=True)
+    before = _snapshot(out)
+    os.environ["HEADFLOW_BOOK_DIR"] = str(out.resolve())
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    t0 = time.time()
+    pm.execute_notebook(str(path), str(out / path.name), parameters=params, kernel_name="python3",
+                        cwd=str(NOTEBOOK_DIR), progress_bar=False, execution_timeout=timeout)
+    wall = time.time() - t0
+    after = _snapshot(out)
+    written = sorted(k for k, v in after.items() if before.get(k) != v)
+    record = {"notebook": path.name, "profile": profile, "parameters": effective, "overrides": params,
+              "seeds": {k: v for k, v in effective.items() if "seed" in k},
+              "wall_seconds": round(wall, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "git": git_commit(), "lib_sha256": lib_hash(), "versions": versions(),
+              "outputs": {k: sha256(out / k) for k in written}}
+    prov = out / "_provenance" / f"{path.stem}.json"
+    prov.parent.mkdir(parents=True, exist_ok=True)
+    prov.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return record
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="Execute the book's notebooks with papermill.")
+    ap.add_argument("--profile", choices=PROFILES, default="default")
+    ap.add_argument("--only", help="run only this notebook (e.g. 01-task-and-models)")
+    ap.add_argument("--out", type=Path, default=REPO_ROOT / "book")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="NOTEBOOK:KEY=VALUE",
+                    help="override one parameter of one notebook (repeatable)")
+    ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    a = ap.parse_args(argv)
+    paths = notebooks(a.only)
+    overrides: dict[str, dict] = {}
+    for text in a.param:
+        nb, key, value = parse_override(text)
+        notebooks(nb)  # the notebook must exist
+        overrides.setdefault(nb.removesuffix(".ipynb"), {})[key] = value
+    # validate everything before running anything
+    plans = []
+    for p in paths:
+        params = {**profile_parameters(a.profile, p.stem), **overrides.get(p.stem, {})}
+        try:
+            validate(p, params)
+        except ParameterError as e:
+            raise SystemExit(f"error: {e}") from None
+        plans.append((p, params))
+    for p, params in plans:
+        print(f"[headflow.run] {p.name} ({a.profile}) {params}", flush=True)
+        rec = execute(p, params, a.out, a.profile, a.timeout)
+        print(f"[headflow.run] {p.name} done in {rec['wall_seconds']} s; wrote {len(rec['outputs'])} files",
+              flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from headflow import coco, data, evalset, models
+
+
+def test_specs_and_images_are_deterministic():
+    a = data.sample_specs("test", 20, seed=3)
+    b = data.sample_specs("test", 20, seed=3)
+    c = data.sample_specs("test", 20, seed=4)
+    assert a == b and a != c
+    ia, ma = data.render_many(a)
+    ib, mb = data.render_many(b)
+    assert np.array_equal(ia, ib) and np.array_equal(ma, mb)
+    assert ia.shape == (20, 64, 64, 3) and ia.dtype == np.uint8 and ma.dtype == bool
+
+
+def test_position_words_match_geometry():
+    for s in data.sample_specs("test", 300, seed=1):
+        cx, cy = s.x0 + s.size / 2 - 32, s.y0 + s.size / 2 - 32
+        word = s.position_name
+        if word == "center":
+            assert max(abs(cx), abs(cy)) <= data.CENTER_JITTER + 0.5
+        else:
+            main, side = {"left": (-cx, cy), "right": (cx, cy), "top": (-cy, cx), "bottom": (cy, cx)}[word]
+            assert main >= 5.5 and abs(side) <= main / 3 + 1.0, (word, cx, cy)
+
+
+def test_mask_is_inside_bbox_and_object_changes_pixels():
+    spec = data.sample_specs("test", 1, seed=5)[0]
+    img, mask = data.render(spec)
+    x, y, w, h = spec.bbox
+    assert mask.sum() > 50
+    assert not mask[:y].any() and not mask[y + h:].any() and not mask[:, :x].any() and not mask[:, x + w:].any()
+    # outside the object's square the image is the background alone; inside the mask it is not
+    bg = (data._background(spec.background, spec.bg_seed) * 255 + 0.5).astype(np.uint8)
+    outside = np.ones_like(mask)
+    outside[y:y + h, x:x + w] = False
+    assert np.array_equal(img[outside][:, 0], bg[outside])
+    assert np.abs(img[mask].astype(int) - bg[mask][:, None]).max() > 40
+
+
+def test_variants_keep_the_object_and_change_one_factor():
+    rng = np.random.default_rng(0)
+    spec = data.sample_specs("test", 1, seed=2)[0]
+    for kind in data.VARIANT_KINDS:
+        v = data.variant(spec, kind, rng)
+        assert v.item == spec.item and v.label == spec.label and v.position == spec.position
+        changed = {f.name for f in dataclasses.fields(spec) if getattr(spec, f.name) != getattr(v, f.name)}
+        expected = {"color": {"color"}, "polarity": {"style"}, "sketch": {"style"},
+                    "background": {"background", "bg_seed"}, "scale": {"size", "x0", "y0"}}[kind]
+        assert changed and changed <= expected, (kind, changed)
+        assert not np.array_equal(data.render(v)[0], data.render(spec)[0])
+    with pytest.raises(ValueError, match="unknown variant kind"):
+        data.variant(spec, "texture", rng)
+
+
+def test_balanced_items_cover_every_class():
+    items = data.balanced_items("test", 5, seed=0)
+    _, labels = data.load_fashion_mnist("test")
+    assert np.bincount(labels[items], minlength=10).tolist() == [5] * 10
+
+
+def test_missing_fashion_mnist_names_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path)
+    data.load_fashion_mnist.cache_clear()
+    try:
+        with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+            data.load_fashion_mnist("test")
+    finally:
+        data.load_fashion_mnist.cache_clear()
+
+
+def test_coco_round_trip(tmp_path):
+    specs = data.sample_specs("test", 6, seed=9)
+    images, masks = data.render_many(specs)
+    path = coco.write_set(tmp_path, images, masks, [s.class_name for s in specs], data.CLASSES,
+                          [evalset.spec_attributes(s) for s in specs], [s.bbox for s in specs])
+    back = coco.load_set(path)
+    assert len(back) == 6
+    for s, img, m, ex in zip(specs, images, masks, back):
+        assert ex.class_name == s.class_name
+        assert np.array_equal(ex.mask, m)
+        assert np.array_equal(np.asarray(ex.load_image()), img)
+        assert ex.answers == {"object": s.class_name, "color": s.color_name, "position": s.position_name}
+        assert data.SceneSpec(**ex.attributes["spec"]) == s
+
+
+def test_coco_polygons_and_main_object_selection(tmp_path):
+    (tmp_path / "images").mkdir()
+    from PIL import Image
+    Image.new("RGB", (40, 20)).save(tmp_path / "images" / "a.png")
+    ann = {"images": [{"id": 7, "file_name": "a.png", "width": 40, "height": 20}],
+           "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+           "annotations": [
+               {"id": 1, "image_id": 7, "category_id": 1, "area": 16, "bbox": [0, 0, 4, 4], "iscrowd": 0,
+                "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]]},
+               {"id": 2, "image_id": 7, "category_id": 2, "area": 100, "bbox": [10, 5, 10, 10], "iscrowd": 0,
+                "segmentation": [[10, 5, 20, 5, 20, 15, 10, 15]]}]}
+    (tmp_path / "instances.json").write_text(json.dumps(ann))
+    (ex,) = coco.load_set(tmp_path / "instances.json")
+    assert ex.class_name == "dog" and ex.mask.shape == (20, 40)
+    assert ex.mask[10, 15] and not ex.mask[2, 2]
+    assert coco.load_set(tmp_path / "instances.json", min_area_share=0.5) == []
+
+
+def test_corrupt_image_gives_a_clear_error(tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"this is not a png")
+    with pytest.raises(ValueError, match="broken.png is not a readable image"):
+        coco.load_image(bad)
+
+
+def test_not_a_coco_file(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text("{}")
+    with pytest.raises(ValueError, match="not a COCO instances file"):
+        coco.load_set(p)
+
+
+def test_committed_evaluation_set():
+    ev = coco.load_set(coco.resolve_set("fashionscenes/eval"))
+    var = coco.load_set(coco.resolve_set("fashionscenes/variants"))
+    counts = {c: sum(e.class_name == c for e in ev) for c in data.CLASSES}
+    assert min(counts.values()) >= 30, counts
+    kinds = {e.attributes["variant_kind"] for e in var}
+    assert kinds == set(data.VARIANT_KINDS)
+    ids = {e.image_id: e for e in ev}
+    for v in var[:25]:
+        assert ids[v.attributes["variant_of"]].class_name == v.class_name
+    # the committed images are exactly what the generator draws
+    specs = [data.SceneSpec(**e.attributes["spec"]) for e in ev[:5]]
+    for s, e in zip(specs, ev[:5]):
+        assert np.array_equal(data.render(s)[0], np.asarray(e.load_image()))
+
+
+def test_data_readme_hashes_every_file():
+    root = models.REPO_ROOT / "data"
+    text = (root / "README.md").read_text()
+    listed = dict(line.split("  ")[::-1] for line in text.split("```")[1].strip().splitlines())
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != "README.md")
+    assert sorted(listed) == files
+    for name in files[::37] + [f for f in files if f.endswith(".json")]:
+        assert evalset.sha256(root / name) == listed[name], name

@@ -1,0 +1,61 @@
+import json
+import re
+import tomllib
+
+import yaml
+
+from headflow import models, run
+
+ROOT = models.REPO_ROOT
+ALIASES = {"pytorch": "torch"}
+
+
+def _name(spec: str) -> str:
+    name = re.match(r"[A-Za-z0-9_.\-]+", spec.strip()).group(0).lower()
+    return ALIASES.get(name, name)
+
+
+def test_environment_yml_lists_the_same_packages_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_name(s) for s in project["dependencies"]}
+    for extra in ("book", "test"):
+        wanted |= {_name(s) for s in project["optional-dependencies"][extra]}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert "conda-forge" in env["channels"]
+    conda, pip = set(), []
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            pip = dep["pip"]
+        else:
+            conda.add(_name(dep))
+    assert "-e .[book,test]" in pip
+    listed = (conda - {"python", "pip"}) | {_name(s) for s in pip if not s.startswith("-e")}
+    assert listed == wanted, {"only in environment.yml": listed - wanted, "only in pyproject": wanted - listed}
+
+
+def test_jupyter_book_is_pinned_below_2_and_torch_in_range():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert any(s.replace(" ", "") == "jupyter-book>=1.0.4,<2" for s in project["optional-dependencies"]["book"])
+    torch_spec = [s for s in project["dependencies"] if _name(s) == "torch"][0]
+    assert "==" not in torch_spec  # a range: GPU users bring their own build
+
+
+def test_source_notebooks_carry_no_outputs_and_use_python3():
+    for p in run.notebooks():
+        nb = json.loads(p.read_text())
+        assert nb["metadata"]["kernelspec"]["name"] == "python3", p.name
+        for c in nb["cells"]:
+            if c["cell_type"] == "code":
+                assert not c.get("outputs") and c.get("execution_count") is None, p.name
+
+
+def test_book_pages_are_hyphenated_and_in_the_toc():
+    toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text())
+    files = [ch["file"] for part in toc["parts"] for ch in part["chapters"]]
+    assert all(re.fullmatch(r"[0-9a-z]+(-[0-9a-z]+)*", f) for f in files), files
+    assert {p.stem for p in run.notebooks()} <= set(files)
+
+
+def test_ci_runs_make_test_offline():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci and "HF_HUB_OFFLINE=1" in ci

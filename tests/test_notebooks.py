@@ -1,0 +1,65 @@
+"""Every notebook, executed with the CI profile, then validated by nbval, then built into the book."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from headflow import models, run
+
+ROOT = models.REPO_ROOT
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("book")
+    r = subprocess.run([sys.executable, "-m", "headflow.run", "--profile", "ci", "--out", str(out)],
+                       capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return out
+
+
+@pytest.mark.parametrize("name", [p.stem for p in run.notebooks()])
+def test_notebook_runs_and_records_provenance(executed, name):
+    prov = json.loads((executed / "_provenance" / f"{name}.json").read_text())
+    assert prov["profile"] == "ci"
+    for rel, digest in prov["outputs"].items():
+        assert run.sha256(executed / rel) == digest
+
+
+def test_chapter_results(executed):
+    org = json.loads((executed / "results" / "organism.json").read_text())
+    assert org["n_eval"] == 150 and set(org["accuracy"]) == {"object", "color", "position"}
+    task = json.loads((executed / "results" / "task.json").read_text())
+    assert task["group_sizes"]["image"] == 64 and task["n_images"] == 60
+
+
+@pytest.mark.parametrize("name", [p.stem for p in run.notebooks()])
+def test_nbval(executed, name):
+    """nbval re-executes the executed notebook (CI parameters injected) and compares the checked cells."""
+    r = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
+                        str(executed / f"{name}.ipynb")], capture_output=True, text=True, cwd=ROOT / "notebooks",
+                       env={**os.environ, "HEADFLOW_BOOK_DIR": str(executed)})
+    assert r.returncode == 0, r.stdout[-4000:]
+    assert " passed" in r.stdout and "failed" not in r.stdout
+
+
+def test_book_builds_without_warnings(executed, tmp_path):
+    src = tmp_path / "book"
+    shutil.copytree(executed, src)
+    for f in ("_toc.yml", "index.md"):
+        shutil.copy(ROOT / "book" / f, src / f)
+    jb = Path(sys.executable).parent / "jupyter-book"
+    r = subprocess.run([str(jb), "build", str(src), "--config", str(ROOT / "_config.yml"), "--toc",
+                        str(src / "_toc.yml"), "--path-output", str(tmp_path), "-W", "-n", "--keep-going"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    html = tmp_path / "_build" / "html"
+    assert (html / "index.html").exists()
+    for p in run.notebooks():
+        assert (html / f"{p.stem}.html").exists()
+    assert list((html / "_images").glob("*.png"))

@@ -1,0 +1,87 @@
+import json
+import subprocess
+import sys
+
+import nbformat
+import pytest
+import yaml
+
+from headflow import run
+
+
+def _notebook(path, params_src, body):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(params_src, metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_declared_parameters_of_every_notebook():
+    for p in run.notebooks():
+        params = run.declared_parameters(p)
+        assert params, p.name
+        assert all(isinstance(k, str) for k in params)
+
+
+def test_profiles_only_name_declared_parameters():
+    profiles = yaml.safe_load(run.PROFILE_FILE.read_text())
+    assert set(profiles) == set(run.PROFILES)
+    names = {p.stem for p in run.notebooks()}
+    for profile, per_nb in profiles.items():
+        for nb, params in per_nb.items():
+            assert nb in names, f"{profile}: no notebook {nb}"
+            run.validate(run.NOTEBOOK_DIR / f"{nb}.ipynb", params)
+
+
+def test_misspelled_parameter_is_an_error(tmp_path):
+    p = _notebook(tmp_path / "00-x.ipynb", "n_masks = 10\nablation_rate = 0.5\nmodel = 'organism'", "")
+    with pytest.raises(run.ParameterError, match="no parameter 'n_mask'; did you mean 'n_masks'"):
+        run.validate(p, {"n_mask": 5})
+    with pytest.raises(run.ParameterError, match="'n_masks' must be int"):
+        run.validate(p, {"n_masks": "many"})
+    with pytest.raises(run.ParameterError, match="must be bool|must be int"):
+        run.validate(p, {"n_masks": True})
+    assert run.validate(p, {"ablation_rate": 1}) == {"n_masks": 10, "ablation_rate": 1, "model": "organism"}
+
+
+def test_parameters_cell_must_be_literals(tmp_path):
+    p = _notebook(tmp_path / "00-x.ipynb", "import os\nn = 1", "")
+    with pytest.raises(run.ParameterError, match="literal"):
+        run.declared_parameters(p)
+
+
+def test_cli_rejects_a_misspelled_parameter_before_running(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "headflow.run", "--profile", "ci", "--out", str(tmp_path),
+                        "-p", "00-organism:n_evl=5"], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "no parameter 'n_evl'; did you mean 'n_eval'" in r.stderr
+    assert not (tmp_path / "00-organism.ipynb").exists()
+
+
+def test_cli_unknown_notebook(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "headflow.run", "--only", "00-organsim", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "did you mean '00-organism'" in r.stderr
+
+
+def test_execute_writes_provenance(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    body = ("from headflow import outputs\n"
+            "outputs.save_json('demo', {'n': n, 'twice': 2 * n})\n"
+            "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([0, n])\n"
+            "outputs.save_figure(fig, 'demo', show=False)\n")
+    nb = _notebook(src / "07-demo.ipynb", "n = 3\nseed = 0", body)
+    out = tmp_path / "book"
+    rec = run.execute(nb, {"n": 5}, out, "ci")
+    assert json.loads((out / "results" / "demo.json").read_text()) == {"n": 5, "twice": 10}
+    prov = json.loads((out / "_provenance" / "07-demo.json").read_text())
+    assert prov == json.loads(json.dumps(rec))
+    assert prov["parameters"] == {"n": 5, "seed": 0} and prov["seeds"] == {"seed": 0}
+    assert set(prov["outputs"]) == {"results/demo.json", "figures/demo.png"}
+    assert prov["outputs"]["results/demo.json"] == run.sha256(out / "results" / "demo.json")
+    assert prov["versions"]["torch"] and len(prov["lib_sha256"]) == 64
+    executed = nbformat.read(out / "07-demo.ipynb", as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
