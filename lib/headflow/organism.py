@@ -56,19 +56,20 @@ class Recipe:
     vision_hidden: int = 192
     vision_layers: int = 4
     vision_heads: int = 4
+    vision_mlp_ratio: int = 2
     text_hidden: int = 256
     text_intermediate: int = 688
     text_layers: int = 8
     text_heads: int = 8
     # stage 1: vision tower with class and colour heads
-    vision_steps: int = 2600
+    vision_steps: int = 4000
     vision_batch: int = 128
     vision_lr: float = 2e-3
     # stage 2: the whole LLaVA
-    llava_steps: int = 900
+    llava_steps: int = 850
     llava_batch: int = 64
     llava_lr: float = 1.5e-3
-    tower_lr_scale: float = 0.2  # the pretrained tower moves slower in stage 2
+    tower_lr_scale: float = 0.0  # the pretrained tower moves slower in stage 2 (0: frozen)
     question_probs: tuple = (0.5, 0.25, 0.25)  # object, color, position
     warmup: int = 100
     weight_decay: float = 0.05
@@ -123,7 +124,7 @@ def build_model(processor, recipe: Recipe):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     tok = processor.tokenizer
-    vision = CLIPVisionConfig(hidden_size=recipe.vision_hidden, intermediate_size=4 * recipe.vision_hidden,
+    vision = CLIPVisionConfig(hidden_size=recipe.vision_hidden, intermediate_size=recipe.vision_mlp_ratio * recipe.vision_hidden,
                               num_hidden_layers=recipe.vision_layers, num_attention_heads=recipe.vision_heads,
                               image_size=data.CANVAS, patch_size=PATCH, projection_dim=recipe.vision_hidden)
     text = LlamaConfig(vocab_size=len(tok), hidden_size=recipe.text_hidden,
@@ -275,11 +276,16 @@ def train_vision(model, recipe: Recipe, stream: SceneStream, probe_images, probe
 def train_llava(model, recipe: Recipe, stream: SceneStream, prompts: PromptCache, eval_images, eval_labels,
                 log: dict) -> None:
     """Stage 2: the whole model answers the three question types (loss on the one answer token)."""
-    tower = set(id(p) for p in model.model.vision_tower.parameters())
+    tower_params = list(model.model.vision_tower.parameters())
+    tower = set(id(p) for p in tower_params)
     rest = [p for p in model.parameters() if id(p) not in tower]
-    opt = torch.optim.AdamW([{"params": list(model.model.vision_tower.parameters()), "scale": recipe.tower_lr_scale},
-                             {"params": rest, "scale": 1.0}],
-                            lr=recipe.llava_lr, betas=(0.9, 0.98), weight_decay=recipe.weight_decay)
+    groups = [{"params": rest, "scale": 1.0}]
+    if recipe.tower_lr_scale > 0:
+        groups.append({"params": tower_params, "scale": recipe.tower_lr_scale})
+    else:  # frozen: no gradient through the tower at all
+        for p in tower_params:
+            p.requires_grad_(False)
+    opt = torch.optim.AdamW(groups, lr=recipe.llava_lr, betas=(0.9, 0.98), weight_decay=recipe.weight_decay)
     rng = np.random.default_rng(recipe.seed + 2)
     t0 = time.perf_counter()
     model.train()
@@ -292,7 +298,7 @@ def train_llava(model, recipe: Recipe, stream: SceneStream, prompts: PromptCache
         targets = torch.stack([prompts.answer_ids[q][labels[i, q]] for i, q in enumerate(qtypes)])
         loss = F.cross_entropy(final_logits(model, prompts, images, qtypes, recipe.bf16), targets)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if (step + 1) % recipe.eval_every == 0 or step + 1 == recipe.llava_steps:

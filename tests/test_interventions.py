@@ -1,0 +1,150 @@
+"""Every intervention: (a) changes the output when it should, (b) changes nothing when empty,
+(c) matches the slow reference in tests/reference.py; under both sdpa and eager."""
+import numpy as np
+import pytest
+import torch
+
+from headflow import coco, interventions as iv
+from headflow.task import build_prompt, question_text
+from reference import run_reference
+
+BASES = ["sdpa", "eager"]
+ATOL = 2e-5
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_llava):
+    """Two images, two different questions: the shorter prompt is left-padded."""
+    model, processor = tiny_llava
+    exs = coco.load_set(coco.resolve_set("fashionscenes/eval"))[:2]
+    prompts = [build_prompt(processor, question_text(q)) for q in ("object", "color")]
+    inputs = processor(images=[e.load_image() for e in exs], text=prompts, return_tensors="pt", padding=True)
+    assert (inputs["attention_mask"][1] == 0).any()  # really padded
+    return inputs
+
+
+def _logits(model, inputs, base, **kw):
+    model.set_attn_implementation({"text_config": base})
+    iv.install(model, base)
+    with torch.inference_mode(), iv.intervene(model, **kw):
+        return model(**inputs).logits[:, -1]
+
+
+def _plain(model, inputs, base):
+    model.set_attn_implementation({"text_config": base})
+    with torch.inference_mode():
+        return model(**inputs).logits[:, -1]
+
+
+def _random_keep(model, B, rate, seed):
+    g = torch.Generator().manual_seed(seed)
+    n_l, n_h = iv.text_layers_and_heads(model)
+    return torch.rand(B, n_l, n_h, generator=g) >= rate
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_empty_intervention_is_bit_identical(tiny_llava, batch, base):
+    model, _ = tiny_llava
+    plain = _plain(model, batch, base)
+    assert torch.equal(_logits(model, batch, base), plain)
+    keep_all = torch.ones(2, *iv.text_layers_and_heads(model), dtype=torch.bool)
+    abl = iv.HeadAblation(keep_all, iv.image_mask(model, batch["input_ids"]))
+    assert torch.equal(_logits(model, batch, base, ablation=abl), plain)
+
+
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("kind", ["zero", "image-mean", "dataset-mean"])
+@pytest.mark.parametrize("scope", ["text", "all"])
+def test_head_ablation_matches_reference(tiny_llava, batch, base, kind, scope):
+    model, _ = tiny_llava
+    img = iv.image_mask(model, batch["input_ids"])
+    keep = _random_keep(model, 2, 0.5, seed=1)
+    keep[0] = True  # row 0 untouched
+    baseline = iv.Baseline("zero") if kind == "zero" else iv.Baseline("image-mean")
+    ref_kw = {}
+    if kind == "dataset-mean":
+        model.set_attn_implementation({"text_config": base})
+        baseline = iv.dataset_mean_baseline(model, [batch])
+        ref_kw = {"base_k": baseline.keys, "base_v": baseline.values}
+    got = _logits(model, batch, base, ablation=iv.HeadAblation(keep, img, baseline, scope))
+    ref = run_reference(model, batch, image=img, keep=keep, scope=scope, baseline=kind, **ref_kw)[:, -1]
+    plain = _plain(model, batch, base)
+    assert torch.allclose(got, ref, atol=ATOL), (got - ref).abs().max()
+    assert torch.allclose(got[0], plain[0], atol=ATOL)  # the untouched row
+    assert (got[1] - plain[1]).abs().max() > 1e-4  # the ablation is real (float noise is ~1e-7)
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_knockout_matches_reference_and_zeroes_probabilities(tiny_llava, batch, base):
+    model, processor = tiny_llava
+    ids = batch["input_ids"]
+    img = iv.image_mask(model, ids)
+    final = torch.zeros_like(img)
+    final[:, -1] = True
+    ko = iv.Knockout(queries=final, keys=img, layers=[1], heads=[0, 2])
+    got = _logits(model, batch, base, knockouts=[ko])
+    ref = run_reference(model, batch, image=img, knockouts=[(final, img, [1], [0, 2])])[:, -1]
+    assert torch.allclose(got, ref, atol=ATOL)
+    assert (got - _plain(model, batch, base)).abs().max() > 1e-4
+    # the knocked-out probabilities are exactly zero, the others are not
+    cap = iv.Capture(queries=final, image=img)
+    with torch.inference_mode(), iv.intervene(model, knockouts=[ko], capture=cap):
+        model(**batch)
+    assert cap.mass[1].shape == (2, 4, 1)
+    assert (cap.mass[1][:, [0, 2]] == 0).all() and (cap.mass[1][:, [1, 3]] > 0).all() and (cap.mass[0] > 0).all()
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_ablation_and_knockout_compose(tiny_llava, batch, base):
+    model, _ = tiny_llava
+    ids = batch["input_ids"]
+    img = iv.image_mask(model, ids)
+    question = torch.zeros_like(img)
+    question[:, -8:-3] = True
+    final = torch.zeros_like(img)
+    final[:, -1] = True
+    keep = _random_keep(model, 2, 0.4, seed=3)
+    got = _logits(model, batch, base, ablation=iv.HeadAblation(keep, img, iv.Baseline("zero")),
+                  knockouts=[iv.Knockout(final, question, layers=[0])])
+    ref = run_reference(model, batch, image=img, keep=keep, baseline="zero",
+                        knockouts=[(final, question, [0], None)])[:, -1]
+    assert torch.allclose(got, ref, atol=ATOL)
+
+
+def test_capture_matches_eager_attention_weights(tiny_llava, batch):
+    model, _ = tiny_llava
+    img = iv.image_mask(model, batch["input_ids"])
+    final = torch.zeros_like(img)
+    final[:, -1] = True
+    model.set_attn_implementation({"text_config": "eager"})
+    with torch.inference_mode():
+        att = model(**batch, output_attentions=True).attentions
+    iv.install(model, "sdpa")
+    cap = iv.Capture(queries=final, image=img)
+    with torch.inference_mode(), iv.intervene(model, capture=cap):
+        model(**batch)
+    for l, a in enumerate(att):
+        expected = (a[:, :, -1, :] * img[:, None, :]).sum(-1)
+        assert torch.allclose(cap.mass[l][:, :, 0], expected, atol=1e-5)
+
+
+def test_bad_inputs(tiny_llava, batch):
+    model, _ = tiny_llava
+    img = iv.image_mask(model, batch["input_ids"])
+    with pytest.raises(ValueError, match=r"ablation mask has shape \(2, 3, 4\); this model needs \(batch, 2, 4\)"):
+        with iv.intervene(model, ablation=iv.HeadAblation(torch.ones(2, 3, 4, dtype=torch.bool), img)):
+            pass
+    with pytest.raises(ValueError, match="unknown baseline 'mean'"):
+        iv.HeadAblation(torch.ones(2, 4, dtype=torch.bool), img, "mean")
+    with pytest.raises(ValueError, match="unknown ablation scope"):
+        iv.HeadAblation(torch.ones(2, 4, dtype=torch.bool), img, "zero", scope="image")
+    with pytest.raises(ValueError, match=r"knockout layers \[5\] out of range"):
+        with iv.intervene(model, knockouts=[iv.Knockout(img, img, layers=[5])]):
+            pass
+    with pytest.raises(ValueError, match=r"head \(0, 9\) out of range"):
+        iv.keep_mask(model, [(0, 9)])
+    with pytest.raises(ValueError, match="query or key group is empty"):
+        with iv.intervene(model, knockouts=[iv.Knockout(torch.zeros_like(img), img, layers=[0])]):
+            pass
+    with pytest.raises(ValueError, match="needs keys and values"):
+        iv.Baseline("dataset-mean")
