@@ -7,6 +7,7 @@ import torch
 from headflow import coco, interventions as iv
 from headflow.task import build_prompt, question_text
 from reference import run_reference
+from tiny_models import qwen_inputs, tiny_qwen2_vl
 
 BASES = ["sdpa", "eager"]
 ATOL = 2e-5
@@ -50,6 +51,43 @@ def test_empty_intervention_is_bit_identical(tiny_llava, batch, base):
     keep_all = torch.ones(2, *iv.text_layers_and_heads(model), dtype=torch.bool)
     abl = iv.HeadAblation(keep_all, iv.image_mask(model, batch["input_ids"]))
     assert torch.equal(_logits(model, batch, base, ablation=abl), plain)
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    """Tiny Qwen2-VL (grouped-query attention, M-RoPE) and a padded batch of two prompts."""
+    model, processor = tiny_qwen2_vl()
+    exs = coco.load_set(coco.resolve_set("fashionscenes/eval"))[:2]
+    prompts = [build_prompt(processor, question_text(q)) for q in ("object", "color")]
+    inputs = processor(images=[e.load_image() for e in exs], text=prompts, return_tensors="pt", padding=True)
+    assert (inputs["attention_mask"][1] == 0).any()
+    return model, inputs
+
+
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("kind", ["zero", "dataset-mean"])
+def test_head_ablation_on_grouped_query_mrope_model(qwen, base, kind):
+    model, batch = qwen
+    img = iv.image_mask(model, batch["input_ids"])
+    keep = _random_keep(model, 2, 0.5, seed=2)
+    keep[0] = True
+    baseline, ref_kw = iv.Baseline("zero"), {}
+    if kind == "dataset-mean":
+        model.set_attn_implementation({"text_config": base})
+        baseline = iv.dataset_mean_baseline(model, [batch])
+        ref_kw = {"base_k": baseline.keys, "base_v": baseline.values}
+    assert torch.equal(_logits(model, batch, base), _plain(model, batch, base))
+    got = _logits(model, batch, base, ablation=iv.HeadAblation(keep, img, baseline))
+    ref = run_reference(model, batch, image=img, keep=keep, baseline=kind, **ref_kw)[:, -1]
+    plain = _plain(model, batch, base)
+    assert torch.allclose(got, ref, atol=ATOL), (got - ref).abs().max()
+    assert torch.allclose(got[0], plain[0], atol=ATOL) and (got[1] - plain[1]).abs().max() > 1e-4
+    final = torch.zeros_like(img)
+    final[:, -1] = True
+    ko = iv.Knockout(final, img, layers=[0, 2], heads=[1, 6])  # heads 1 and 6 read different kv heads
+    got = _logits(model, batch, base, knockouts=[ko])
+    ref = run_reference(model, batch, image=img, knockouts=[(final, img, [0, 2], [1, 6])])[:, -1]
+    assert torch.allclose(got, ref, atol=ATOL) and (got - plain).abs().max() > 1e-5
 
 
 @pytest.mark.parametrize("base", BASES)

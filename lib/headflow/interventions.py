@@ -73,6 +73,8 @@ class Baseline:
             return (k_img.mean(2, keepdim=True).expand(-1, -1, n_img, -1),
                     v_img.mean(2, keepdim=True).expand(-1, -1, n_img, -1))
         bk, bv = self.keys[layer], self.values[layer]
+        if bk.dim() == 4:  # already per row (and possibly per query head), e.g. for gradients
+            return bk, bv
         if bk.shape[1] != n_img:
             raise ValueError(f"the dataset-mean baseline has {bk.shape[1]} image positions but this prompt has "
                              f"{n_img}; rebuild the baseline with images processed like these")
@@ -135,6 +137,7 @@ class _Context:
     ablation: HeadAblation | None
     knockouts: list[Knockout]
     capture: Capture | None
+    prefix: object = None  # a prefix_reuse._PrefixState during a suffix pass
 
     @property
     def needs_mask(self) -> bool:
@@ -245,8 +248,10 @@ def _ablate_heads(module, query, key, value, mask, out, abl: HeadAblation, layer
     base_k, base_v = abl.baseline.image_kv(layer, key, value, img)
     k_rep, v_rep = _expand_heads(key, groups), _expand_heads(value, groups)
     drop = ~keep[:, :, None, None]  # (B, Hq, 1, 1)
-    k_abl = _scatter_slots(k_rep, img, torch.where(drop, _expand_heads(base_k, groups), _gather_slots(k_rep, img)))
-    v_abl = _scatter_slots(v_rep, img, torch.where(drop, _expand_heads(base_v, groups), _gather_slots(v_rep, img)))
+    if base_k.shape[1] != Hq:  # per kv head: query head h reads kv head h // groups
+        base_k, base_v = _expand_heads(base_k, groups), _expand_heads(base_v, groups)
+    k_abl = _scatter_slots(k_rep, img, torch.where(drop, base_k, _gather_slots(k_rep, img)))
+    v_abl = _scatter_slots(v_rep, img, torch.where(drop, base_v, _gather_slots(v_rep, img)))
     m = mask[:, :, q_start:] if mask is not None else None
     out_abl, _ = base(_OneGroup(module), query[:, :, q_start:], k_abl, v_abl, m, **kwargs)
     use = after[:, q_start:, None, None] & ~keep[:, None, :, None]  # (B, Q', Hq, 1)
@@ -282,6 +287,10 @@ def headflow_attention(module, query, key, value, attention_mask, **kwargs):
     """
     base = _base_attention(module)
     ctx = _ACTIVE
+    if ctx is not None and ctx.prefix is not None:  # a suffix pass of prefix_reuse
+        from .prefix_reuse import prefix_attention
+
+        return prefix_attention(module, query, key, value, ctx.prefix, kwargs.get("scaling", module.scaling)), None
     if ctx is None or not ctx.needs_mask:
         return base(module, query, key, value, attention_mask, **kwargs)
     layer = module.layer_idx
@@ -343,7 +352,6 @@ def text_layers_and_heads(model) -> tuple[int, int]:
 def intervene(model, ablation: HeadAblation | None = None, knockouts: Sequence[Knockout] = (),
               capture: Capture | None = None, base: str | None = None):
     """Run the model under the given interventions (they compose); validates them first."""
-    global _ACTIVE
     install(model, base)
     n_layers, n_heads = text_layers_and_heads(model)
     if ablation is not None:
@@ -358,9 +366,16 @@ def intervene(model, ablation: HeadAblation | None = None, knockouts: Sequence[K
             raise ValueError(f"knockout heads {list(ko.heads)} out of range: the model has heads 0..{n_heads - 1}")
         if not ko.queries.any() or not ko.keys.any():
             raise ValueError("a knockout's query or key group is empty for this prompt")
+    with _activate(_Context(n_layers, n_heads, ablation, list(knockouts), capture)):
+        yield
+
+
+@contextlib.contextmanager
+def _activate(ctx: _Context):
+    global _ACTIVE
     if _ACTIVE is not None:
         raise RuntimeError("interventions do not nest; pass them all to one intervene() call")
-    _ACTIVE = _Context(n_layers, n_heads, ablation, list(knockouts), capture)
+    _ACTIVE = ctx
     try:
         yield
     finally:

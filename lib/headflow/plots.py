@@ -146,3 +146,58 @@ def logit_hist(y: np.ndarray, correct: np.ndarray, xlabel: str = "answer logit y
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------------------ heads
+def head_map(matrix: np.ndarray, title: str, ax=None, cmap: str = "RdBu_r", center: float | None = 0.0,
+             cbar_label: str = "logit lost when ablated"):
+    """A layers x heads heat map."""
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(0.45 * matrix.shape[1] + 2.5, 0.35 * matrix.shape[0] + 1.5))
+    sns.heatmap(matrix, ax=ax, cmap=cmap, center=center, cbar_kws={"label": cbar_label} if own else None,
+                cbar=own, square=False, linewidths=0.3, linecolor="white")
+    ax.set(title=title, xlabel="head", ylabel="layer")
+    return ax.figure
+
+
+def class_head_maps(maps: dict, ncols: int = 5, vlim: float | None = None):
+    """One small layers x heads map per class, on a shared colour scale."""
+    names = list(maps)
+    nrows = int(np.ceil(len(names) / ncols))
+    vlim = vlim or max(float(np.abs(m).max()) for m in maps.values())
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.3 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, n in zip(axes.flat, names):
+        ax.axis("on")
+        sns.heatmap(maps[n], ax=ax, cmap="RdBu_r", center=0, vmin=-vlim, vmax=vlim, cbar=False, xticklabels=False,
+                    yticklabels=False)
+        ax.set_title(n, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def metric_curves(ks, curves: dict, ylabel: str, band: tuple | None = None, threshold: float = 0.8, ax=None):
+    """Mean curve per method over k; ``band`` = (low, high) of the random rankings."""
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, c in curves.items():
+        ax.plot(ks, c, marker="o", ms=3, label=name)
+    if band is not None:
+        ax.fill_between(ks, band[0], band[1], color="grey", alpha=0.25, label="random 95% band")
+    ax.axhline(threshold, color="k", ls="--", lw=0.8)
+    ax.set(xscale="symlog", xlabel="k (heads)", ylabel=ylabel)
+    ax.legend(fontsize=7)
+    return ax.figure
+
+
+def fit_scatter(pred: np.ndarray, actual: np.ndarray, title: str):
+    fig, ax = plt.subplots(figsize=(3.6, 3.4))
+    ax.scatter(actual, pred, s=6, alpha=0.6)
+    lo, hi = float(min(actual.min(), pred.min())), float(max(actual.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.set(xlabel="actual y (held out)", ylabel="predicted y", title=title)
+    fig.tight_layout()
+    return fig

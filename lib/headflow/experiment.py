@@ -1,0 +1,108 @@
+"""The per-image experiment the chapters share: one image, one prompt, one target token.
+
+:func:`prepare` turns COCO examples into :class:`ImageTask` objects (processor inputs and the
+answer's token ids); :func:`run_attribution` runs the random-mask ablations of every image
+through the prefix-reusing fast path, writing each image to a :class:`RunStore` as it finishes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import attribution, interventions as iv
+from .prefix_reuse import PrefixReuse
+from .runstore import RunStore
+from .task import answer_token_ids, build_prompt
+
+TARGETS = ("logit", "logit-diff")
+
+
+@dataclass
+class ImageTask:
+    """One image: its processor inputs (batch of 1), the correct answer's first token and the
+    other answer words' first tokens (for the logit-difference target)."""
+
+    key: str
+    example: object
+    inputs: dict
+    target_id: int
+    other_ids: list[int]
+
+    @property
+    def class_name(self) -> str:
+        return self.example.class_name
+
+
+def prepare(processor, examples: Sequence, words: Sequence[str], question: str) -> list[ImageTask]:
+    """An :class:`ImageTask` per example (answer = its class name among ``words``)."""
+    prompt = build_prompt(processor, question)
+    ids = answer_token_ids(processor, words, prompt=prompt)
+    tasks = []
+    for ex in examples:
+        if ex.class_name not in words:
+            raise ValueError(f"image {ex.image_id}: class {ex.class_name!r} is not among the answer words")
+        t = words.index(ex.class_name)
+        inputs = processor(images=[ex.load_image()], text=[prompt], return_tensors="pt")
+        tasks.append(ImageTask(key=f"img{ex.image_id:06d}", example=ex, inputs=inputs, target_id=ids[t],
+                               other_ids=[i for j, i in enumerate(ids) if j != t]))
+    return tasks
+
+
+def target_values(logits: torch.Tensor, task: ImageTask, target: str = "logit") -> np.ndarray:
+    """``y`` per row of ``logits (M, vocab)``: the answer's logit, or its difference to the best
+    other answer word."""
+    y = logits[:, task.target_id]
+    if target == "logit-diff":
+        y = y - logits[:, task.other_ids].max(-1).values
+    elif target != "logit":
+        raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
+    return y.double().cpu().numpy()
+
+
+def reference_baseline(model, tasks: Sequence[ImageTask], kind: str, batch_size: int = 16) -> iv.Baseline:
+    """The ablation baseline: ``dataset-mean`` over the given reference images, or ``image-mean``/``zero``."""
+    if kind != "dataset-mean":
+        return iv.Baseline(kind)
+    batches = []
+    for s in range(0, len(tasks), batch_size):
+        group = tasks[s:s + batch_size]
+        batches.append({k: torch.cat([t.inputs[k] for t in group]) for k in group[0].inputs})
+    return iv.dataset_mean_baseline(model, batches)
+
+
+def masks_y(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tensor, target: str = "logit",
+            batch_size: int = 64, reuse: PrefixReuse | None = None) -> np.ndarray:
+    """``y`` under each keep-mask ``(M, n_layers, n_heads)``, through the fast path."""
+    reuse = reuse or PrefixReuse(model, task.inputs, baseline)
+    return target_values(reuse.final_logits(keep, batch_size), task, target)
+
+
+def run_attribution(model, tasks: Sequence[ImageTask], baseline: iv.Baseline, store: RunStore, n_masks: int,
+                    ablation_rate: float, seed: int, target: str = "logit", batch_size: int = 64,
+                    progress: bool = True) -> dict[str, dict]:
+    """Random-mask ablations of every image: per image ``keep (S, L, H)``, ``y (S,)``,
+    ``y_clean`` and ``y_none``.  Finished images are read back from ``store``."""
+    n_layers, n_heads = iv.text_layers_and_heads(model)
+    for task in tqdm(tasks, desc="head attribution", disable=not progress):
+        if store.done(task.key):
+            continue
+        image_seed = seed * 1_000_003 + int(task.example.image_id)
+        keep = attribution.sample_masks(n_masks, n_layers, n_heads, ablation_rate, image_seed)
+        ends = torch.stack([torch.ones(n_layers, n_heads, dtype=torch.bool),
+                            torch.zeros(n_layers, n_heads, dtype=torch.bool)])
+        y = masks_y(model, task, baseline, torch.cat([keep, ends]), target, batch_size)
+        store.save(task.key, keep=np.packbits(keep.numpy(), axis=-1), shape=np.array(keep.shape), y=y[:-2],
+                   y_clean=y[-2], y_none=y[-1])
+    return {t.key: load_run(store, t.key) for t in tasks}
+
+
+def load_run(store: RunStore, key: str) -> dict:
+    """One image of a run store, with ``keep`` unpacked to ``(S, L, H)`` bool."""
+    z = store.load(key)
+    S, L, H = z["shape"].tolist()
+    z["keep"] = np.unpackbits(z["keep"], axis=-1, count=H).astype(bool).reshape(S, L, H)
+    return z

@@ -1,0 +1,88 @@
+"""Baseline head rankings to compare head attribution with (STUDY.md section 2).
+
+Every function returns scores ``(n_layers, n_heads)`` for one image; higher = more important.
+
+- :func:`single_head`: ``y_clean - y(only h ablated)``;
+- :func:`attention_weight`: attention mass from the final token (or all text tokens after the
+  image) to the image tokens;
+- :func:`random_scores`: a random ranking (draw many for a mean and a band);
+- :func:`attribution_patching`: gradient of y with respect to the image keys/values times
+  (baseline - clean), summed per head: one forward and one backward.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import interventions as iv
+from .experiment import ImageTask, masks_y
+
+
+def single_head(model, task: ImageTask, baseline: iv.Baseline, target: str = "logit", batch_size: int = 64) -> np.ndarray:
+    """The logit lost when each head alone is ablated."""
+    n_layers, n_heads = iv.text_layers_and_heads(model)
+    total = n_layers * n_heads
+    keep = torch.ones(total + 1, total, dtype=torch.bool)
+    keep[torch.arange(total), torch.arange(total)] = False  # row i ablates head i; the last row is clean
+    y = masks_y(model, task, baseline, keep.view(-1, n_layers, n_heads), target, batch_size)
+    return (y[-1] - y[:-1]).reshape(n_layers, n_heads)
+
+
+@torch.inference_mode()
+def attention_weight(model, task: ImageTask, queries: str = "final") -> np.ndarray:
+    """Attention mass to the image tokens, per head: from the final token (``queries="final"``)
+    or averaged over every text token after the image (``"text"``)."""
+    ids = task.inputs["input_ids"]
+    img = iv.image_mask(model, ids)
+    if queries == "final":
+        q = torch.zeros_like(img)
+        q[:, -1] = True
+    elif queries == "text":
+        last = int(img[0].nonzero().max())
+        q = torch.zeros_like(img)
+        q[:, last + 1:] = True
+    else:
+        raise ValueError(f"unknown query group {queries!r} for attention weights; choose 'final' or 'text'")
+    cap = iv.Capture(queries=q, image=img)
+    with iv.intervene(model, capture=cap):
+        model(**task.inputs, logits_to_keep=1)
+    n_layers, _ = iv.text_layers_and_heads(model)
+    return torch.stack([cap.mass[l][0].mean(-1) for l in range(n_layers)]).double().numpy()
+
+
+def random_scores(n_layers: int, n_heads: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((n_layers, n_heads))
+
+
+def attribution_patching(model, task: ImageTask, baseline: iv.Baseline, target: str = "logit") -> np.ndarray:
+    """Linear estimate of the logit lost when each head is ablated:
+    ``-sum (dy/dK * (K_base - K) + dy/dV * (V_base - V))`` over the head's image keys/values
+    (as seen by the text queries after the image), from one forward and one backward."""
+    n_layers, n_heads = iv.text_layers_and_heads(model)
+    ids = task.inputs["input_ids"]
+    img = iv.image_mask(model, ids)
+    groups = n_heads // model.config.get_text_config().num_key_value_heads
+    cap = iv.Capture(image=img, kv=True)
+    with torch.inference_mode(), iv.intervene(model, capture=cap):
+        model(**task.inputs, logits_to_keep=1)
+    clean_k = [iv._expand_heads(cap.keys[l], groups).clone() for l in range(n_layers)]  # (1, H, n_img, D)
+    clean_v = [iv._expand_heads(cap.values[l], groups).clone() for l in range(n_layers)]
+    leaf_k = [k.clone().requires_grad_(True) for k in clean_k]
+    leaf_v = [v.clone().requires_grad_(True) for v in clean_v]
+    # every head "ablated" to its own clean keys/values: the clean output, with gradients to the leaves
+    through = iv.Baseline("dataset-mean", keys=leaf_k, values=leaf_v)
+    everything = torch.zeros(1, n_layers, n_heads, dtype=torch.bool)
+    with torch.enable_grad(), iv.intervene(model, ablation=iv.HeadAblation(everything, img, through)):
+        logits = model(**task.inputs, logits_to_keep=1).logits[:, -1]
+        y = logits[0, task.target_id]
+        if target == "logit-diff":
+            y = y - logits[0, task.other_ids].max()
+        grads = torch.autograd.grad(y, leaf_k + leaf_v)
+    scores = np.zeros((n_layers, n_heads))
+    for l in range(n_layers):
+        bk, bv = baseline.image_kv(l, cap.keys[l], cap.values[l], img)
+        dk = iv._expand_heads(bk, groups) - clean_k[l]
+        dv = iv._expand_heads(bv, groups) - clean_v[l]
+        delta = (grads[l] * dk).sum((0, 2, 3)) + (grads[n_layers + l] * dv).sum((0, 2, 3))
+        scores[l] = (-delta).double().numpy()
+    return scores

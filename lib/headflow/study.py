@@ -1,0 +1,123 @@
+"""What the chapters share: the model, the correctly answered images, the baseline, the run.
+
+    st = study.setup("organism", "fashionscenes/eval", "object", per_class=10)
+    runs = study.attribution_runs(st, n_masks=1000, ablation_rate=0.5, seed=0)
+    fits = study.fits(runs, regression="ols")
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import attribution, coco, evaluate, experiment, interventions as iv, models
+from .models import REPO_ROOT
+from .runstore import RunStore
+from .task import question_text
+
+RUN_DIR = REPO_ROOT / ".cache" / "runs"
+
+
+@dataclass
+class Study:
+    model_name: str
+    model: object
+    processor: object
+    words: list[str]
+    question: str
+    tasks: list  # ImageTask of the correctly answered images
+    n_images: int  # images asked (before keeping the correct ones)
+    clean_accuracy: float
+    baseline: iv.Baseline
+    baseline_kind: str
+    target: str
+    n_layers: int
+    n_heads: int
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        return [t.class_name for t in self.tasks]
+
+
+def pick_per_class(examples, per_class: int) -> list:
+    """The first ``per_class`` examples of every class, in file order (all if ``per_class`` is 0)."""
+    if per_class <= 0:
+        return list(examples)
+    out, seen = [], {}
+    for ex in examples:
+        if seen.get(ex.class_name, 0) < per_class:
+            out.append(ex)
+            seen[ex.class_name] = seen.get(ex.class_name, 0) + 1
+    return out
+
+
+def setup(model: str = "organism", image_set: str = "fashionscenes/eval", question: str = "object",
+          per_class: int = 10, n_reference: int = 50, baseline: str = "dataset-mean", target: str = "logit",
+          base: str = "sdpa", batch_size: int = 32) -> Study:
+    """Load the model, ask the question about ``per_class`` images of each class, keep the correctly
+    answered ones, and build the ablation baseline from ``n_reference`` other images of the set."""
+    if baseline not in iv.BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; choose one of {iv.BASELINES}")
+    if target not in experiment.TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {experiment.TARGETS}")
+    net, processor = models.load(model)
+    iv.install(net, base)
+    set_file = coco.resolve_set(image_set)
+    all_examples = coco.load_set(set_file)
+    words = coco.class_names(set_file)
+    chosen = pick_per_class(all_examples, per_class)
+    q = question_text(question)
+    res = evaluate.evaluate(net, processor, [e.load_image() for e in chosen], words,
+                            [words.index(e.class_name) for e in chosen], q, batch_size=batch_size)
+    correct = [e for e, ok in zip(chosen, res["correct"]) if ok]
+    if not correct:
+        raise ValueError("the model answered none of the chosen images correctly; nothing to analyse")
+    tasks = experiment.prepare(processor, correct, words, q)
+    chosen_ids = {e.image_id for e in chosen}
+    reference = [e for e in all_examples if e.image_id not in chosen_ids][:n_reference] or chosen[:n_reference]
+    ref_tasks = experiment.prepare(processor, reference, words, q)
+    n_layers, n_heads = iv.text_layers_and_heads(net)
+    bl = experiment.reference_baseline(net, ref_tasks, baseline)
+    meta = {"model": model, "image_set": image_set, "question": question, "per_class": per_class,
+            "n_reference": len(reference), "baseline": baseline, "target": target, "base": base}
+    return Study(model, net, processor, words, q, tasks, len(chosen), float(res["accuracy"]), bl, baseline, target,
+                 n_layers, n_heads, meta)
+
+
+def store_for(st: Study, kind: str, **params) -> RunStore:
+    """A run store keyed by everything that determines its contents."""
+    full = {"kind": kind, **st.meta, **params}
+    digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:12]
+    return RunStore(RUN_DIR / f"{kind}-{digest}", full)
+
+
+def attribution_runs(st: Study, n_masks: int, ablation_rate: float, seed: int, tasks=None,
+                     batch_size: int = 64) -> dict[str, dict]:
+    """Random-mask runs of every image (resumable; see :mod:`headflow.runstore`)."""
+    store = store_for(st, "attribution", n_masks=n_masks, ablation_rate=ablation_rate, seed=seed)
+    return experiment.run_attribution(st.model, tasks or st.tasks, st.baseline, store, n_masks, ablation_rate, seed,
+                                      st.target, batch_size)
+
+
+def fits(runs: dict[str, dict], regression: str = "ols", alpha: float = 1e-3, seed: int = 0,
+         n_masks: int | None = None) -> dict[str, attribution.Fit]:
+    """One fit per image (on the first ``n_masks`` masks, if given)."""
+    out = {}
+    for key, r in runs.items():
+        keep, y = r["keep"], r["y"]
+        if n_masks is not None:
+            keep, y = keep[:n_masks], y[:n_masks]
+        out[key] = attribution.fit(keep, y, regression, alpha, seed)
+    return out
+
+
+def class_mean(st: Study, per_image: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Mean of a per-image array over each class's (correctly answered) images."""
+    out: dict[str, list] = {}
+    for t in st.tasks:
+        out.setdefault(t.class_name, []).append(per_image[t.key])
+    return {c: np.mean(v, axis=0) for c, v in out.items()}

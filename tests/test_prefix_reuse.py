@@ -1,0 +1,93 @@
+"""The prefix-reusing fast path equals the full forward under the same ablation (fp32)."""
+import pytest
+import torch
+
+from headflow import coco, interventions as iv
+from headflow.prefix_reuse import PrefixReuse, position_ids
+from headflow.task import build_prompt, question_text
+from tiny_models import tiny_qwen2_vl
+
+TOL = 1e-4
+
+
+def _one(processor, image, q="object"):
+    return processor(images=[image], text=[build_prompt(processor, question_text(q))], return_tensors="pt")
+
+
+def _full(model, inputs, keep, baseline):
+    B = keep.shape[0]
+    big = {}
+    for k, v in inputs.items():
+        if k in ("pixel_values", "image_grid_thw") and "image_grid_thw" in inputs:
+            big[k] = v.repeat(B, *[1] * (v.dim() - 1))  # Qwen2-VL: patches of all images along dim 0
+        else:
+            big[k] = v.expand(B, *v.shape[1:])
+    with torch.inference_mode(), iv.intervene(model, ablation=iv.HeadAblation(keep, iv.image_mask(model, big["input_ids"]),
+                                                                              baseline)):
+        return model(**big, logits_to_keep=1).logits[:, -1]
+
+
+def _masks(model, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    n_l, n_h = iv.text_layers_and_heads(model)
+    rates = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0] + [0.5] * (n - 5))[:n]
+    return torch.rand(n, n_l, n_h, generator=g) >= rates[:, None, None]
+
+
+def _models():
+    return ["llava", "qwen2_vl"]
+
+
+@pytest.fixture(scope="module")
+def setups(tiny_llava):
+    exs = coco.load_set(coco.resolve_set("fashionscenes/eval"))[:4]
+    out = {}
+    for name, (model, processor) in {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl()}.items():
+        refs = [_one(processor, e.load_image()) for e in exs[1:]]
+        out[name] = (model, processor, exs[0], refs)
+    return out
+
+
+@pytest.mark.parametrize("family", _models())
+@pytest.mark.parametrize("base", ["sdpa", "eager"])
+@pytest.mark.parametrize("kind", ["dataset-mean", "zero", "image-mean"])
+def test_fast_path_equals_full_forward(setups, family, base, kind):
+    model, processor, ex, refs = setups[family]
+    iv.install(model, base)
+    baseline = iv.dataset_mean_baseline(model, refs) if kind == "dataset-mean" else iv.Baseline(kind)
+    inputs = _one(processor, ex.load_image())
+    keep = _masks(model, 9, seed=4)
+    fast = PrefixReuse(model, inputs, baseline).final_logits(keep, batch_size=4)
+    full = _full(model, inputs, keep, baseline)
+    assert (fast - full).abs().max() <= TOL
+    ablating = ~keep.flatten(1).all(1)
+    assert ablating.sum() >= 7 and not ablating[0]
+    assert (full - full[0]).abs().amax(-1)[ablating].min() > 1e-4  # every non-empty mask changes the answer
+    # nothing ablated: the clean model
+    with torch.inference_mode():
+        clean = model(**inputs, logits_to_keep=1).logits[:, -1]
+    assert (fast[0] - clean[0]).abs().max() <= TOL
+
+
+def test_wrong_suffix_positions_are_caught(setups):
+    """Negative control: the test above would notice wrong M-RoPE positions for the suffix."""
+    model, processor, ex, refs = setups["qwen2_vl"]
+    iv.install(model, "sdpa")
+    inputs = _one(processor, ex.load_image())
+    keep = _masks(model, 5, seed=1)
+    reuse = PrefixReuse(model, inputs, iv.Baseline("zero"))
+    good = reuse.final_logits(keep)
+    pos = position_ids(model, inputs)
+    assert pos.shape[0] == 3 and not torch.equal(pos[0, 0, reuse.P:], torch.arange(reuse.P, pos.shape[-1]))
+    reuse.suffix_pos = torch.arange(reuse.P, pos.shape[-1])[None, None].expand(3, 1, -1)
+    assert (reuse.final_logits(keep) - good).abs().max() > 1e-3
+
+
+def test_bad_masks(setups):
+    model, processor, ex, _ = setups["llava"]
+    reuse = PrefixReuse(model, _one(processor, ex.load_image()), iv.Baseline("zero"))
+    with pytest.raises(ValueError, match=r"masks have shape \(3, 2\); this model needs \(n_masks, 2, 4\)"):
+        reuse.final_logits(torch.ones(3, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="one prompt"):
+        PrefixReuse(model, processor(images=[ex.load_image()] * 2, text=["USER: <image>\nWhere ASSISTANT:"] * 2,
+                                     return_tensors="pt"), iv.Baseline("zero"))
