@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@# torch first, from the CPU build, unless this environment already has a torch (e.g. a CUDA build)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[book,test]"
+	$(PIP) install -q -e ".[book,test,bench]"
 	@touch $(STAMP)
 
 book: setup notebooks html
@@ -47,7 +47,6 @@ data: setup
 	$(PY) -m headflow.evalset
 
 bench: setup
-	$(PIP) install -q -e ".[bench]"
 	$(PY) -m headflow.bench
 
 clean:

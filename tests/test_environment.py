@@ -18,7 +18,7 @@ def _name(spec: str) -> str:
 def test_environment_yml_lists_the_same_packages_as_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = {_name(s) for s in project["dependencies"]}
-    for extra in ("book", "test"):
+    for extra in ("book", "test", "bench"):
         wanted |= {_name(s) for s in project["optional-dependencies"][extra]}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     assert "conda-forge" in env["channels"]
@@ -28,7 +28,7 @@ def test_environment_yml_lists_the_same_packages_as_pyproject():
             pip = dep["pip"]
         else:
             conda.add(_name(dep))
-    assert "-e .[book,test]" in pip
+    assert "-e .[book,test,bench]" in pip
     listed = (conda - {"python", "pip"}) | {_name(s) for s in pip if not s.startswith("-e")}
     assert listed == wanted, {"only in environment.yml": listed - wanted, "only in pyproject": wanted - listed}
 

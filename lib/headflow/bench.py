@@ -166,9 +166,43 @@ def bench_model(name: str, model, processor, image_size: int, n_naive: int, batc
             "full_forward_gflop": full_flops(model, Ltot) / 1e9, "suffix_gflop": suffix_flops(model, P, S) / 1e9}
 
 
-def main(argv=None) -> None:
+def run_all(quick: bool = False) -> dict:
+    """Every measurement, in one process: returns what ``book/results/performance.json`` holds."""
     from . import models
 
+    torch.manual_seed(0)
+    peak = matmul_peak()
+    org, org_proc = models.load("organism")
+    results = {"organism": bench_model("organism", org, org_proc, 64, n_naive=8 if quick else 32, batch=64,
+                                       n_fast=64 if quick else 256)}
+    big, big_proc = llava15_geometry()
+    results["llava15_geometry"] = bench_model("llava15_geometry", big, big_proc, 336, n_naive=2 if quick else 6,
+                                              batch=16 if quick else 32, n_fast=32 if quick else 128)
+    frac = results["llava15_geometry"]["suffix_gflops_per_s"] / peak
+    return {"organism": {"speedup": results["organism"]["speedup"], "vs_nnsight": results["organism"]["vs_nnsight"]},
+            "llava15_geometry": {"speedup": results["llava15_geometry"]["speedup"],
+                                 "vs_nnsight": results["llava15_geometry"]["vs_nnsight"]},
+            "fraction_of_matmul_peak": frac, "matmul_peak_gflops": peak, "details": results,
+            "machine": {"processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                        "torch": torch.__version__, "device": "cpu"}, "quick": quick}
+
+
+def table(out: dict) -> str:
+    """The four methods side by side, as text."""
+    lines = [f"matmul peak {out['matmul_peak_gflops']:.0f} GFLOP/s ({out['machine']['threads']} threads)",
+             f"{'model':18s} {'naive':>9s} {'batched':>9s} {'fast':>9s} {'nnsight':>9s}  {'x naive':>8s} {'x nnsight':>9s}"]
+    for name, r in out["details"].items():
+        m = r["masks_per_s"]
+        nn = f"{m['nnsight']:9.1f}" if m["nnsight"] else "      n/a"
+        vs = f"{r['vs_nnsight']:9.1f}" if r["vs_nnsight"] else "      n/a"
+        lines.append(f"{name:18s} {m['naive']:9.1f} {m['batched_full']:9.1f} {m['fast']:9.1f} {nn}  "
+                     f"{r['speedup']:8.1f} {vs}")
+    g = out["details"]["llava15_geometry"]["suffix_gflops_per_s"]
+    lines.append(f"suffix pass at LLaVA-1.5 geometry: {g:.0f} GFLOP/s = {out['fraction_of_matmul_peak']:.0%} of the matmul peak")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer masks (a smoke run)")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "book" / "results" / "performance.json")
@@ -176,34 +210,10 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    peak = matmul_peak()
-    org, org_proc = models.load("organism")
-    q = a.quick
-    results = {"organism": bench_model("organism", org, org_proc, 64, n_naive=8 if q else 32, batch=64,
-                                       n_fast=64 if q else 256)}
-    big, big_proc = llava15_geometry()
-    results["llava15_geometry"] = bench_model("llava15_geometry", big, big_proc, 336, n_naive=2 if q else 6,
-                                              batch=16 if q else 32, n_fast=32 if q else 128)
-    frac = results["llava15_geometry"]["suffix_gflops_per_s"] / peak
-    out = {"organism": {"speedup": results["organism"]["speedup"], "vs_nnsight": results["organism"]["vs_nnsight"]},
-           "llava15_geometry": {"speedup": results["llava15_geometry"]["speedup"],
-                                "vs_nnsight": results["llava15_geometry"]["vs_nnsight"]},
-           "fraction_of_matmul_peak": frac, "matmul_peak_gflops": peak,
-           "details": results, "machine": {"processor": platform.processor() or platform.machine(),
-                                           "threads": torch.get_num_threads(), "torch": torch.__version__,
-                                           "device": "cpu"}, "quick": q}
+    out = run_all(a.quick)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=1))
-    print(f"matmul peak {peak:.0f} GFLOP/s ({torch.get_num_threads()} threads)")
-    print(f"{'model':18s} {'naive':>9s} {'batched':>9s} {'fast':>9s} {'nnsight':>9s}  {'x naive':>8s} {'x nnsight':>9s}")
-    for name, r in results.items():
-        m = r["masks_per_s"]
-        nn = f"{m['nnsight']:9.1f}" if m["nnsight"] else "      n/a"
-        vs = f"{r['vs_nnsight']:9.1f}" if r["vs_nnsight"] else "      n/a"
-        print(f"{name:18s} {m['naive']:9.1f} {m['batched_full']:9.1f} {m['fast']:9.1f} {nn}  {r['speedup']:8.1f} {vs}")
-    print(f"suffix pass at LLaVA-1.5 geometry: {results['llava15_geometry']['suffix_gflops_per_s']:.0f} GFLOP/s "
-          f"= {frac:.0%} of the matmul peak")
+    print(table(out))
     print(f"wrote {a.out}")
 
 

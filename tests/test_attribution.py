@@ -1,0 +1,156 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from headflow import attribution, coco, experiment, interventions as iv, metrics, rankings
+from headflow.runstore import RunStore
+from headflow.task import question_text
+
+
+def test_masks_follow_the_rate_and_seed():
+    a = attribution.sample_masks(2000, 8, 8, 0.3, seed=1)
+    assert a.shape == (2000, 8, 8) and a.dtype == torch.bool
+    assert abs((~a).float().mean().item() - 0.3) < 0.01
+    assert torch.equal(a, attribution.sample_masks(2000, 8, 8, 0.3, seed=1))
+    with pytest.raises(ValueError, match="ablation_rate"):
+        attribution.sample_masks(100, 2, 2, 1.5, seed=0)
+
+
+@pytest.mark.parametrize("method", attribution.REGRESSIONS)
+def test_fit_recovers_a_linear_model(method):
+    rng = np.random.default_rng(0)
+    keep = attribution.sample_masks(800, 4, 4, 0.5, seed=2).numpy()
+    true = np.zeros(16)
+    true[[3, 7, 12]] = [2.0, 1.0, 0.5]  # logit lost when these heads are ablated
+    y = 5.0 - (~keep).reshape(800, -1) @ true + rng.normal(0, 0.05, 800)
+    f = attribution.fit(keep, y, method, alpha=1e-3)
+    assert f.heldout_r > 0.99 and f.heldout_r2 > 0.98 and f.n_heldout == 160
+    assert np.allclose(f.attribution, true, atol=0.05)
+    assert list(attribution.ranking(f.attribution)[:3]) == [3, 7, 12]
+    lo, hi = attribution.bootstrap(keep, y, n_boot=50, method=method)
+    assert (lo[[3, 7, 12]] <= true[[3, 7, 12]] + 0.02).all() and (hi[[3, 7, 12]] >= true[[3, 7, 12]] - 0.02).all()
+
+
+def test_fit_on_noise_is_poor():
+    keep = attribution.sample_masks(500, 4, 4, 0.5, seed=3).numpy()
+    y = np.random.default_rng(1).normal(size=500)
+    assert attribution.fit(keep, y).heldout_r2 < 0.1
+
+
+def test_metrics():
+    assert metrics.faithfulness(np.array([1.0, 3.0]), 3.0, 1.0).tolist() == [0.0, 1.0]
+    assert metrics.completeness(np.array([1.0, 3.0]), 3.0, 1.0).tolist() == [1.0, 0.0]
+    assert metrics.k_at([0.1, 0.5, 0.85, 0.9], [0, 1, 2, 4]) == 2
+    assert metrics.k_at([0.1, 0.5], [0, 1]) is None
+    only, abl = metrics.topk_masks(np.array([3, 0, 2, 1]), [0, 2, 4], 2, 2)
+    assert only.shape == (3, 2, 2)
+    flat_only, flat_abl = only.view(3, -1), abl.view(3, -1)
+    assert flat_only[0].sum() == 0 and flat_abl[0].all()
+    assert flat_only[1].nonzero().flatten().tolist() == [0, 3] and (flat_abl[1] == ~flat_only[1]).all()
+    assert flat_only[2].all() and not flat_abl[2].any()
+
+
+def test_bad_run_store_reuse(tmp_path):
+    RunStore(tmp_path, {"n_masks": 10})
+    with pytest.raises(ValueError, match="other parameters"):
+        RunStore(tmp_path, {"n_masks": 20})
+
+
+@pytest.fixture(scope="module")
+def tasks(tiny_llava):
+    model, processor = tiny_llava
+    set_file = coco.resolve_set("fashionscenes/eval")
+    exs = coco.load_set(set_file)[::40][:4]
+    return experiment.prepare(processor, exs, coco.class_names(set_file), question_text("object"))
+
+
+def test_attribution_patching_is_the_gradient(tiny_llava, tasks):
+    """The linear estimate equals a finite difference along (baseline - clean) for each head."""
+    model, processor = tiny_llava
+    iv.install(model, "sdpa")
+    task = tasks[0]
+    baseline = iv.Baseline("image-mean")
+    est = rankings.attribution_patching(model, task, baseline)
+    img = iv.image_mask(model, task.inputs["input_ids"])
+    cap = iv.Capture(image=img, kv=True)
+    with torch.inference_mode(), iv.intervene(model, capture=cap):
+        model(**task.inputs)
+    n_layers, n_heads = iv.text_layers_and_heads(model)
+    eps = 1e-2
+    for l, h in [(0, 1), (1, 3)]:
+        ys = []
+        for sign in (1, -1):
+            keys, values = [], []
+            for ll in range(n_layers):
+                k, v = cap.keys[ll].clone(), cap.values[ll].clone()  # (1, H, n_img, D), no GQA here
+                if ll == l:
+                    bk, bv = baseline.image_kv(ll, cap.keys[ll], cap.values[ll], img)
+                    k[:, h] += sign * eps * (bk[:, h] - k[:, h])
+                    v[:, h] += sign * eps * (bv[:, h] - v[:, h])
+                keys.append(k)
+                values.append(v)
+            moved = iv.Baseline("dataset-mean", keys=keys, values=values)
+            with torch.inference_mode(), iv.intervene(model, ablation=iv.HeadAblation(
+                    torch.zeros(1, n_layers, n_heads, dtype=torch.bool), img, moved)):
+                ys.append(float(model(**task.inputs).logits[0, -1, task.target_id]))
+        fd = -(ys[0] - ys[1]) / (2 * eps)
+        assert abs(fd - est[l, h]) < 1e-3 + 1e-2 * abs(fd), (l, h, fd, est[l, h])
+    assert np.abs(est).max() > 1e-4
+
+
+def test_single_head_and_attention_weight_shapes(tiny_llava, tasks):
+    model, _ = tiny_llava
+    s = rankings.single_head(model, tasks[0], iv.Baseline("zero"))
+    a = rankings.attention_weight(model, tasks[0], "final")
+    t = rankings.attention_weight(model, tasks[0], "text")
+    assert s.shape == a.shape == t.shape == (2, 4)
+    assert (a > 0).all() and (a <= 1).all() and np.abs(s).max() > 0
+    with pytest.raises(ValueError, match="unknown query group"):
+        rankings.attention_weight(model, tasks[0], "image")
+
+
+CHILD = r"""
+import sys, torch
+sys.path.insert(0, {tests!r})
+from conftest import TINY
+from headflow import coco, experiment, interventions as iv, organism
+from headflow.runstore import RunStore
+from headflow.task import question_text
+torch.manual_seed(0)
+processor = organism.build_processor()
+model = organism.build_model(processor, TINY).eval()
+set_file = coco.resolve_set("fashionscenes/eval")
+tasks = experiment.prepare(processor, coco.load_set(set_file)[::40][:6], coco.class_names(set_file), question_text("object"))
+store = RunStore({root!r}, {{"n_masks": 600}})
+experiment.run_attribution(model, tasks, iv.Baseline("zero"), store, 600, 0.5, seed=0, progress=False)
+"""
+
+
+def test_run_store_survives_kill_9(tmp_path):
+    tests = os.path.dirname(__file__)
+    crashed, clean = tmp_path / "crashed", tmp_path / "clean"
+    proc = subprocess.Popen([sys.executable, "-c", CHILD.format(tests=tests, root=str(crashed))])
+    t0 = time.time()
+    while len(list(crashed.glob("*.npz"))) < 2 and time.time() - t0 < 300 and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_before = len(list(crashed.glob("*.npz")))
+    assert 1 <= n_before < 6, f"the child finished {n_before} of 6 images before the kill"
+    for args in ((crashed,), (clean,)):  # resume the crashed run; do a clean run elsewhere
+        subprocess.run([sys.executable, "-c", CHILD.format(tests=tests, root=str(args[0]))], check=True)
+    a, b = RunStore(crashed, {"n_masks": 600}), RunStore(clean, {"n_masks": 600})
+    assert a.keys() == b.keys() and len(a.keys()) == 6
+    assert not list(crashed.glob(".*"))  # no temporary leftovers
+    for k in a.keys():
+        ra, rb = experiment.load_run(a, k), experiment.load_run(b, k)
+        assert ra["keep"].shape == (600, 2, 4)
+        for name in ("keep", "y", "y_clean", "y_none"):
+            assert np.array_equal(ra[name], rb[name]), (k, name)
