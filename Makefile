@@ -30,7 +30,7 @@ notebooks: setup
 	$(PY) -m headflow.run --profile default
 
 html: setup
-	$(VENV)/bin/jupyter-book build book --config _config.yml --toc book/_toc.yml --path-output . -W -n --keep-going
+	$(VENV)/bin/jupyter-book build book --config $(CURDIR)/_config.yml --toc $(CURDIR)/book/_toc.yml --path-output $(CURDIR) -W -n --keep-going
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
 test: setup

@@ -91,7 +91,7 @@ def test_attribution_patching_is_the_gradient(tiny_llava, tasks):
             for ll in range(n_layers):
                 k, v = cap.keys[ll].clone(), cap.values[ll].clone()  # (1, H, n_img, D), no GQA here
                 if ll == l:
-                    bk, bv = baseline.image_kv(ll, cap.keys[ll], cap.values[ll], img)
+                    bk, bv = baseline.image_kv(ll, cap.keys[ll], cap.values[ll], torch.ones_like(img[:, :k.shape[2]]))
                     k[:, h] += sign * eps * (bk[:, h] - k[:, h])
                     v[:, h] += sign * eps * (bv[:, h] - v[:, h])
                 keys.append(k)

@@ -36,6 +36,12 @@ def test_chapter_results(executed):
     assert org["n_eval"] == 150 and set(org["accuracy"]) == {"object", "color", "position"}
     task = json.loads((executed / "results" / "task.json").read_text())
     assert task["group_sizes"]["image"] == 64 and task["n_images"] == 60
+    att = json.loads((executed / "results" / "attribution.json").read_text())
+    methods = {"attribution", "single_head", "attention_weight", "random", "attribution_patching"}
+    assert set(att["k_at_0.8"]["faithfulness"]) == methods == set(att["k_at_0.8"]["completeness"])
+    assert -1 <= att["fit"]["pearson_r_median"] <= 1
+    perf = json.loads((executed / "results" / "performance.json").read_text())
+    assert perf["organism"]["speedup"] > 1 and perf["fraction_of_matmul_peak"] > 0
 
 
 @pytest.mark.parametrize("name", [p.stem for p in run.notebooks()])

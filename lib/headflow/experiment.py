@@ -75,14 +75,14 @@ def reference_baseline(model, tasks: Sequence[ImageTask], kind: str, batch_size:
 
 
 def masks_y(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tensor, target: str = "logit",
-            batch_size: int = 64, reuse: PrefixReuse | None = None) -> np.ndarray:
+            batch_size: int = 128, reuse: PrefixReuse | None = None) -> np.ndarray:
     """``y`` under each keep-mask ``(M, n_layers, n_heads)``, through the fast path."""
     reuse = reuse or PrefixReuse(model, task.inputs, baseline)
     return target_values(reuse.final_logits(keep, batch_size), task, target)
 
 
 def run_attribution(model, tasks: Sequence[ImageTask], baseline: iv.Baseline, store: RunStore, n_masks: int,
-                    ablation_rate: float, seed: int, target: str = "logit", batch_size: int = 64,
+                    ablation_rate: float, seed: int, target: str = "logit", batch_size: int = 128,
                     progress: bool = True) -> dict[str, dict]:
     """Random-mask ablations of every image: per image ``keep (S, L, H)``, ``y (S,)``,
     ``y_clean`` and ``y_none``.  Finished images are read back from ``store``."""

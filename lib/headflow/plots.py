@@ -188,7 +188,8 @@ def metric_curves(ks, curves: dict, ylabel: str, band: tuple | None = None, thre
     if band is not None:
         ax.fill_between(ks, band[0], band[1], color="grey", alpha=0.25, label="random 95% band")
     ax.axhline(threshold, color="k", ls="--", lw=0.8)
-    ax.set(xscale="symlog", xlabel="k (heads)", ylabel=ylabel)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set(xlim=(0, max(ks)), xlabel="k (heads, symlog scale)", ylabel=ylabel)
     ax.legend(fontsize=7)
     return ax.figure
 

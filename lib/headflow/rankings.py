@@ -18,7 +18,7 @@ from . import interventions as iv
 from .experiment import ImageTask, masks_y
 
 
-def single_head(model, task: ImageTask, baseline: iv.Baseline, target: str = "logit", batch_size: int = 64) -> np.ndarray:
+def single_head(model, task: ImageTask, baseline: iv.Baseline, target: str = "logit", batch_size: int = 128) -> np.ndarray:
     """The logit lost when each head alone is ablated."""
     n_layers, n_heads = iv.text_layers_and_heads(model)
     total = n_layers * n_heads
@@ -79,8 +79,9 @@ def attribution_patching(model, task: ImageTask, baseline: iv.Baseline, target: 
             y = y - logits[0, task.other_ids].max()
         grads = torch.autograd.grad(y, leaf_k + leaf_v)
     scores = np.zeros((n_layers, n_heads))
+    all_image = torch.ones(1, cap.keys[0].shape[2], dtype=torch.bool)  # cap.keys hold the image slots only
     for l in range(n_layers):
-        bk, bv = baseline.image_kv(l, cap.keys[l], cap.values[l], img)
+        bk, bv = baseline.image_kv(l, cap.keys[l], cap.values[l], all_image)
         dk = iv._expand_heads(bk, groups) - clean_k[l]
         dv = iv._expand_heads(bv, groups) - clean_v[l]
         delta = (grads[l] * dk).sum((0, 2, 3)) + (grads[n_layers + l] * dv).sum((0, 2, 3))

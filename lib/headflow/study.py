@@ -96,7 +96,7 @@ def store_for(st: Study, kind: str, **params) -> RunStore:
 
 
 def attribution_runs(st: Study, n_masks: int, ablation_rate: float, seed: int, tasks=None,
-                     batch_size: int = 64) -> dict[str, dict]:
+                     batch_size: int = 128) -> dict[str, dict]:
     """Random-mask runs of every image (resumable; see :mod:`headflow.runstore`)."""
     store = store_for(st, "attribution", n_masks=n_masks, ablation_rate=ablation_rate, seed=seed)
     return experiment.run_attribution(st.model, tasks or st.tasks, st.baseline, store, n_masks, ablation_rate, seed,
