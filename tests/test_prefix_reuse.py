@@ -35,14 +35,15 @@ def _masks(model, n, seed):
 
 
 def _models():
-    return ["llava", "qwen2_vl"]
+    return ["organism", "llava", "qwen2_vl"]
 
 
 @pytest.fixture(scope="module")
-def setups(tiny_llava):
+def setups(tiny_llava, organism_model):
     exs = coco.load_set(coco.resolve_set("fashionscenes/eval"))[:4]
     out = {}
-    for name, (model, processor) in {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl()}.items():
+    for name, (model, processor) in {"organism": organism_model, "llava": tiny_llava,
+                                     "qwen2_vl": tiny_qwen2_vl()}.items():
         refs = [_one(processor, e.load_image()) for e in exs[1:]]
         out[name] = (model, processor, exs[0], refs)
     return out

@@ -7,6 +7,7 @@ folder or a hub id, loaded with transformers' ``AutoModelForImageTextToText`` an
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,8 +44,10 @@ def load(name_or_path: str = "organism", attn_implementation: str = "sdpa", dtyp
         raise ValueError(f"model must be 'organism', a local folder or a hub id, not {name_or_path!r}")
     path = resolve_path(name_or_path)
     is_local = Path(path).is_dir()
-    if not is_local and (Path(path).suffix or path.startswith((".", "/"))):
-        raise FileNotFoundError(f"model folder {path} does not exist")
+    looks_like_hub_id = re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path) is not None and not path.startswith(".")
+    if not is_local and not looks_like_hub_id:
+        raise FileNotFoundError(f"model folder {path} does not exist (and {path!r} is not a hub id like "
+                                "'llava-hf/llava-1.5-7b-hf')")
     kwargs = {"local_files_only": True} if (not is_local and _offline()) else {}
     try:
         config = AutoConfig.from_pretrained(path, **kwargs)
