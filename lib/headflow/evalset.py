@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from . import coco, data
+from .outputs import sha256
 
 DATA_DIR = Path("data")
 
@@ -51,14 +51,6 @@ def build(root: Path, per_class: int = 40, variants_per_class: int = 10, seed: i
                 var_specs.append(data.variant(specs[idx], kind, rng))
                 extras.append({"variant_of": idx + 1, "variant_kind": kind})
     _write(root / "variants", var_specs, extras)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 README_HEAD = """# Data

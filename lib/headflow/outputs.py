@@ -6,6 +6,7 @@ default); a notebook opened by hand writes to ``book/`` of this repository.  Fig
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -53,3 +54,12 @@ def save_figure(fig, name: str, show: bool = True) -> Path:
     else:
         plt.close(fig)
     return path
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

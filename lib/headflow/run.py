@@ -25,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .models import REPO_ROOT
+from .outputs import sha256
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PROFILE_FILE = NOTEBOOK_DIR / "profiles.yml"
@@ -115,14 +116,6 @@ def parse_override(text: str) -> tuple[str, str, object]:
 
 
 # ------------------------------------------------------------------------------------ provenance
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def lib_hash() -> str:
     """sha256 over the package's source files (names and contents)."""
     h = hashlib.sha256()
