@@ -222,3 +222,29 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def profile_fast_path(model, processor, image_size: int = 64, n_masks: int = 256, batch: int = 128) -> dict:
+    """Where the fast path's time goes (cProfile of the suffix passes): shares of the total in
+    the linear layers (projections, MLP, LM head), in the attention over [prefix | suffix]
+    (:func:`headflow.prefix_reuse.prefix_attention`), and everything else (norms, RoPE, Python)."""
+    import cProfile
+    import pstats
+
+    iv.install(model, "sdpa")
+    n_layers, n_heads = iv.text_layers_and_heads(model)
+    inputs = processor(images=[_image(processor, image_size)], text=[build_prompt(processor, question_text("object"))],
+                       return_tensors="pt")
+    reuse = PrefixReuse(model, inputs, iv.Baseline("image-mean"))
+    keep = sample_masks(n_masks, n_layers, n_heads, 0.5, seed=0)
+    reuse.final_logits(keep[:batch], batch_size=batch)  # warm-up
+    prof = cProfile.Profile()
+    prof.enable()
+    reuse.final_logits(keep, batch_size=batch)
+    prof.disable()
+    stats = pstats.Stats(prof).stats
+    total = sum(v[2] for v in stats.values())  # tottime over every function = wall time profiled
+    linear = sum(v[2] for k, v in stats.items() if k[2] == "<built-in method torch._C._nn.linear>")
+    attention = sum(v[3] for k, v in stats.items() if k[2] == "prefix_attention")
+    return {"linear": linear / total, "attention": attention / total, "other": 1 - (linear + attention) / total,
+            "seconds": total, "n_masks": n_masks, "batch": batch}
