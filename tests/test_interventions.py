@@ -186,3 +186,26 @@ def test_bad_inputs(tiny_llava, batch):
             pass
     with pytest.raises(ValueError, match="needs keys and values"):
         iv.Baseline("dataset-mean")
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_on_the_organism(organism_model, base):
+    """The trained organism: empty is bit-identical; ablation and knockout match the reference."""
+    model, processor = organism_model
+    exs = coco.load_set(coco.resolve_set("fashionscenes/eval"))[5:7]
+    prompts = [build_prompt(processor, question_text(q)) for q in ("object", "position")]
+    batch = processor(images=[e.load_image() for e in exs], text=prompts, return_tensors="pt", padding=True)
+    img = iv.image_mask(model, batch["input_ids"])
+    plain = _plain(model, batch, base)
+    assert torch.equal(_logits(model, batch, base), plain)
+    model.set_attn_implementation({"text_config": base})
+    baseline = iv.dataset_mean_baseline(model, [batch])
+    keep = _random_keep(model, 2, 0.3, seed=5)
+    final = torch.zeros_like(img)
+    final[:, -1] = True
+    ko = iv.Knockout(final, img, layers=[0, 1])
+    got = _logits(model, batch, base, ablation=iv.HeadAblation(keep, img, baseline), knockouts=[ko])
+    ref = run_reference(model, batch, image=img, keep=keep, baseline="dataset-mean", base_k=baseline.keys,
+                        base_v=baseline.values, knockouts=[(final, img, [0, 1], None)])[:, -1]
+    assert torch.allclose(got, ref, atol=1e-4), (got - ref).abs().max()
+    assert (got - plain).abs().max() > 1e-2
