@@ -1,13 +1,12 @@
 """Every intervention: (a) changes the output when it should, (b) changes nothing when empty,
 (c) matches the slow reference in tests/reference.py; under both sdpa and eager."""
-import numpy as np
 import pytest
 import torch
 
 from headflow import coco, interventions as iv
 from headflow.task import build_prompt, question_text
 from reference import run_reference
-from tiny_models import qwen_inputs, tiny_qwen2_vl
+from tiny_models import tiny_qwen2_vl
 
 BASES = ["sdpa", "eager"]
 ATOL = 2e-5
@@ -35,6 +34,13 @@ def _plain(model, inputs, base):
     model.set_attn_implementation({"text_config": base})
     with torch.inference_mode():
         return model(**inputs).logits[:, -1]
+
+
+def _final(img):
+    """(B, L) bool: the last position of each row."""
+    final = torch.zeros_like(img)
+    final[:, -1] = True
+    return final
 
 
 def _random_keep(model, B, rate, seed):
@@ -82,8 +88,7 @@ def test_head_ablation_on_grouped_query_mrope_model(qwen, base, kind):
     plain = _plain(model, batch, base)
     assert torch.allclose(got, ref, atol=ATOL), (got - ref).abs().max()
     assert torch.allclose(got[0], plain[0], atol=ATOL) and (got[1] - plain[1]).abs().max() > 1e-4
-    final = torch.zeros_like(img)
-    final[:, -1] = True
+    final = _final(img)
     ko = iv.Knockout(final, img, layers=[0, 2], heads=[1, 6])  # heads 1 and 6 read different kv heads
     got = _logits(model, batch, base, knockouts=[ko])
     ref = run_reference(model, batch, image=img, knockouts=[(final, img, [0, 2], [1, 6])])[:, -1]
@@ -117,8 +122,7 @@ def test_knockout_matches_reference_and_zeroes_probabilities(tiny_llava, batch, 
     model, processor = tiny_llava
     ids = batch["input_ids"]
     img = iv.image_mask(model, ids)
-    final = torch.zeros_like(img)
-    final[:, -1] = True
+    final = _final(img)
     ko = iv.Knockout(queries=final, keys=img, layers=[1], heads=[0, 2])
     got = _logits(model, batch, base, knockouts=[ko])
     ref = run_reference(model, batch, image=img, knockouts=[(final, img, [1], [0, 2])])[:, -1]
@@ -139,8 +143,7 @@ def test_ablation_and_knockout_compose(tiny_llava, batch, base):
     img = iv.image_mask(model, ids)
     question = torch.zeros_like(img)
     question[:, -8:-3] = True
-    final = torch.zeros_like(img)
-    final[:, -1] = True
+    final = _final(img)
     keep = _random_keep(model, 2, 0.4, seed=3)
     got = _logits(model, batch, base, ablation=iv.HeadAblation(keep, img, iv.Baseline("zero")),
                   knockouts=[iv.Knockout(final, question, layers=[0])])
@@ -152,8 +155,7 @@ def test_ablation_and_knockout_compose(tiny_llava, batch, base):
 def test_capture_matches_eager_attention_weights(tiny_llava, batch):
     model, _ = tiny_llava
     img = iv.image_mask(model, batch["input_ids"])
-    final = torch.zeros_like(img)
-    final[:, -1] = True
+    final = _final(img)
     model.set_attn_implementation({"text_config": "eager"})
     with torch.inference_mode():
         att = model(**batch, output_attentions=True).attentions
@@ -201,8 +203,7 @@ def test_on_the_organism(organism_model, base):
     model.set_attn_implementation({"text_config": base})
     baseline = iv.dataset_mean_baseline(model, [batch])
     keep = _random_keep(model, 2, 0.3, seed=5)
-    final = torch.zeros_like(img)
-    final[:, -1] = True
+    final = _final(img)
     ko = iv.Knockout(final, img, layers=[0, 1])
     got = _logits(model, batch, base, ablation=iv.HeadAblation(keep, img, baseline), knockouts=[ko])
     ref = run_reference(model, batch, image=img, keep=keep, baseline="dataset-mean", base_k=baseline.keys,

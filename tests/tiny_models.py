@@ -1,6 +1,5 @@
 """Tiny random-weight models of other families, built from config with offline processors
 (no weights can be downloaded here).  They test mechanics, never findings."""
-import numpy as np
 import torch
 import transformers as T
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
