@@ -85,7 +85,7 @@ def suffix_flops(model, P: int, S: int) -> float:
 
 
 def full_flops(model, Ltot: int) -> float:
-    c = model.config.get_text_config()
+    """FLOPs of one full forward (text model only): a "suffix" with no prefix."""
     return suffix_flops(model, 0, Ltot)
 
 
@@ -108,7 +108,6 @@ def nnsight_masks_per_second(model, inputs, keep: torch.Tensor) -> float | None:
     before = model.config.get_text_config()._attn_implementation
     model.set_attn_implementation({"text_config": "sdpa"})
     nn_model = NNsight(model)
-    layers = model.model.language_model.layers
 
     def run():
         with torch.inference_mode(), nn_model.trace(**big, logits_to_keep=1):
@@ -121,7 +120,6 @@ def nnsight_masks_per_second(model, inputs, keep: torch.Tensor) -> float | None:
         t = _time(run, reps=2)
     finally:
         model.set_attn_implementation({"text_config": before})
-        del layers
     return B / t
 
 

@@ -20,7 +20,7 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -348,8 +348,8 @@ def train(out: Path, recipe: Recipe) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Train the model organism from scratch (about 55 min on 2 cores).")
     ap.add_argument("--out", type=Path, default=Path("data/models/organism"))
-    for f in Recipe.__dataclass_fields__.values():
-        if f.type in ("int", "float") or isinstance(f.default, (int, float)) and not isinstance(f.default, bool):
+    for f in Recipe.__dataclass_fields__.values():  # every int/float field of the recipe is an option
+        if type(f.default) in (int, float):
             ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     args = vars(ap.parse_args(argv))
     out = args.pop("out")
