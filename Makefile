@@ -9,7 +9,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED = 0
 
-.PHONY: setup book html notebooks test test-fast organism data bench clean
+.PHONY: setup book html notebooks test test-fast organism organism-tower organism-scratch data bench clean
 
 setup: $(STAMP)
 
@@ -39,8 +39,19 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest tests -ra -m "not slow"
 
+# the default organism, from the committed vision tower of organism-scratch (about 50 min on 2 cores)
 organism: setup
 	$(PY) -m headflow.organism --out data/models/organism
+	$(PY) -m headflow.evalset --readme-only
+
+# the same recipe with the vision tower trained too (about 90 min on 2 cores)
+organism-tower: setup
+	$(PY) -m headflow.organism --train-tower --out data/models/organism
+	$(PY) -m headflow.evalset --readme-only
+
+# the contrast organism: vision tower, then the whole LLaVA, no text pretraining (about 58 min)
+organism-scratch: setup
+	$(PY) -m headflow.organism --scratch --out data/models/organism-scratch
 	$(PY) -m headflow.evalset --readme-only
 
 data: setup

@@ -39,3 +39,16 @@ def test_unknown_family(tmp_path):
 def test_missing_folder():
     with pytest.raises(FileNotFoundError, match="does not exist"):
         models.load("./no/such/model")
+
+
+def test_both_organisms_load_by_name():
+    for name in models.ORGANISMS:
+        assert models.resolve_path(name) == str(models.ORGANISMS[name])
+    scratch, _ = models.load("organism-scratch")
+    assert models.n_heads(scratch) == (8, 8)
+
+
+def test_missing_organism_names_the_make_target(monkeypatch, tmp_path):
+    monkeypatch.setitem(models.ORGANISMS, "organism-scratch", tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="make organism-scratch"):
+        models.resolve_path("organism-scratch")

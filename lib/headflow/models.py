@@ -11,19 +11,23 @@ import re
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ORGANISM_DIR = Path(os.environ.get("HEADFLOW_ORGANISM", REPO_ROOT / "data" / "models" / "organism"))
+MODELS_DIR = REPO_ROOT / "data" / "models"
+ORGANISM_DIR = Path(os.environ.get("HEADFLOW_ORGANISM", MODELS_DIR / "organism"))
+# The organisms committed in this repository (chapter 0): name -> folder.
+ORGANISMS = {"organism": ORGANISM_DIR, "organism-scratch": MODELS_DIR / "organism-scratch"}
 
 # Families whose token groups (tokens.py) and interventions are tested here on tiny models.
 TESTED_FAMILIES = ("llava", "qwen2_vl")
 
 
 def resolve_path(name_or_path: str) -> str:
-    """``"organism"`` -> its folder; a path or hub id is returned unchanged."""
-    if name_or_path == "organism":
-        if not (ORGANISM_DIR / "config.json").exists():
-            raise FileNotFoundError(f"the organism checkpoint is missing at {ORGANISM_DIR}; run `make organism` "
-                                    "to train it (about 55 minutes on 2 cores)")
-        return str(ORGANISM_DIR)
+    """``"organism"`` / ``"organism-scratch"`` -> its folder; a path or hub id is returned unchanged."""
+    if name_or_path in ORGANISMS:
+        folder = ORGANISMS[name_or_path]
+        if not (folder / "config.json").exists():
+            how = "make organism-scratch" if name_or_path == "organism-scratch" else "make organism"
+            raise FileNotFoundError(f"the {name_or_path} checkpoint is missing at {folder}; run `{how}` to train it")
+        return str(folder)
     return name_or_path
 
 
@@ -34,14 +38,15 @@ def _offline() -> bool:
 def load(name_or_path: str = "organism", attn_implementation: str = "sdpa", dtype=None, device: str | None = None):
     """Return ``(model, processor)`` in eval mode.
 
-    ``name_or_path``: ``"organism"``, a local folder saved with ``save_pretrained``, or a hub id
+    ``name_or_path``: ``"organism"`` (the default organism), ``"organism-scratch"``, a local folder
+    saved with ``save_pretrained``, or a hub id
     such as ``"llava-hf/llava-1.5-7b-hf"`` (needs a local copy when ``HF_HUB_OFFLINE=1``).
     """
     import transformers
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     if not isinstance(name_or_path, str) or not name_or_path:
-        raise ValueError(f"model must be 'organism', a local folder or a hub id, not {name_or_path!r}")
+        raise ValueError(f"model must be one of {list(ORGANISMS)}, a local folder or a hub id, not {name_or_path!r}")
     path = resolve_path(name_or_path)
     is_local = Path(path).is_dir()
     looks_like_hub_id = re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path) is not None and not path.startswith(".")
