@@ -24,6 +24,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from . import index
 from .models import REPO_ROOT
 from .outputs import sha256
 
@@ -152,6 +153,25 @@ def _snapshot(out: Path) -> dict:
     return files
 
 
+def _stores_read(log: Path) -> list[dict]:
+    """The run stores a notebook opened: key (folder name), the parameters and fingerprint it is keyed
+    by, units found at opening (hits) and units computed during the run."""
+    seen: dict[str, dict] = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            rec = json.loads(line)
+            seen.setdefault(rec["store"], rec)
+        log.unlink()
+    out = []
+    for root, rec in seen.items():
+        root = Path(root)
+        n_now = len([p for p in root.glob("*.npz") if not p.name.startswith(".")])
+        params = json.loads((root / "params.json").read_text()) if (root / "params.json").exists() else {}
+        out.append({"key": root.name, "keyed_by": params, "units_hit": rec["units_found"],
+                    "units_computed": n_now - rec["units_found"]})
+    return out
+
+
 # ------------------------------------------------------------------------------------ running
 def execute(path: Path, params: dict, out: Path, profile: str, timeout: int | None = None) -> dict:
     """Run one notebook with papermill into ``out`` and write its provenance record."""
@@ -162,17 +182,23 @@ def execute(path: Path, params: dict, out: Path, profile: str, timeout: int | No
     before = _snapshot(out)
     os.environ["HEADFLOW_BOOK_DIR"] = str(out.resolve())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    store_log = out / "_provenance" / f".{path.stem}.stores.jsonl"
+    store_log.parent.mkdir(parents=True, exist_ok=True)
+    store_log.unlink(missing_ok=True)
+    os.environ["HEADFLOW_STORE_LOG"] = str(store_log)
     t0 = time.time()
     pm.execute_notebook(str(path), str(out / path.name), parameters=params, kernel_name="python3",
                         cwd=str(NOTEBOOK_DIR), progress_bar=False, execution_timeout=timeout)
     wall = time.time() - t0
+    os.environ.pop("HEADFLOW_STORE_LOG", None)
+    stores = _stores_read(store_log)
     after = _snapshot(out)
     written = sorted(k for k, v in after.items() if before.get(k) != v)
     record = {"notebook": path.name, "profile": profile, "parameters": effective, "overrides": params,
               "seeds": {k: v for k, v in effective.items() if "seed" in k},
               "wall_seconds": round(wall, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "git": git_commit(), "lib_sha256": lib_hash(), "versions": versions(),
-              "outputs": {k: sha256(out / k) for k in written}}
+              "run_stores": stores, "outputs": {k: sha256(out / k) for k in written}}
     prov = out / "_provenance" / f"{path.stem}.json"
     prov.parent.mkdir(parents=True, exist_ok=True)
     prov.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
@@ -208,6 +234,9 @@ def main(argv=None) -> None:
         rec = execute(p, params, a.out, a.profile, a.timeout)
         print(f"[headflow.run] {p.name} done in {rec['wall_seconds']} s; wrote {len(rec['outputs'])} files",
               flush=True)
+    if (a.out / "index.md").exists():
+        index.write(a.out)
+        print(f"[headflow.run] status table of {a.out / 'index.md'} regenerated from {a.out / 'results'}", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ A store is a folder holding ``params.json`` (what the run computes; reopening it
 parameters is an error) and one ``<key>.npz`` per finished unit, written to a temporary file and
 renamed into place, so a crash (even ``kill -9``) leaves either the whole unit or nothing.
 Rerunning skips the finished units: no work is lost or duplicated.
+
+When ``HEADFLOW_STORE_LOG`` names a file (the runner sets it), every store opened appends a line
+``{"store", "units_found"}`` there, so a chapter's provenance says which stores it read.
 """
 from __future__ import annotations
 
@@ -30,6 +33,10 @@ class RunStore:
             meta.write_text(text)
         for tmp in self.root.glob(".*.tmp.npz"):  # left by a crash mid-write
             tmp.unlink()
+        log = os.environ.get("HEADFLOW_STORE_LOG")
+        if log:
+            with open(log, "a") as f:
+                f.write(json.dumps({"store": str(self.root), "units_found": len(self.keys())}) + "\n")
 
     def _path(self, key: str) -> Path:
         if not key or "/" in key or key.startswith("."):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import attribution, coco, evaluate, experiment, interventions as iv, models
+from .fingerprint import fingerprint
 from .models import REPO_ROOT
 from .runstore import RunStore
 from .task import question_text
@@ -82,13 +83,16 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
     n_layers, n_heads = iv.text_layers_and_heads(net)
     bl = experiment.reference_baseline(net, ref_tasks, baseline)
     meta = {"model": model, "image_set": image_set, "question": question, "per_class": per_class,
-            "n_reference": len(reference), "baseline": baseline, "target": target, "base": base}
+            "n_reference": len(reference), "baseline": baseline, "target": target, "base": base,
+            "fingerprint": fingerprint(models.resolve_path(model), [e.path for e in chosen + reference])}
     return Study(model, net, processor, words, q, tasks, len(chosen), float(res["accuracy"]), bl, baseline, target,
                  n_layers, n_heads, meta)
 
 
 def store_for(st: Study, kind: str, **params) -> RunStore:
-    """A run store keyed by everything that determines its contents."""
+    """A run store keyed by everything that determines its contents: the study's parameters, the
+    run's parameters and the fingerprint (model files, images, code of the computing modules,
+    versions; :mod:`headflow.fingerprint`)."""
     full = {"kind": kind, **st.meta, **params}
     digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:12]
     return RunStore(RUN_DIR / f"{kind}-{digest}", full)
