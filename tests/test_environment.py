@@ -59,3 +59,33 @@ def test_book_pages_are_hyphenated_and_in_the_toc():
 def test_ci_runs_make_test_offline():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci and "HF_HUB_OFFLINE=1" in ci
+
+
+def test_lint_is_clean():
+    """ruff (configured in pyproject.toml) over the package, the tests and the notebooks: unused
+    imports in a chapter, undefined names, long lines."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ruff = Path(sys.executable).parent / "ruff"
+    r = subprocess.run([str(ruff), "check", "lib", "tests", "notebooks"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+
+
+def test_a_skip_fails_in_ci_and_no_tests_is_not_a_pass(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(ROOT / "tests" / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_skips.py").write_text("import pytest\n\ndef test_skipped():\n    pytest.skip('no reason')\n")
+    env = {**os.environ, "CI": "true"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 1 and "skipped in CI" in r.stdout, r.stdout[-2000:]
+    (tmp_path / "test_skips.py").write_text("def helper():\n    pass\n")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 1, r.stdout[-2000:]

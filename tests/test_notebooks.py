@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from headflow import models, run
+from headflow import index, models, run
 
 ROOT = models.REPO_ROOT
 pytestmark = pytest.mark.slow
@@ -34,6 +34,13 @@ def test_notebook_runs_and_records_provenance(executed, name):
 def test_chapter_results(executed):
     org = json.loads((executed / "results" / "organism.json").read_text())
     assert org["n_eval"] == 150 and set(org["accuracy"]) == {"object", "color", "position"}
+    assert set(org["by_organism"]) == {"organism", "organism-scratch"} and org["recipe"] == ["text", "align", "llava"]
+    where = json.loads((executed / "results" / "where_heads.json").read_text())
+    assert set(where["by_organism"]) == {"organism", "organism-scratch"}
+    for r in where["by_organism"].values():
+        assert abs(sum(r["share_per_layer"]) - 1) < 1e-6 and sum(r["top10_layers"]) == 6
+        assert set(r["by_cutoff"]) == {"0.05", "0.1", "0.2", "0.3"} and len(r["probe_by_layer"]["final"]) == 9
+    assert where["status"]["verdict"] in ("reproduced", "partly", "not reproduced")
     task = json.loads((executed / "results" / "task.json").read_text())
     assert task["group_sizes"]["image"] == 64 and task["n_images"] == 60
     att = json.loads((executed / "results" / "attribution.json").read_text())
@@ -59,6 +66,10 @@ def test_book_builds_without_warnings(executed, tmp_path):
     shutil.copytree(executed, src)
     for f in ("_toc.yml", "index.md"):
         shutil.copy(ROOT / "book" / f, src / f)
+    index.write(src)  # the status table from this run's results
+    table = (src / "index.md").read_text()
+    assert "<02-single-head-ablation>" in table and any(f"| {v} |" in table for v in ("reproduced", "partly",
+                                                                                       "not reproduced"))
     jb = Path(sys.executable).parent / "jupyter-book"
     r = subprocess.run([str(jb), "build", str(src), "--config", str(ROOT / "_config.yml"), "--toc",
                         str(src / "_toc.yml"), "--path-output", str(tmp_path), "-W", "-n", "--keep-going"],

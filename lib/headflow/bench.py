@@ -199,7 +199,8 @@ def table(out: dict) -> str:
         lines.append(f"{name:18s} {m['naive']:9.1f} {m['batched_full']:9.1f} {m['fast']:9.1f} {nn}  "
                      f"{r['speedup']:8.1f} {vs}")
     g = out["details"]["llava15_geometry"]["suffix_gflops_per_s"]
-    lines.append(f"suffix pass at LLaVA-1.5 geometry: {g:.0f} GFLOP/s = {out['fraction_of_matmul_peak']:.0%} of the matmul peak")
+    lines.append(f"suffix pass at LLaVA-1.5 geometry: {g:.0f} GFLOP/s = "
+                 f"{out['fraction_of_matmul_peak']:.0%} of the matmul peak")
     return "\n".join(lines)
 
 

@@ -66,3 +66,39 @@ def evaluate(model, processor, images: Sequence, words: Sequence[str], targets: 
     res = answer_logits(logits, ids, targets)
     res["accuracy"] = float(res["correct"].mean())
     return res
+
+
+def wilson_interval(n_correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (exact for this statistic: a share of
+    independent yes/no outcomes; sensible at 0 and 1, unlike the normal approximation)."""
+    if n <= 0:
+        raise ValueError("an accuracy needs at least one image")
+    p = n_correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def scene_accuracy(model, processor, split: str, n: int, seed: int, batch_size: int = 100,
+                   progress: bool = False) -> dict:
+    """Held-out accuracy of a FashionScenes-trained model on ``n`` freshly rendered scenes of
+    ``split`` (seed ``seed``), per question type: ``{"accuracy", "ci", "n_eval", "seed", "split",
+    "correct"/"predicted" (per question, arrays), "labels" (per question, arrays)}``."""
+    from . import data
+    from .organism import ANSWER_WORDS
+    from .task import QUESTION_TYPES, question_text
+
+    specs = data.sample_specs(split, n, seed=seed)
+    images, _ = data.render_many(specs)
+    labels = {"object": np.array([s.label for s in specs]), "color": np.array([s.color for s in specs]),
+              "position": np.array([s.position for s in specs])}
+    out = {"n_eval": n, "seed": seed, "split": split, "accuracy": {}, "ci": {}, "correct": {}, "predicted": {},
+           "labels": labels}
+    for q in QUESTION_TYPES:
+        res = evaluate(model, processor, images, ANSWER_WORDS[q], labels[q].tolist(), question_text(q),
+                       batch_size=batch_size, progress=progress)
+        out["accuracy"][q] = res["accuracy"]
+        out["ci"][q] = wilson_interval(int(res["correct"].sum()), n)
+        out["correct"][q] = res["correct"]
+        out["predicted"][q] = res["predicted_word_index"]
+    return out

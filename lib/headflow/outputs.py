@@ -28,10 +28,16 @@ def _jsonable(obj):
     if isinstance(obj, np.ndarray):
         return _jsonable(obj.tolist())
     if isinstance(obj, np.generic):
-        return obj.item()
+        return _jsonable(obj.item())
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     return obj
+
+
+def as_json(obj):
+    """``obj`` with numpy values converted to plain Python and non-finite floats to None (what
+    :func:`save_json` writes)."""
+    return _jsonable(obj)
 
 
 def save_json(name: str, obj) -> Path:

@@ -30,24 +30,83 @@ def scene_grid(images: Sequence[np.ndarray], titles: Sequence[str], ncols: int =
     return fig
 
 
-def training_curves(log: dict):
-    """Stage 1 probe accuracy and stage 2 held-out accuracy per question type, over wall minutes."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    vis = log["vision_stage"]
-    llv = log["llava_stage"]
-    t_off = log.get("vision_minutes", vis[-1]["minutes"] if vis else 0)
-    axes[0].plot([r["minutes"] for r in vis], [r["probe_object"] for r in vis], "o-", label="object (probe)")
-    axes[0].plot([r["minutes"] for r in vis], [r["probe_color"] for r in vis], "s-", label="colour (probe)")
-    axes[0].set(title="stage 1: vision tower, linear probes", xlabel="minutes", ylabel="held-out accuracy", ylim=(0, 1))
-    axes[0].legend(fontsize=8)
-    for q, m in (("object", "o-"), ("color", "s-"), ("position", "^-")):
-        axes[1].plot([t_off + r["minutes"] for r in llv], [r[q] for r in llv], m, label=q)
-    axes[1].set(title="stage 2: whole LLaVA, held-out answers", xlabel="minutes since start", ylim=(0, 1))
-    axes[1].legend(fontsize=8)
-    axes[2].plot([r["minutes"] for r in vis], [r["loss"] for r in vis], label="stage 1 (class + colour CE)")
-    axes[2].plot([t_off + r["minutes"] for r in llv], [r["loss"] for r in llv], label="stage 2 (answer CE)")
-    axes[2].set(title="training loss (at evaluation steps)", xlabel="minutes since start", yscale="log")
-    axes[2].legend(fontsize=8)
+STAGE_METRICS = {"vision": {"probe_object": "object (probe)", "probe_color": "colour (probe)"},
+                 "text": {"retrieval": "text retrieval"},
+                 "align": {"object": "object", "color": "colour", "position": "position"},
+                 "llava": {"object": "object", "color": "colour", "position": "position"}}
+_METRIC_STYLE = {"object (probe)": ("C0", "o", ":"), "colour (probe)": ("C1", "s", ":"), "text retrieval": ("C3", "D", "-"),
+                 "object": ("C0", "o", "-"), "colour": ("C1", "s", "-"), "position": ("C2", "^", "-")}
+
+
+def training_curves(logs: dict):
+    """One row per organism: monitored accuracy and training loss over wall minutes, stage by stage
+    (``logs``: name -> training log; stages in ``log["recipe"]["stages"]``, an inherited vision
+    stage drawn before time 0)."""
+    fig, axes = plt.subplots(len(logs), 2, figsize=(12, 3.6 * len(logs)), squeeze=False)
+    for row, (name, log) in enumerate(logs.items()):
+        stages = list(log["recipe"].get("stages", ("vision", "llava")))
+        inherited = "vision" not in stages and log.get("vision_stage")
+        order = (["vision"] if inherited else []) + stages
+        t = -(log.get("vision_minutes") or 0) if inherited else 0.0
+        ax_acc, ax_loss = axes[row]
+        labelled = set()
+        for stage in order:
+            rows = log.get(f"{stage}_stage") or []
+            if not rows:
+                continue
+            mins = [t + r["minutes"] for r in rows]
+            ax_acc.axvspan(t, mins[-1], color="0.93" if stage in ("vision", "align") else "white", zorder=0)
+            ax_acc.text((t + mins[-1]) / 2, 1.02, stage + (" (inherited)" if stage == "vision" and inherited else ""),
+                        ha="center", va="bottom", fontsize=9, transform=ax_acc.get_xaxis_transform())
+            for key, label in STAGE_METRICS[stage].items():
+                c, m, ls = _METRIC_STYLE[label]
+                ax_acc.plot(mins, [r[key] for r in rows], color=c, marker=m, ls=ls, ms=4,
+                            label=None if label in labelled else label)
+                labelled.add(label)
+            ax_loss.plot(mins, [r["loss"] for r in rows], "o-", ms=3, label=stage)
+            t = t + (log.get(f"{stage}_minutes") or rows[-1]["minutes"])
+        ax_acc.set(xlabel="wall minutes (0 = start of this organism's own training)", ylabel="monitored accuracy",
+                   ylim=(0, 1.0))
+        ax_acc.set_title(name, loc="left", fontsize=11, pad=16)
+        ax_acc.legend(fontsize=9, loc="lower right")
+        ax_loss.set(xlabel="wall minutes", ylabel="training loss (cross-entropy, at monitoring steps)", yscale="log")
+        ax_loss.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_comparison(runs: dict, bars: dict | None = None, classes: Sequence[str] | None = None):
+    """Left: accuracy per question type with 95% intervals, one bar per organism and evaluation set
+    (``runs``: organism -> set name -> :func:`headflow.evaluate.scene_accuracy` result), the bars as
+    dashes.  Right: object accuracy per class on each organism's last set."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": [1, 1.6]})
+    ax = axes[0]
+    series = [(f"{m}, {s}", r) for m, sets in runs.items() for s, r in sets.items()]
+    qs = list(series[0][1]["accuracy"])
+    width = 0.8 / len(series)
+    for i, (label, r) in enumerate(series):
+        x = np.arange(len(qs)) + (i - (len(series) - 1) / 2) * width
+        acc = np.array([r["accuracy"][q] for q in qs])
+        lo = acc - np.array([r["ci"][q][0] for q in qs])
+        hi = np.array([r["ci"][q][1] for q in qs]) - acc
+        ax.bar(x, acc, width, yerr=[lo, hi], capsize=2, label=label, color=sns.color_palette("deep", len(series))[i])
+    for j, q in enumerate(qs):
+        if bars and q in bars:
+            ax.hlines(bars[q], j - 0.45, j + 0.45, colors="k", linestyles="--", lw=1)
+    ax.set_xticks(range(len(qs)), qs)
+    ax.set(ylabel="held-out accuracy (95% CI)", ylim=(0, 1.05), title="accuracy per question")
+    ax.legend(fontsize=8, loc="lower left")
+    ax = axes[1]
+    if classes is not None:
+        width = 0.8 / len(runs)
+        for i, (m, sets) in enumerate(runs.items()):
+            r = list(sets.values())[-1]
+            lab, ok = r["labels"]["object"], r["correct"]["object"]
+            acc = [ok[lab == c].mean() if (lab == c).any() else np.nan for c in range(len(classes))]
+            ax.bar(np.arange(len(classes)) + (i - (len(runs) - 1) / 2) * width, acc, width, label=m)
+        ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+        ax.set(ylabel="object accuracy", ylim=(0, 1.05), title="object accuracy per class (fresh seed)")
+        ax.legend(fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -200,5 +259,72 @@ def fit_scatter(pred: np.ndarray, actual: np.ndarray, title: str):
     lo, hi = float(min(actual.min(), pred.min())), float(max(actual.max(), pred.max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
     ax.set(xlabel="actual y (held out)", ylabel="predicted y", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def layer_shares(results: dict):
+    """Share of the positive normalised attribution per layer, one bar group per model, 95% CIs
+    (``results``: name -> :func:`headflow.layers.summarise` output)."""
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.8 / len(results)
+    for i, (name, r) in enumerate(results.items()):
+        share = np.asarray(r["share_per_layer"])
+        lo, hi = np.asarray(r["share_per_layer_ci"]).T
+        x = np.arange(len(share)) + (i - (len(results) - 1) / 2) * width
+        ax.bar(x, share, width, yerr=[share - lo, hi - share], capsize=2, label=f"{name} ({r['n_images']} images)")
+    ax.set_xticks(range(len(share)))
+    ax.set(xlabel="layer", ylabel="share of attribution (95% CI)",
+           title="where the normalised attribution sits (class-equal mean, positive part)")
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def top_layers_by_cutoff(results: dict):
+    """For each model and cut-off (share of heads called "top"), the share of the top heads in each
+    layer, as a heat map with the counts written in."""
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 0.6 * 4 + 2.2), squeeze=False)
+    for ax, (name, r) in zip(axes[0], results.items()):
+        cuts = list(r["by_cutoff"])
+        counts = np.array([r["by_cutoff"][c]["per_layer"] for c in cuts], float)
+        frac = counts / counts.sum(1, keepdims=True)
+        sns.heatmap(frac, ax=ax, vmin=0, vmax=1, cmap="Blues", annot=counts.astype(int), fmt="d",
+                    cbar_kws={"label": "share of the top heads"},
+                    yticklabels=[f"top {float(c):.0%} ({int(counts[i].sum())})" for i, c in enumerate(cuts)])
+        ax.set(xlabel="layer", ylabel="cut-off (heads)", title=name)
+    fig.tight_layout()
+    return fig
+
+
+def probe_curves(results: dict):
+    """Class-probe accuracy by layer (0 = language-model input) for the final token and the mean
+    image token, per model, with 95% intervals and chance."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True)
+    for ax, where, title in ((axes[0], "final", "final token"), (axes[1], "image_mean", "mean of the image tokens")):
+        for name, r in results.items():
+            p = r["probe_by_layer"]
+            acc = np.asarray(p[where])
+            lo, hi = np.asarray(p[where + "_ci"]).T
+            x = np.arange(len(acc))
+            ax.plot(x, acc, "o-", label=name)
+            ax.fill_between(x, lo, hi, alpha=0.2)
+        ax.axhline(p["chance"], color="k", ls=":", lw=1, label="chance (largest class)")
+        ax.set(xlabel="residual stream after layer (0 = input)", title=title, ylim=(0, 1))
+        ax.set_xticks(x)
+    axes[0].set_ylabel("class-probe accuracy (5-fold CV)")
+    axes[0].legend(fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def attention_vs_attribution(att: np.ndarray, attribution_map: np.ndarray, rho: float, p: float):
+    """Per head: attention weight from the final token to the image vs class-equal mean normalised attribution."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    layer = np.repeat(np.arange(att.shape[0]), att.shape[1])
+    sc = ax.scatter(att.ravel(), attribution_map.ravel(), c=layer, cmap="viridis", s=18)
+    fig.colorbar(sc, ax=ax, label="layer")
+    ax.set(xlabel="attention weight, final token -> image (mean over images)",
+           ylabel="normalised attribution (class-equal mean)", title=f"Spearman rho = {rho:.2f} (p = {p:.2g})")
     fig.tight_layout()
     return fig

@@ -1,0 +1,139 @@
+"""Verdict rules, in one place.
+
+Each chapter states its rule in prose before its numbers, then calls the function here that
+applies it to the chapter's result (the same dict it saves to ``book/results/``).  Each function
+returns a *status*: ``{"chapter", "paper", "model", "finding", "verdict"}`` where ``finding`` is
+text whose every number is formatted from the result.  The chapter saves the status inside its
+result file, and :mod:`headflow.index` builds the book's status table from those files, so no
+number in the index is typed by hand.
+"""
+from __future__ import annotations
+
+REPRODUCED, PARTLY, NOT = "reproduced", "partly", "not reproduced"
+
+
+def status(chapter: str, paper: str, model: str, finding: str, verdict: str) -> dict:
+    return {"chapter": chapter, "paper": paper, "model": model, "finding": finding, "verdict": verdict}
+
+
+def _pct(ci) -> str:
+    return f"[{ci[0]:.1%}, {ci[1]:.1%}]"
+
+
+# ------------------------------------------------------------------------------------ chapters
+def organism(res: dict) -> dict:
+    """Chapter 0 (no verdict on the paper): the default organism's held-out accuracy, bars
+    object >= 78%, colour and position >= 95% (point estimates, training log's held-out seed)."""
+    acc, ci = res["accuracy"], res["accuracy_ci"]
+    bars = {"object": 0.78, "color": 0.95, "position": 0.95}
+    finding = (f"`{res['model']}` ({' > '.join(res['recipe'])}), held-out accuracy on {res['n_eval']:,} test-split "
+               f"scenes: " + ", ".join(f"{q} {acc[q]:.1%} {_pct(ci[q])}" for q in acc))
+    contrast = [n for n in res.get("by_organism", {}) if n != res["model"]]
+    for name in contrast:
+        o = res["by_organism"][name]["log_seed"]["accuracy"]
+        finding += f"; `{name}`: " + ", ".join(f"{q} {o[q]:.1%}" for q in o)
+    met = all(acc[q] >= b for q, b in bars.items())
+    return status("0-organism", "(our stand-in for LLaVA-1.5)", res["model"], finding,
+                  "bars met" if met else "bars missed")
+
+
+def task(res: dict) -> dict:
+    """Chapter 1 (no verdict): the token groups resolve and the clean accuracy."""
+    finding = (f"token groups from the processor and chat template ({res['group_sizes']['image']} image tokens); "
+               f"{res['accuracy']:.0%} of the {res['n_images']} evaluation images answered correctly")
+    return status("1-task-and-models", "task, prompt, token groups", res["model"], finding, "done")
+
+
+def single_head(res: dict) -> dict:
+    """Chapter 2.  Reproduced if the largest single head carries under 20% of the all-heads effect
+    (median over images) and the largest random sets below all heads lose at least 1.5x the sum of
+    their single-head effects together; partly if one of the two holds."""
+    small = res["median_max_single_share"] < 0.2
+    ratio = res["superadditivity"]
+    verdict = REPRODUCED if small and ratio >= 1.5 else PARTLY if small or ratio >= 1.5 else NOT
+    finding = (f"the largest single head carries {res['median_max_single_share']:.1%} of the all-heads effect "
+               f"(median, {res['n_images']} images); {res['superadditivity_k']} random heads together lose "
+               f"{ratio:.1f}x the sum of their single effects")
+    return status("2-single-head-ablation", "Fig. 1A", res["model"], finding, verdict)
+
+
+def head_attribution(res: dict) -> dict:
+    """Chapter 3.  Reproduced if the median held-out Pearson r of the per-image fits is at least
+    0.8, partly if at least 0.6."""
+    r = res["fit"]["pearson_r_median"]
+    verdict = REPRODUCED if r >= 0.8 else PARTLY if r >= 0.6 else NOT
+    finding = (f"median held-out r = {r:.2f}, R^2 = {res['fit']['r2_median']:.2f} ({res['n_masks']:,} masks per "
+               f"image, rate {res['ablation_rate']})")
+    return status("3-head-attribution", "Fig. 1B", res["model"], finding, verdict)
+
+
+def faithfulness(res: dict) -> dict:
+    """Chapter 4.  Reproduced if attribution needs no more heads than every other method to reach
+    0.8, for faithfulness and for completeness; partly if for one of the two.  A method that never
+    reaches 0.8 counts as needing all heads + 1."""
+    k = {m: {n: None if v is None or v != v else int(v) for n, v in d.items()} for m, d in res["k_at_0.8"].items()}
+    total = res["n_heads_total"]
+
+    def need(v):
+        return total + 1 if v is None else v
+
+    wins = [need(k[m]["attribution"]) <= min(need(v) for n, v in k[m].items() if n != "attribution")
+            for m in ("faithfulness", "completeness")]
+    verdict = REPRODUCED if all(wins) else PARTLY if any(wins) else NOT
+    order = ["attribution", "single_head", "attribution_patching", "attention_weight", "random"]
+    fmt = lambda m: ", ".join(f"{n.replace('_', ' ')} {k[m][n] if k[m][n] is not None else '>' + str(total)}"  # noqa: E731
+                              for n in order if n in k[m])
+    finding = f"heads to reach 0.8: faithfulness {fmt('faithfulness')}; completeness {fmt('completeness')}"
+    return status("4-faithfulness-completeness", "Sec. 4", res["model"], finding, verdict)
+
+
+def where_heads(res: dict) -> list[str]:
+    """Chapter 5, applied to ``where_heads.json``.  Paper: the top heads sit in the second half of
+    the layers: at least 60% of them at every cut-off -> reproduced; at least 40% at every cut-off,
+    or 60% at some -> partly; otherwise not reproduced.  Contrast of the organisms: layer 0's share
+    of the normalised attribution is lower in the default than in the contrast model and the 95%
+    interval of the difference excludes 0 -> text pretraining moves the flow out of layer 0.
+
+    Returns printable lines; :func:`where_heads_status` gives the status."""
+    return where_heads_status(res)["lines"]
+
+
+def where_heads_status(res: dict) -> dict:
+    d = res["by_organism"][res["model"]]
+    late = {c: v["late_share"] for c, v in d["by_cutoff"].items()}
+    if all(v >= 0.6 for v in late.values()):
+        verdict = REPRODUCED
+    elif all(v >= 0.4 for v in late.values()) or any(v >= 0.6 for v in late.values()):
+        verdict = PARTLY
+    else:
+        verdict = NOT
+    late_txt = ", ".join(f"top {float(c):.0%}: {v:.0%}" for c, v in late.items())
+    lines = []
+    finding = f"share of the top heads in layers >= {d['late_from_layer']}: {late_txt}"
+    top10 = d.get("top10_layers")
+    if top10 is not None:
+        finding += f"; top 10% by layer {list(top10)}"
+    c = res.get("contrast", {}).get("layer0_attribution_share")
+    if c:
+        other = res["contrast_model"]
+        moved = c["difference"] < 0 and c["excludes_zero"]
+        o = res["by_organism"][other]
+        line = (f"layer 0 holds {d['share_per_layer'][0]:.0%} of the normalised attribution in `{res['model']}` vs "
+                f"{o['share_per_layer'][0]:.0%} in `{other}` (difference {c['difference']:+.2f}, 95% CI "
+                f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]) -> "
+                + ("text pretraining moves the flow out of layer 0" if moved else "no clear difference"))
+        lines.append(line)
+        finding += "; " + line.split(" -> ")[0]
+    lines.append(f"{res['model']}: {finding.split(';')[0]} -> {verdict}")
+    st = status("5-where-the-heads-are", "Sec. 4", res["model"], finding, verdict)
+    st["lines"] = lines
+    return st
+
+
+def performance(res: dict) -> dict:
+    """Appendix (no verdict on the paper): masks per second of the fast path vs naive and nnsight."""
+    o, g = res["organism"], res["llava15_geometry"]
+    finding = (f"fast path vs naive / nnsight: organism {o['speedup']:.1f}x / {o['vs_nnsight']:.1f}x, LLaVA-1.5 "
+               f"geometry {g['speedup']:.1f}x / {g['vs_nnsight']:.1f}x; suffix pass at "
+               f"{res['fraction_of_matmul_peak']:.0%} of the matmul peak")
+    return status("90-performance", "-", "organism", finding, f"measured on {res['machine']['threads']} CPU threads")
