@@ -35,9 +35,15 @@ def test_where_heads_rule_covers_every_cutoff():
     assert verdicts.where_heads_status(res({0.05: 0.2, 0.1: 0.5}))["verdict"] == verdicts.NOT
 
 
-def test_faithfulness_rule_counts_never_reaching_as_all_heads_plus_one():
-    res = {"model": "m", "n_heads_total": 64,
-           "k_at_0.8": {"faithfulness": {"attribution": 8, "single_head": None},
-                        "completeness": {"attribution": None, "single_head": 30}}}
-    st = verdicts.faithfulness(res)
-    assert st["verdict"] == verdicts.PARTLY and ">64" in st["finding"]
+def test_faithfulness_rule_uses_the_paired_intervals():
+    def res(wins):
+        methods = ["single_head", "attention_weight", "attention_weight_text", "attribution_patching", "random"]
+        paired = {m: {n: {"attribution_needs_fewer": w} for n, w in zip(methods, ws)}
+                  for m, ws in zip(("faithfulness", "completeness"), wins)}
+        k = {m: {n: {"k": 5, "ci": [3, 7]} for n in ["attribution"] + methods} for m in paired}
+        k["completeness"]["random"] = {"k": None, "ci": [40, None]}
+        return {"model": "m", "paired_vs_attribution": paired, "k_at_0.8_heldout": k}
+    assert verdicts.faithfulness(res([[True] * 5, [True] * 5]))["verdict"] == verdicts.REPRODUCED
+    assert verdicts.faithfulness(res([[True] * 5, [False] * 5]))["verdict"] == verdicts.PARTLY
+    st = verdicts.faithfulness(res([[True] * 2 + [False] * 3, [False] * 5]))
+    assert st["verdict"] == verdicts.NOT and ">all" in st["finding"]

@@ -45,8 +45,13 @@ def test_chapter_results(executed):
     assert task["group_sizes"]["image"] == 64 and task["n_images"] == 60
     att = json.loads((executed / "results" / "attribution.json").read_text())
     methods = {"attribution", "single_head", "attention_weight", "random", "attribution_patching"}
-    assert set(att["k_at_0.8"]["faithfulness"]) == methods == set(att["k_at_0.8"]["completeness"])
-    assert -1 <= att["fit"]["pearson_r_median"] <= 1
+    for metric in ("faithfulness", "completeness"):
+        got = att["k_at_0.8_heldout"][metric]
+        assert methods <= set(got) and all(set(v) == {"k", "ci"} and len(v["ci"]) == 2 for v in got.values())
+    assert methods <= set(att["cost_forward_passes"])
+    assert att["cost_forward_passes"]["attribution"]["suffix_passes"] == 60 + 2
+    assert att["cost_forward_passes"]["attention_weight"] == {"full_passes": 1, "suffix_passes": 0,
+                                                              "gradient_passes": 0}
     perf = json.loads((executed / "results" / "performance.json").read_text())
     assert perf["organism"]["speedup"] > 1 and perf["fraction_of_matmul_peak"] > 0
 

@@ -5,6 +5,13 @@
 
 where ``y_none`` ablates all heads.  Curves run over k = |S| for the top-k heads of a ranking;
 the summary is the smallest k reaching 0.8.
+
+**Over images** (one rule for every chapter, :func:`aggregate`): within each class, the ratio of
+sums over its images (sum of numerators / sum of image effects ``y_clean - y_none``); then the
+mean over classes with equal weight.  Images whose image effect is not positive are left out and
+counted; a class with fewer than ``min_images`` (default 2) usable images is left out and named
+(one image is no estimate of a class).  Intervals: :func:`bootstrap_aggregate` resamples images
+within classes and recomputes exactly this statistic.
 """
 from __future__ import annotations
 
@@ -47,3 +54,75 @@ def k_at(values: Sequence[float], ks: Sequence[int], threshold: float = 0.8) -> 
         if v >= threshold:
             return int(k)
     return None
+
+
+# ------------------------------------------------------------------------------------ over images
+def usable_groups(effects, classes, min_images: int = 2) -> tuple[dict, list[int], list[str]]:
+    """``({class: image indices}, images left out (effect <= 0), classes left out (too few images))``."""
+    effects = np.asarray(effects, float)
+    left_images = [i for i, e in enumerate(effects) if not e > 0]
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(classes):
+        if effects[i] > 0:
+            groups.setdefault(c, []).append(i)
+    left_classes = sorted(c for c, idx in groups.items() if len(idx) < min_images)
+    groups = {c: np.array(idx) for c, idx in groups.items() if len(idx) >= min_images}
+    if not groups:
+        raise ValueError(f"no class has {min_images} images with a positive image effect; use more images per class "
+                         "or min_images=1")
+    return groups, left_images, left_classes
+
+
+def aggregate(numerators, effects, classes, min_images: int = 2) -> dict:
+    """The rule of this module.  ``numerators``: ``(n_images, ...)``; ``effects``: ``(n_images,)``
+    image effects; ``classes``: a class name per image.  Returns ``value`` (``...``), ``per_class``
+    ratios, and what was left out."""
+    num = np.asarray(numerators, float)
+    eff = np.asarray(effects, float)
+    groups, left_images, left_classes = usable_groups(eff, classes, min_images)
+    per_class = {c: num[idx].sum(0) / eff[idx].sum() for c, idx in groups.items()}
+    return {"value": np.mean(list(per_class.values()), axis=0), "per_class": per_class,
+            "n_images_used": int(sum(len(i) for i in groups.values())), "images_left_out": left_images,
+            "classes_left_out": left_classes}
+
+
+def bootstrap_aggregate(numerators, effects, classes, n_boot: int, seed: int, min_images: int = 2) -> np.ndarray:
+    """``(n_boot, ...)`` draws of :func:`aggregate`'s value, images resampled within each class."""
+    num = np.asarray(numerators, float)
+    eff = np.asarray(effects, float)
+    groups, _, _ = usable_groups(eff, classes, min_images)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_boot,) + num.shape[1:])
+    for b in range(n_boot):
+        ratios = []
+        for idx in groups.values():
+            pick = idx[rng.integers(0, len(idx), len(idx))]
+            ratios.append(num[pick].sum(0) / eff[pick].sum())
+        out[b] = np.mean(ratios, axis=0)
+    return out
+
+
+def k_at_draws(curves: np.ndarray, ks: Sequence[int], threshold: float = 0.8) -> np.ndarray:
+    """k at ``threshold`` of each curve ``(..., len(ks))``; ``inf`` where a curve never reaches it."""
+    curves = np.asarray(curves)
+    reached = curves >= threshold
+    first = reached.argmax(-1)
+    k = np.asarray(ks, float)[first]
+    return np.where(reached.any(-1), k, np.inf)
+
+
+def interval(draws: np.ndarray, level: float = 0.95) -> list:
+    """Percentile interval of 1-D draws; an infinite end (never reached) is returned as None."""
+    a = (1 - level) / 2
+    d = np.asarray(draws, float)
+    lo, hi = np.quantile(d, a, method="lower"), np.quantile(d, 1 - a, method="higher")
+    return [None if not np.isfinite(lo) else float(lo), None if not np.isfinite(hi) else float(hi)]
+
+
+def paired_k_difference(k_other: np.ndarray, k_ref: np.ndarray) -> np.ndarray:
+    """``k_other - k_ref`` per bootstrap draw (both from the same resampled images); a draw where
+    neither reaches the threshold counts as no difference."""
+    a, b = np.asarray(k_other, float), np.asarray(k_ref, float)
+    both_inf = np.isinf(a) & np.isinf(b)
+    with np.errstate(invalid="ignore"):
+        return np.where(both_inf, 0.0, a - b)

@@ -328,3 +328,58 @@ def attention_vs_attribution(att: np.ndarray, attribution_map: np.ndarray, rho: 
            ylabel="normalised attribution (class-equal mean)", title=f"Spearman rho = {rho:.2f} (p = {p:.2g})")
     fig.tight_layout()
     return fig
+
+
+METHOD_LABELS = {"attribution": "head attribution", "single_head": "single-head ablation",
+                 "attention_weight": "attention weight (final token)", "attention_weight_text": "attention weight (text)",
+                 "attribution_patching": "attribution patching", "random": "random"}
+
+
+def heldout_curves(summary: dict, key: str = "heldout", title: str = "rankings fitted on other images"):
+    """Faithfulness and completeness vs k (aggregated over images by the one rule); each method's
+    per-class spread (25-75% over classes) as a band; random: mean and 95% band over draws."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), sharey=True)
+    for ax, metric in zip(axes, ("faithfulness", "completeness")):
+        res = summary[key][metric]
+        for i, (m, r) in enumerate(res.items()):
+            if m == "random":
+                continue
+            ks = summary["ks"]
+            ax.plot(ks, r["curve"], color=f"C{i}", lw=1.8, label=METHOD_LABELS.get(m, m))
+            if "per_class" in r and len(r["per_class"]) > 1:
+                lo, hi = np.quantile(np.stack(list(r["per_class"].values())), [0.25, 0.75], axis=0)
+                ax.fill_between(ks, lo, hi, color=f"C{i}", alpha=0.12, lw=0)
+        if "random" in res:
+            r = res["random"]
+            ax.plot(summary["ks_random"], r["curve"], color="0.4", ls="--", label="random (mean; band: 95% of draws)")
+            ax.fill_between(summary["ks_random"], r["band"][0], r["band"][1], color="0.6", alpha=0.25, lw=0)
+        ax.axhline(summary["threshold"], color="k", ls=":", lw=1)
+        ax.set(xscale="symlog", xlabel="k = number of top heads", title=f"{metric} ({title})")
+        ax.set_xlim(0, max(summary["ks"]))
+    axes[0].set_ylabel("value (ratio of sums per class, mean over classes)")
+    axes[0].legend(fontsize=9, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def fit_quality(df, n_images: int):
+    """Median held-out r and R^2 vs masks per image (under-determined fits marked) and vs rate."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
+    m = df[df.panel == "masks"]
+    for col, mk in (("r", "o-"), ("R2", "s--")):
+        axes[0].plot(m.masks, m[col], mk, label=f"median held-out {col.replace('R2', 'R²')}")
+    under = m[m.under_determined]
+    if len(under):
+        axes[0].axvspan(m.masks.min() * 0.9, under.masks.max() * 1.05, color="0.9", zorder=0,
+                        label="fewer training masks than parameters (ridge)")
+    axes[0].set(xscale="log", xlabel="masks per image (first m of the same runs)", ylabel="held-out fit quality",
+                title=f"vs masks ({n_images} images)")
+    axes[0].legend(fontsize=9, loc="lower right")
+    r = df[df.panel == "rate"]
+    for col, mk in (("r", "o-"), ("R2", "s--")):
+        axes[1].plot(r.rate, r[col], mk, label=f"median held-out {col.replace('R2', 'R²')}")
+    axes[1].set(xlabel="ablation rate (probability each head is ablated)",
+                title=f"vs ablation rate (same {n_images} images)")
+    axes[1].legend(fontsize=9, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -124,3 +124,32 @@ def class_mean(st: Study, per_image: dict[str, np.ndarray]) -> dict[str, np.ndar
     for t in st.tasks:
         out.setdefault(t.class_name, []).append(per_image[t.key])
     return {c: np.mean(v, axis=0) for c, v in out.items()}
+
+
+def fit_quality(st: Study, runs: dict, mask_counts, rates, n_masks: int, seed: int, tasks, regression: str = "ols",
+                ridge_alpha: float = 1.0):
+    """Held-out fit quality (median Pearson r and R^2 over ``tasks``) vs the number of masks (the
+    first m masks of ``runs``) and vs the ablation rate (new runs of ``n_masks``), on the same images.
+    Where the training masks (four fifths of m) are fewer than the parameters (heads + 1), OLS is
+    under-determined: ridge (``ridge_alpha``) is used there and the row says so."""
+    import pandas as pd
+
+    n_params = st.n_layers * st.n_heads + 1
+    keys = [t.key for t in tasks]
+    rows = []
+    for m in [m for m in mask_counts if m <= n_masks]:
+        n_train = m - max(2, int(round(m * 0.2)))
+        under = n_train < n_params
+        reg = "ridge" if under and regression == "ols" else regression
+        f = fits({k: runs[k] for k in keys}, reg, alpha=ridge_alpha if reg == "ridge" else 1e-3, n_masks=m)
+        rows.append({"panel": "masks", "masks": m, "rate": None, "n_train": n_train, "under_determined": under,
+                     "regression": reg, "r": float(np.median([x.heldout_r for x in f.values()])),
+                     "R2": float(np.median([x.heldout_r2 for x in f.values()]))})
+    for a in rates:
+        rr = attribution_runs(st, n_masks, a, seed, tasks=tasks)
+        f = fits(rr, regression)
+        rows.append({"panel": "rate", "masks": n_masks, "rate": a, "n_train": next(iter(f.values())).n_train,
+                     "under_determined": next(iter(f.values())).n_train < n_params, "regression": regression,
+                     "r": float(np.median([x.heldout_r for x in f.values()])),
+                     "R2": float(np.median([x.heldout_r2 for x in f.values()]))})
+    return pd.DataFrame(rows)
