@@ -168,6 +168,25 @@ def test_capture_matches_eager_attention_weights(tiny_llava, batch):
         assert torch.allclose(cap.mass[l][:, :, 0], expected, atol=1e-5)
 
 
+def test_value_weighted_capture_matches_weights_times_value_norms(tiny_llava, batch):
+    """value_mass = sum over image keys of the eager attention weight times the norm of the value."""
+    model, _ = tiny_llava
+    img = iv.image_mask(model, batch["input_ids"])
+    final = _final(img)
+    model.set_attn_implementation({"text_config": "eager"})
+    with torch.inference_mode():
+        att = model(**batch, output_attentions=True).attentions
+    iv.install(model, "sdpa")
+    cap = iv.Capture(queries=final, image=img, kv=True)
+    with torch.inference_mode(), iv.intervene(model, capture=cap):
+        model(**batch)
+    groups = att[0].shape[1] // cap.values[0].shape[1]
+    for l, a in enumerate(att):
+        w = a[:, :, -1, :][img[:, None, :].expand(-1, a.shape[1], -1)].view(a.shape[0], a.shape[1], -1)
+        vnorm = cap.values[l].repeat_interleave(groups, dim=1).norm(dim=-1)  # (B, H, n_image)
+        assert torch.allclose(cap.value_mass[l][:, :, 0], (w * vnorm).sum(-1), atol=1e-4)
+
+
 def test_bad_inputs(tiny_llava, batch):
     model, _ = tiny_llava
     img = iv.image_mask(model, batch["input_ids"])

@@ -85,3 +85,20 @@ def test_book_builds_without_warnings(executed, tmp_path):
     for p in run.notebooks():
         assert (html / f"{p.stem}.html").exists()
     assert list((html / "_images").glob("*.png"))
+
+
+def test_rendered_chapters_collapse_their_code(executed):
+    for p in run.notebooks():
+        nb = json.loads((executed / p.name).read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert code and all("hide-input" in c["metadata"].get("tags", []) for c in code), p.name
+        assert any("injected-parameters" in c["metadata"].get("tags", []) for c in code), p.name
+
+
+def test_every_figure_and_result_is_named_in_some_provenance():
+    book = ROOT / "book"
+    named = set()
+    for prov in (book / "_provenance").glob("*.json"):
+        named |= set(json.loads(prov.read_text())["outputs"])
+    on_disk = {p.relative_to(book).as_posix() for sub in ("figures", "results") for p in (book / sub).iterdir()}
+    assert on_disk <= named, sorted(on_disk - named)

@@ -113,7 +113,8 @@ def run(st, scores: dict, runs: dict, n_folds: int, seed: int, n_random: int, n_
         glob = {m: build_ranking(scores[m], runs, classes, fit_keys, m) for m in METHODS}
         for k in tqdm(held, desc=f"fold {f + 1}/{n_folds}: judging held-out images", leave=False):
             c = classes[k]
-            same = [j for j in fit_keys if classes[j] == c]
+            same = [j for j in fit_keys if classes[j] == c
+                    and float(runs[j]["y_clean"]) - float(runs[j]["y_none"]) > 0]
             orders = {f"{m}": glob[m] for m in METHODS}
             if same:
                 orders.update({f"{m}/class": build_ranking(scores[m], runs, classes, same, m)
@@ -211,9 +212,11 @@ def k_table(summary: dict, cost_per_image: dict):
     paired difference to attribution, and the passes one image costs."""
     import pandas as pd
 
+    def show(v):
+        return "never" if v is None else f"{int(v):+d}" if v < 0 else str(int(v))
+
     def fmt(d):
         k, (lo, hi) = d["k"], d["ci"]
-        show = lambda v: ">all" if v is None else str(int(v))  # noqa: E731
         return f"{show(k)} [{show(lo)}, {show(hi)}]"
 
     rows = {}
@@ -223,7 +226,8 @@ def k_table(summary: dict, cost_per_image: dict):
             row[f"{metric} k"] = fmt(summary["heldout"][metric][m])
             p = summary["paired_vs_attribution"][metric].get(m)
             row[f"{metric}: k - k(attribution)"] = ("" if p is None else
-                                                    f"{p['median_difference']:+.0f} [{p['ci'][0]}, {p['ci'][1]}]")
+                                                    f"{p['median_difference']:+.0f} [{show(p['ci'][0])}, "
+                                                    f"{show(p['ci'][1])}]")
         c = cost_per_image.get(m, {})
         row["full passes / image"] = c.get("full_passes", 0)
         row["suffix passes / image"] = c.get("suffix_passes", 0)

@@ -119,13 +119,16 @@ class Knockout:
 @dataclass
 class Capture:
     """Record, per layer, the attention mass from ``queries`` to ``image`` (each ``(B, L)`` bool):
-    ``mass[l]`` is ``(B, n_heads, n_queries)``; with ``kv=True`` also the image keys/values
-    ``keys[l]``/``values[l]``, ``(B, n_kv_heads, n_image, head_dim)``."""
+    ``mass[l]`` is ``(B, n_heads, n_queries)``; ``value_mass[l]`` (same shape) weighs each image
+    key's attention by the norm of the value it reads, ``sum_k p_k ||v_k||`` (what a head can move
+    from the image, which no per-head rescaling of the weights reproduces); with ``kv=True`` also the
+    image keys/values ``keys[l]``/``values[l]``, ``(B, n_kv_heads, n_image, head_dim)``."""
 
     queries: torch.Tensor | None = None
     image: torch.Tensor | None = None
     kv: bool = False
     mass: dict = field(default_factory=dict)
+    value_mass: dict = field(default_factory=dict)
     keys: dict = field(default_factory=dict)
     values: dict = field(default_factory=dict)
 
@@ -260,7 +263,7 @@ def _ablate_heads(module, query, key, value, mask, out, abl: HeadAblation, layer
     return out
 
 
-def _capture(cap: Capture, layer: int, query, key, mask, scaling, sdpa: bool):
+def _capture(cap: Capture, layer: int, query, key, value, mask, scaling, sdpa: bool):
     B, Hq, q_len, D = query.shape
     k_len = key.shape[2]
     q_off = k_len - q_len
@@ -277,6 +280,8 @@ def _capture(cap: Capture, layer: int, query, key, mask, scaling, sdpa: bool):
         scores = scores.masked_fill(~m, float("-inf")) if sdpa else scores + m
     probs = scores.float().softmax(-1)
     cap.mass[layer] = (probs * im[:, None, None, :]).sum(-1)
+    vnorm = _expand_heads(value, groups).float().norm(dim=-1)  # (B, Hq, K)
+    cap.value_mass[layer] = (probs * (im[:, None, :] * vnorm)[:, :, None, :]).sum(-1)
 
 
 def headflow_attention(module, query, key, value, attention_mask, **kwargs):
@@ -305,7 +310,7 @@ def headflow_attention(module, query, key, value, attention_mask, **kwargs):
             img = ctx.capture.image[:, :k_len].to(key.device)
             ctx.capture.keys[layer] = _gather_slots(key, img).detach()
             ctx.capture.values[layer] = _gather_slots(value, img).detach()
-        _capture(ctx.capture, layer, query, key, mask, kwargs.get("scaling", module.scaling), sdpa)
+        _capture(ctx.capture, layer, query, key, value, mask, kwargs.get("scaling", module.scaling), sdpa)
     out, weights = base(module, query, key, value, mask, **kwargs)
     abl = ctx.ablation
     if abl is not None and not bool(abl.keep[:, layer].all()):

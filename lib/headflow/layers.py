@@ -133,6 +133,29 @@ def contrast(a: dict, b: dict, stat: str) -> dict:
             "excludes_zero": bool((ci(diff) > 0).all() or (ci(diff) < 0).all())}
 
 
+# ------------------------------------------------------------------------------------ attention as a proxy
+def proxy_correlation(proxy: dict, maps: dict, classes: dict, n_boot: int, seed: int) -> dict:
+    """Spearman rho over heads between the class-equal mean of a per-image proxy (e.g. attention
+    weight, ``key -> (n_layers, n_heads)``) and the class-equal mean normalised attribution, with a
+    95% bootstrap interval (images resampled within classes, the same draws for both)."""
+    from scipy.stats import spearmanr
+
+    keys = [k for k in maps if k in proxy]
+    by: dict[str, list] = {}
+    for k in keys:
+        by.setdefault(classes[k], []).append(k)
+    groups = [np.array(v) for v in by.values()]
+
+    def rho(picks):
+        a = np.mean([np.mean([maps[k] for k in g], axis=0) for g in picks], axis=0).ravel()
+        b = np.mean([np.mean([proxy[k] for k in g], axis=0) for g in picks], axis=0).ravel()
+        return float(spearmanr(a, b)[0])
+
+    rng = np.random.default_rng(seed)
+    draws = np.array([rho([g[rng.integers(0, len(g), len(g))] for g in groups]) for _ in range(n_boot)])
+    return {"rho": rho(groups), "ci": ci(draws).tolist(), "n_images": len(keys), "n_boot": n_boot}
+
+
 # ------------------------------------------------------------------------------------ probes
 @torch.inference_mode()
 def residual_states(model, tasks, image_positions: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
@@ -220,7 +243,7 @@ def cutoff_table(results: dict):
     return pd.DataFrame(rows).set_index(["model", "top heads"])
 
 
-def results_json(results: dict, default: str, contrast_model: str, contrast: dict, rho: float, p: float) -> dict:
+def results_json(results: dict, default: str, contrast_model: str, contrast: dict, proxies: dict) -> dict:
     """``book/results/where_heads.json``: the default model's numbers at the top level, every
     model under ``by_organism``, the contrast, and the attention-weight comparison."""
     def one(r):
@@ -240,7 +263,7 @@ def results_json(results: dict, default: str, contrast_model: str, contrast: dic
     return {"model": default, "share_per_layer": d["share_per_layer"], "top10_layers": d["top10_layers"],
             "top_heads": d["top10_heads"], "by_cutoff": d["by_cutoff"], "probe_by_layer": d["probe_by_layer"],
             "by_organism": by, "contrast_model": contrast_model, "contrast": contrast,
-            "spearman_attention_vs_attribution": rho, "spearman_p": p}
+            "attention_proxies": proxies}
 
 
 def probe_table(results: dict):

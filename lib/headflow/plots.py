@@ -12,6 +12,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
+# Figures are shown at the book's text width (about 7.5 in); with widths of at most 11 in these
+# sizes stay at or above ~9 pt on the page.
+plt.rcParams.update({"font.size": 13, "axes.titlesize": 13, "axes.labelsize": 13, "xtick.labelsize": 12,
+                     "ytick.labelsize": 12, "legend.fontsize": 11, "figure.titlesize": 14})
+
 GROUP_COLORS = {"system": "#bbbbbb", "image": "#8fb3d9", "object": "#d9534f", "background": "#8fb3d9",
                 "question": "#5cb85c", "role": "#f0ad4e", "final": "#9b59b6"}
 
@@ -42,7 +47,7 @@ def training_curves(logs: dict):
     """One row per organism: monitored accuracy and training loss over wall minutes, stage by stage
     (``logs``: name -> training log; stages in ``log["recipe"]["stages"]``, an inherited vision
     stage drawn before time 0)."""
-    fig, axes = plt.subplots(len(logs), 2, figsize=(12, 3.6 * len(logs)), squeeze=False)
+    fig, axes = plt.subplots(len(logs), 2, figsize=(11, 4.2 * len(logs)), squeeze=False)
     for row, (name, log) in enumerate(logs.items()):
         stages = list(log["recipe"].get("stages", ("vision", "llava")))
         inherited = "vision" not in stages and log.get("vision_stage")
@@ -68,9 +73,9 @@ def training_curves(logs: dict):
         ax_acc.set(xlabel="wall minutes (0 = start of this organism's own training)", ylabel="monitored accuracy",
                    ylim=(0, 1.0))
         ax_acc.set_title(name, loc="left", fontsize=11, pad=16)
-        ax_acc.legend(fontsize=9, loc="lower right")
+        ax_acc.legend(loc="lower right")
         ax_loss.set(xlabel="wall minutes", ylabel="training loss (cross-entropy, at monitoring steps)", yscale="log")
-        ax_loss.legend(fontsize=9)
+        ax_loss.legend()
     fig.tight_layout()
     return fig
 
@@ -79,7 +84,7 @@ def accuracy_comparison(runs: dict, bars: dict | None = None, classes: Sequence[
     """Left: accuracy per question type with 95% intervals, one bar per organism and evaluation set
     (``runs``: organism -> set name -> :func:`headflow.evaluate.scene_accuracy` result), the bars as
     dashes.  Right: object accuracy per class on each organism's last set."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": [1, 1.6]})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), gridspec_kw={"width_ratios": [1, 1.6]})
     ax = axes[0]
     series = [(f"{m}, {s}", r) for m, sets in runs.items() for s, r in sets.items()]
     qs = list(series[0][1]["accuracy"])
@@ -95,7 +100,7 @@ def accuracy_comparison(runs: dict, bars: dict | None = None, classes: Sequence[
             ax.hlines(bars[q], j - 0.45, j + 0.45, colors="k", linestyles="--", lw=1)
     ax.set_xticks(range(len(qs)), qs)
     ax.set(ylabel="held-out accuracy (95% CI)", ylim=(0, 1.05), title="accuracy per question")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(loc="lower left")
     ax = axes[1]
     if classes is not None:
         width = 0.8 / len(runs)
@@ -106,7 +111,7 @@ def accuracy_comparison(runs: dict, bars: dict | None = None, classes: Sequence[
             ax.bar(np.arange(len(classes)) + (i - (len(runs) - 1) / 2) * width, acc, width, label=m)
         ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
         ax.set(ylabel="object accuracy", ylim=(0, 1.05), title="object accuracy per class (fresh seed)")
-        ax.legend(fontsize=9)
+        ax.legend()
     fig.tight_layout()
     return fig
 
@@ -202,7 +207,7 @@ def logit_hist(y: np.ndarray, correct: np.ndarray, xlabel: str = "answer logit y
     ax.hist(y[correct], bins=bins, alpha=0.7, label=f"correct ({int(correct.sum())})")
     ax.hist(y[~correct], bins=bins, alpha=0.7, label=f"wrong ({int((~correct).sum())})")
     ax.set(xlabel=xlabel, ylabel="images")
-    ax.legend(fontsize=8)
+    ax.legend()
     fig.tight_layout()
     return fig
 
@@ -220,20 +225,32 @@ def head_map(matrix: np.ndarray, title: str, ax=None, cmap: str = "RdBu_r", cent
     return ax.figure
 
 
-def class_head_maps(maps: dict, ncols: int = 5, vlim: float | None = None):
-    """One small layers x heads map per class, on a shared colour scale."""
+def class_head_maps(maps: dict, ncols: int = 5, vlim: float | None = None, counts: dict | None = None,
+                    cbar_label: str = "logit lost when ablated"):
+    """One layers x heads map per class on one shared colour scale (one colour bar), with layer and
+    head ticks and, if ``counts`` is given, the number of images behind each map."""
     names = list(maps)
     nrows = int(np.ceil(len(names) / ncols))
     vlim = vlim or max(float(np.abs(m).max()) for m in maps.values())
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.3 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.9 * ncols + 1.2, 2.7 * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, n in zip(axes.flat, names):
+    im = None
+    for i, (ax, n) in enumerate(zip(axes.flat, names)):
         ax.axis("on")
-        sns.heatmap(maps[n], ax=ax, cmap="RdBu_r", center=0, vmin=-vlim, vmax=vlim, cbar=False, xticklabels=False,
-                    yticklabels=False)
-        ax.set_title(n, fontsize=9)
-    fig.tight_layout()
+        m = np.asarray(maps[n])
+        im = ax.imshow(m, cmap="RdBu_r", vmin=-vlim, vmax=vlim, aspect="auto")
+        ax.set_xticks(range(0, m.shape[1], max(1, m.shape[1] // 4)))
+        ax.set_yticks(range(0, m.shape[0], max(1, m.shape[0] // 4)))
+        ax.tick_params(labelsize=8)
+        ax.set_title(n + (f" ({counts[n]} images)" if counts and n in counts else ""), fontsize=9)
+        if i % ncols == 0:
+            ax.set_ylabel("layer", fontsize=9)
+        if i // ncols == nrows - 1 or i + ncols >= len(names):
+            ax.set_xlabel("head", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.92, 1))
+    cax = fig.add_axes((0.93, 0.15, 0.012, 0.7))
+    fig.colorbar(im, cax=cax, label=cbar_label)
     return fig
 
 
@@ -249,7 +266,7 @@ def metric_curves(ks, curves: dict, ylabel: str, band: tuple | None = None, thre
     ax.axhline(threshold, color="k", ls="--", lw=0.8)
     ax.set_xscale("symlog", linthresh=1)
     ax.set(xlim=(0, max(ks)), xlabel="k (heads, symlog scale)", ylabel=ylabel)
-    ax.legend(fontsize=7)
+    ax.legend()
     return ax.figure
 
 
@@ -266,7 +283,7 @@ def fit_scatter(pred: np.ndarray, actual: np.ndarray, title: str):
 def layer_shares(results: dict):
     """Share of the positive normalised attribution per layer, one bar group per model, 95% CIs
     (``results``: name -> :func:`headflow.layers.summarise` output)."""
-    fig, ax = plt.subplots(figsize=(9, 3.6))
+    fig, ax = plt.subplots(figsize=(10, 4.2))
     width = 0.8 / len(results)
     for i, (name, r) in enumerate(results.items()):
         share = np.asarray(r["share_per_layer"])
@@ -276,7 +293,7 @@ def layer_shares(results: dict):
     ax.set_xticks(range(len(share)))
     ax.set(xlabel="layer", ylabel="share of attribution (95% CI)",
            title="where the normalised attribution sits (class-equal mean, positive part)")
-    ax.legend(fontsize=9)
+    ax.legend()
     fig.tight_layout()
     return fig
 
@@ -284,7 +301,7 @@ def layer_shares(results: dict):
 def top_layers_by_cutoff(results: dict):
     """For each model and cut-off (share of heads called "top"), the share of the top heads in each
     layer, as a heat map with the counts written in."""
-    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 0.6 * 4 + 2.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.6), squeeze=False)
     for ax, (name, r) in zip(axes[0], results.items()):
         cuts = list(r["by_cutoff"])
         counts = np.array([r["by_cutoff"][c]["per_layer"] for c in cuts], float)
@@ -300,7 +317,7 @@ def top_layers_by_cutoff(results: dict):
 def probe_curves(results: dict):
     """Class-probe accuracy by layer (0 = language-model input) for the final token and the mean
     image token, per model, with 95% intervals and chance."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, where, title in ((axes[0], "final", "final token"), (axes[1], "image_mean", "mean of the image tokens")):
         for name, r in results.items():
             p = r["probe_by_layer"]
@@ -313,20 +330,21 @@ def probe_curves(results: dict):
         ax.set(xlabel="residual stream after layer (0 = input)", title=title, ylim=(0, 1))
         ax.set_xticks(x)
     axes[0].set_ylabel("class-probe accuracy (5-fold CV)")
-    axes[0].legend(fontsize=9)
+    axes[0].legend()
     fig.tight_layout()
     return fig
 
 
-def attention_vs_attribution(att: np.ndarray, attribution_map: np.ndarray, rho: float, p: float):
-    """Per head: attention weight from the final token to the image vs class-equal mean normalised attribution."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    layer = np.repeat(np.arange(att.shape[0]), att.shape[1])
-    sc = ax.scatter(att.ravel(), attribution_map.ravel(), c=layer, cmap="viridis", s=18)
-    fig.colorbar(sc, ax=ax, label="layer")
-    ax.set(xlabel="attention weight, final token -> image (mean over images)",
-           ylabel="normalised attribution (class-equal mean)", title=f"Spearman rho = {rho:.2f} (p = {p:.2g})")
-    fig.tight_layout()
+def proxies_vs_attribution(proxies: dict, attribution_map: np.ndarray):
+    """Per head: each proxy's class-equal mean (``proxies[name]["class_mean"]``) vs the class-equal
+    mean normalised attribution, coloured by layer, with Spearman rho and its interval."""
+    fig, axes = plt.subplots(1, len(proxies), figsize=(5.3 * len(proxies), 4.4), squeeze=False)
+    layer = np.repeat(np.arange(attribution_map.shape[0]), attribution_map.shape[1])
+    for ax, (name, pr) in zip(axes[0], proxies.items()):
+        sc = ax.scatter(np.ravel(pr["class_mean"]), attribution_map.ravel(), c=layer, cmap="viridis", s=22)
+        ax.set(xlabel=f"{name}, final token -> image", ylabel="normalised attribution",
+               title=f"rho = {pr['rho']:.2f} [{pr['ci'][0]:.2f}, {pr['ci'][1]:.2f}]")
+    fig.colorbar(sc, ax=axes[0].tolist(), label="layer")
     return fig
 
 
@@ -338,7 +356,7 @@ METHOD_LABELS = {"attribution": "head attribution", "single_head": "single-head 
 def heldout_curves(summary: dict, key: str = "heldout", title: str = "rankings fitted on other images"):
     """Faithfulness and completeness vs k (aggregated over images by the one rule); each method's
     per-class spread (25-75% over classes) as a band; random: mean and 95% band over draws."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5), sharey=True)
     for ax, metric in zip(axes, ("faithfulness", "completeness")):
         res = summary[key][metric]
         for i, (m, r) in enumerate(res.items()):
@@ -354,17 +372,18 @@ def heldout_curves(summary: dict, key: str = "heldout", title: str = "rankings f
             ax.plot(summary["ks_random"], r["curve"], color="0.4", ls="--", label="random (mean; band: 95% of draws)")
             ax.fill_between(summary["ks_random"], r["band"][0], r["band"][1], color="0.6", alpha=0.25, lw=0)
         ax.axhline(summary["threshold"], color="k", ls=":", lw=1)
-        ax.set(xscale="symlog", xlabel="k = number of top heads", title=f"{metric} ({title})")
+        ax.set(xlabel="k = number of top heads kept (faithfulness) or ablated (completeness)",
+               title=f"{metric} ({title})")
         ax.set_xlim(0, max(summary["ks"]))
     axes[0].set_ylabel("value (ratio of sums per class, mean over classes)")
-    axes[0].legend(fontsize=9, loc="lower right")
+    axes[1].legend(loc="upper left")
     fig.tight_layout()
     return fig
 
 
 def fit_quality(df, n_images: int):
     """Median held-out r and R^2 vs masks per image (under-determined fits marked) and vs rate."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     m = df[df.panel == "masks"]
     for col, mk in (("r", "o-"), ("R2", "s--")):
         axes[0].plot(m.masks, m[col], mk, label=f"median held-out {col.replace('R2', 'R²')}")
@@ -374,12 +393,12 @@ def fit_quality(df, n_images: int):
                         label="fewer training masks than parameters (ridge)")
     axes[0].set(xscale="log", xlabel="masks per image (first m of the same runs)", ylabel="held-out fit quality",
                 title=f"vs masks ({n_images} images)")
-    axes[0].legend(fontsize=9, loc="lower right")
+    axes[0].legend(loc="lower right")
     r = df[df.panel == "rate"]
     for col, mk in (("r", "o-"), ("R2", "s--")):
         axes[1].plot(r.rate, r[col], mk, label=f"median held-out {col.replace('R2', 'R²')}")
     axes[1].set(xlabel="ablation rate (probability each head is ablated)",
                 title=f"vs ablation rate (same {n_images} images)")
-    axes[1].legend(fontsize=9, loc="lower right")
+    axes[1].legend(loc="lower right")
     fig.tight_layout()
     return fig

@@ -29,9 +29,12 @@ def single_head(model, task: ImageTask, baseline: iv.Baseline, target: str = "lo
 
 
 @torch.inference_mode()
-def attention_weight(model, task: ImageTask, queries: str = "final") -> np.ndarray:
+def attention_weight(model, task: ImageTask, queries: str = "final", weighting: str = "none") -> np.ndarray:
     """Attention mass to the image tokens, per head: from the final token (``queries="final"``)
-    or averaged over every text token after the image (``"text"``)."""
+    or averaged over every text token after the image (``"text"``).  ``weighting="value-norm"``
+    weighs each image key's attention by the norm of its value vector (``sum_k p_k ||v_k||``)."""
+    if weighting not in ("none", "value-norm"):
+        raise ValueError(f"unknown attention weighting {weighting!r}; choose 'none' or 'value-norm'")
     ids = task.inputs["input_ids"]
     img = iv.image_mask(model, ids)
     if queries == "final":
@@ -47,7 +50,8 @@ def attention_weight(model, task: ImageTask, queries: str = "final") -> np.ndarr
     with iv.intervene(model, capture=cap):
         model(**task.inputs, logits_to_keep=1)
     n_layers, _ = iv.text_layers_and_heads(model)
-    return torch.stack([cap.mass[l][0].mean(-1) for l in range(n_layers)]).double().numpy()
+    got = cap.mass if weighting == "none" else cap.value_mass
+    return torch.stack([got[l][0].mean(-1) for l in range(n_layers)]).double().numpy()
 
 
 def random_scores(n_layers: int, n_heads: int, seed: int) -> np.ndarray:

@@ -172,6 +172,18 @@ def _stores_read(log: Path) -> list[dict]:
     return out
 
 
+def collapse_code(executed: Path) -> None:
+    """Tag every code cell of an executed notebook ``hide-input`` (the injected parameters too), so
+    the rendered chapter reads like a paper: narrative, figures and tables in view, code one click away."""
+    nb = json.loads(executed.read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+            if "hide-input" not in tags:
+                tags.append("hide-input")
+    executed.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
 # ------------------------------------------------------------------------------------ running
 def execute(path: Path, params: dict, out: Path, profile: str, timeout: int | None = None) -> dict:
     """Run one notebook with papermill into ``out`` and write its provenance record."""
@@ -190,6 +202,7 @@ def execute(path: Path, params: dict, out: Path, profile: str, timeout: int | No
     pm.execute_notebook(str(path), str(out / path.name), parameters=params, kernel_name="python3",
                         cwd=str(NOTEBOOK_DIR), progress_bar=False, execution_timeout=timeout)
     wall = time.time() - t0
+    collapse_code(out / path.name)
     os.environ.pop("HEADFLOW_STORE_LOG", None)
     stores = _stores_read(store_log)
     after = _snapshot(out)

@@ -129,6 +129,13 @@ def where_heads_status(res: dict) -> dict:
     return st
 
 
+def proxy(pr: dict) -> str:
+    """Chapter 5: a per-head proxy of attribution (rho with a 95% interval) is a *poor proxy* if the
+    interval's upper end is below 0.5, a *good proxy* if its lower end is above 0.5, else inconclusive."""
+    lo, hi = pr["ci"]
+    return "poor proxy" if hi < 0.5 else "good proxy" if lo > 0.5 else "inconclusive"
+
+
 def performance(res: dict) -> dict:
     """Appendix (no verdict on the paper): masks per second of the fast path vs naive and nnsight."""
     o, g = res["organism"], res["llava15_geometry"]
