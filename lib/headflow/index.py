@@ -23,6 +23,7 @@ CHAPTERS = [
     (None, None, "7-8. Token-level flow (Sec. 6)"),
     (None, None, "9. Sensitivity and limits"),
     ("performance", "90-performance", "Performance"),
+    ("validation", "91-validation", "Validation: planted ground truth"),
 ]
 
 

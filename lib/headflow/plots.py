@@ -402,3 +402,50 @@ def fit_quality(df, n_images: int):
     axes[1].legend(loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def planted_precision(rows: list[dict], n_total: int, mask_counts):
+    """Left: precision at |S| per planted size and method (each planting a dot with its interval;
+    dashes: random expectation).  Right: attribution's mean precision vs masks per image."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    sizes = sorted({r["size"] for r in rows})
+    for j, method in enumerate(["attribution", "single_head"]):
+        for i, s in enumerate(sizes):
+            sel = [r for r in rows if r["size"] == s and r["method"] == method]
+            for n, r in enumerate(sel):
+                x = i + (j - 0.5) * 0.3 + (n - 1) * 0.06
+                axes[0].errorbar(x, r["precision"], yerr=[[r["precision"] - r["ci"][0]], [r["ci"][1] - r["precision"]]],
+                                 fmt="o", color=f"C{j}", ms=5, capsize=2,
+                                 label=METHOD_LABELS.get(method) if i == n == 0 else None)
+            axes[0].hlines(s / n_total, i - 0.4, i + 0.4, colors="0.4", linestyles="--",
+                           label="random expectation" if i == j == 0 else None)
+    axes[0].set_xticks(range(len(sizes)), [f"|S| = {s}" for s in sizes])
+    axes[0].set(ylabel="precision at |S| (95% CI)", ylim=(-0.02, 1.05), title="planted flow: recovery")
+    axes[0].legend(loc="lower right")
+    for i, s in enumerate(sizes):
+        ys = [np.mean([r["precision"] for r in rows if r["size"] == s and r["method"] == f"attribution@{m}"])
+              for m in mask_counts]
+        axes[1].plot(mask_counts, ys, "o-", color=f"C{i + 2}", label=f"|S| = {s}")
+    axes[1].axhline(0.9, color="k", ls=":", lw=1)
+    axes[1].set(xscale="log", xlabel="masks per image", ylabel="mean precision at |S|", ylim=(-0.02, 1.05),
+                title="attribution: masks needed")
+    axes[1].legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def redundancy_maps(report: dict):
+    """Attribution and single-head scores (normalised, class-equal mean) on the planted redundant
+    pair's model, with the pair circled."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    for ax, key, title in ((axes[0], "attribution_map", "head attribution"),
+                           (axes[1], "single_head_map", "single-head ablation")):
+        m = np.asarray(report[key])
+        vlim = max(float(np.abs(m).max()), 1e-9)
+        im = ax.imshow(m, cmap="RdBu_r", vmin=-vlim, vmax=vlim, aspect="auto")
+        for layer, head in report["pair"]:
+            ax.scatter([head], [layer], s=260, facecolors="none", edgecolors="k", linewidths=1.8)
+        ax.set(xlabel="head", ylabel="layer", title=f"{title} (pair circled)")
+        fig.colorbar(im, ax=ax, label="share of the joint effect")
+    fig.tight_layout()
+    return fig

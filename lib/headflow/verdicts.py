@@ -129,6 +129,31 @@ def where_heads_status(res: dict) -> dict:
     return st
 
 
+def validation(res: dict) -> dict:
+    """Validation appendix.  (a) Attribution recovers a planted size if its mean precision at |S|
+    over plantings is at least 0.9 and every planting's interval lies above the random expectation.
+    (b) The redundancy argument is shown if the pair is redundant (each single-head effect at most
+    0.1 of the joint effect), attribution ranks the pair first and second, and single-head ablation
+    gives each at most 0.1 of the joint effect.  Validated if (a) holds at every size and (b) holds;
+    partly if either does; otherwise not validated."""
+    recovered = {}
+    for size, d in res["planted_flow"].items():
+        a = d["attribution"]
+        recovered[size] = a["precision"] >= 0.9 and all(p["ci"][0] > d["random_expectation"] for p in a["per_planting"])
+    red = res["redundancy"]
+    shown = (red["redundant_by_rule"] and sorted(red["attribution_ranks"].values()) == [1, 2]
+             and max(red["single_over_joint"].values()) <= 0.1)
+    verdict = "validated" if all(recovered.values()) and shown else "partly" if any(recovered.values()) or shown \
+        else "not validated"
+    prec = ", ".join(f"{s} heads: {d['attribution']['precision']:.2f} (single head {d['single_head']['precision']:.2f})"
+                     for s, d in res["planted_flow"].items())
+    finding = (f"precision at |S| of attribution on planted flow, {prec}; planted redundant pair: single-head effects "
+               f"{red['single_over_joint']['A']:.2f} / {red['single_over_joint']['B']:.2f} of the joint, attribution ranks "
+               f"{red['attribution_ranks']['A']} and {red['attribution_ranks']['B']}, single-head ranks "
+               f"{red['single_head_ranks']['A']} and {red['single_head_ranks']['B']}")
+    return status("91-validation", "(Fig. 1A argument, planted truth)", "organism", finding, verdict)
+
+
 def proxy(pr: dict) -> str:
     """Chapter 5: a per-head proxy of attribution (rho with a 95% interval) is a *poor proxy* if the
     interval's upper end is below 0.5, a *good proxy* if its lower end is above 0.5, else inconclusive."""
