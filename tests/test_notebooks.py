@@ -52,6 +52,13 @@ def test_chapter_results(executed):
     assert att["cost_forward_passes"]["attribution"]["suffix_passes"] == 60 + 2
     assert att["cost_forward_passes"]["attention_weight"] == {"full_passes": 1, "suffix_passes": 0,
                                                               "gradient_passes": 0}
+    val = json.loads((executed / "results" / "validation.json").read_text())
+    for size in ("4", "8"):
+        for method in ("attribution", "single_head"):
+            got = val["planted_flow"][size][method]
+            assert 0 <= got["precision"] <= 1 and len(got["ci"]) == 2 and len(got["per_planting"]) == 2
+    red = val["redundancy"]
+    assert set(red["single_over_joint"]) == {"A", "B"} and {"faithfulness_pair", "completeness_pair"} <= set(red)
     perf = json.loads((executed / "results" / "performance.json").read_text())
     assert perf["organism"]["speedup"] > 1 and perf["fraction_of_matmul_peak"] > 0
 

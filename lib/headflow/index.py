@@ -49,7 +49,8 @@ def table(book: Path) -> str:
             rows.append(f"| {link} | | | - | not yet run |")
         else:
             model = f"`{st['model']}`" if st.get("model") else ""
-            rows.append(f"| {link} | {st['paper']} | {model} | {st['finding']} | {st['verdict']} |")
+            cells = [st["paper"], model, st["finding"], st["verdict"]]
+            rows.append(f"| {link} | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows)
 
 

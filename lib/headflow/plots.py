@@ -70,11 +70,10 @@ def training_curves(logs: dict):
                 labelled.add(label)
             ax_loss.plot(mins, [r["loss"] for r in rows], "o-", ms=3, label=stage)
             t = t + (log.get(f"{stage}_minutes") or rows[-1]["minutes"])
-        ax_acc.set(xlabel="wall minutes (0 = start of this organism's own training)", ylabel="monitored accuracy",
-                   ylim=(0, 1.0))
+        ax_acc.set(xlabel="wall minutes (0: own training starts)", ylabel="monitored accuracy", ylim=(0, 1.0))
         ax_acc.set_title(name, loc="left", fontsize=11, pad=16)
         ax_acc.legend(loc="lower right")
-        ax_loss.set(xlabel="wall minutes", ylabel="training loss (cross-entropy, at monitoring steps)", yscale="log")
+        ax_loss.set(xlabel="wall minutes", ylabel="training loss (CE)", yscale="log")
         ax_loss.legend()
     fig.tight_layout()
     return fig
@@ -429,6 +428,8 @@ def planted_precision(rows: list[dict], n_total: int, mask_counts):
     axes[1].axhline(0.9, color="k", ls=":", lw=1)
     axes[1].set(xscale="log", xlabel="masks per image", ylabel="mean precision at |S|", ylim=(-0.02, 1.05),
                 title="attribution: masks needed")
+    axes[1].set_xticks(list(mask_counts), [str(m) for m in mask_counts])
+    axes[1].minorticks_off()
     axes[1].legend(loc="lower right")
     fig.tight_layout()
     return fig

@@ -111,7 +111,7 @@ def where_heads_status(res: dict) -> dict:
     finding = f"share of the top heads in layers >= {d['late_from_layer']}: {late_txt}"
     top10 = d.get("top10_layers")
     if top10 is not None:
-        finding += f"; top 10% by layer {list(top10)}"
+        finding += f"; top 10% by layer {[int(x) for x in top10]}"
     c = res.get("contrast", {}).get("layer0_attribution_share")
     if c:
         other = res["contrast_model"]

@@ -1,0 +1,48 @@
+"""Planted ground truth: the constructions behave as their definitions say."""
+import numpy as np
+import torch
+
+from headflow import experiment, interventions as iv, validation
+
+
+def test_planted_sets_avoid_the_excluded_heads_and_have_the_sizes():
+    sets = validation.draw_planted_sets([2, 5], 3, exclude=[0, 1, 2], n_total=12, seed=0)
+    assert [s["size"] for s in sets] == [2, 2, 2, 5, 5, 5]
+    assert all(not set(s["heads"].tolist()) & {0, 1, 2} for s in sets)
+    assert validation.precision_at(np.array([7, 3, 9, 1]), [3, 9]) == 0.5
+
+
+def _task(processor):
+    from headflow import coco
+
+    f = coco.resolve_set("fashionscenes/eval")
+    return experiment.prepare(processor, coco.load_set(f)[:1], coco.class_names(f),
+                              "What is the main object in the image? Answer in one word.")[0]
+
+
+def test_planted_flow_is_the_model_with_every_other_head_ablated(tiny_llava):
+    model, processor = tiny_llava
+    iv.install(model, "sdpa")
+    t = _task(processor)
+    base = iv.Baseline("zero")
+    planted = validation.PlantedFlow(model, base, 2, 4, np.array([1, 6]))
+    keep = torch.rand(5, 2, 4) > 0.5
+    expected = experiment.masks_y(model, t, base, keep & planted.keep_planted)
+    np.testing.assert_allclose(planted.y(t, keep), expected)
+    outside = torch.ones(1, 2, 4, dtype=torch.bool)
+    outside[0, 0, 1] = outside[0, 1, 2] = False  # ablating the planted heads = ablating everything
+    nothing = ~torch.ones(1, 2, 4, dtype=torch.bool)
+    np.testing.assert_allclose(planted.y(t, outside), experiment.masks_y(model, t, base, nothing), atol=1e-5)
+
+
+def test_planted_redundancy_single_heads_do_nothing_the_pair_does_everything(tiny_llava):
+    model, processor = tiny_llava
+    t = _task(processor)
+    red = validation.PlantedRedundancy(model, iv.Baseline("zero"), 2, 4, (1, 6))
+    pieces = (0.5, 2.0, 1.0)
+    keep = torch.ones(4, 8, dtype=torch.bool)
+    keep[1, 1] = False
+    keep[2, 6] = False
+    keep[3, [1, 6]] = False
+    y = red.y(t, keep.view(4, 2, 4), pieces)
+    np.testing.assert_allclose(y, [2.5, 2.5, 2.5, 0.5])
