@@ -337,12 +337,13 @@ def probe_curves(results: dict):
 def proxies_vs_attribution(proxies: dict, attribution_map: np.ndarray):
     """Per head: each proxy's class-equal mean (``proxies[name]["class_mean"]``) vs the class-equal
     mean normalised attribution, coloured by layer, with Spearman rho and its interval."""
-    fig, axes = plt.subplots(1, len(proxies), figsize=(5.3 * len(proxies), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(proxies), figsize=(5.3 * len(proxies), 4.4), squeeze=False, sharey=True)
     layer = np.repeat(np.arange(attribution_map.shape[0]), attribution_map.shape[1])
     for ax, (name, pr) in zip(axes[0], proxies.items()):
         sc = ax.scatter(np.ravel(pr["class_mean"]), attribution_map.ravel(), c=layer, cmap="viridis", s=22)
-        ax.set(xlabel=f"{name}, final token -> image", ylabel="normalised attribution",
+        ax.set(xlabel=f"{name}\n(final token -> image)",
                title=f"rho = {pr['rho']:.2f} [{pr['ci'][0]:.2f}, {pr['ci'][1]:.2f}]")
+    axes[0, 0].set_ylabel("normalised attribution")
     fig.colorbar(sc, ax=axes[0].tolist(), label="layer")
     return fig
 
@@ -371,11 +372,11 @@ def heldout_curves(summary: dict, key: str = "heldout", title: str = "rankings f
             ax.plot(summary["ks_random"], r["curve"], color="0.4", ls="--", label="random (mean; band: 95% of draws)")
             ax.fill_between(summary["ks_random"], r["band"][0], r["band"][1], color="0.6", alpha=0.25, lw=0)
         ax.axhline(summary["threshold"], color="k", ls=":", lw=1)
-        ax.set(xlabel="k = number of top heads kept (faithfulness) or ablated (completeness)",
-               title=f"{metric} ({title})")
+        ax.set(xlabel=f"k: top heads {'kept' if metric == 'faithfulness' else 'ablated'}", title=metric)
         ax.set_xlim(0, max(summary["ks"]))
-    axes[0].set_ylabel("value (ratio of sums per class, mean over classes)")
-    axes[1].legend(loc="upper left")
+    axes[0].set_ylabel("ratio of sums per class, mean over classes")
+    axes[1].legend(loc="upper left", fontsize=10)
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
