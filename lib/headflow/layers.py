@@ -57,6 +57,19 @@ def layer_share(m: np.ndarray) -> np.ndarray:
     return pos.sum(axis=-1) / total
 
 
+def per_class_shares(maps: dict, classes: dict) -> dict:
+    """Layer share of each class's mean map: ``{class: (n_layers,)}`` (classes with no positive map left out)."""
+    by: dict[str, list] = {}
+    for key, m in maps.items():
+        by.setdefault(classes[key], []).append(m)
+    out = {}
+    for c, v in sorted(by.items()):
+        mean = np.mean(v, axis=0)
+        if (mean > 0).any():
+            out[c] = layer_share(mean)
+    return out
+
+
 def n_top(share: float, n_total: int) -> int:
     return max(1, int(round(share * n_total)))
 
@@ -102,7 +115,8 @@ def summarise(maps: dict, classes: dict, cutoffs: Sequence[float], n_boot: int, 
     shares = np.stack([layer_share(b) for b in boots])
     out = {"n_images": len(maps), "n_classes": len(set(classes[k] for k in maps)), "n_boot": n_boot,
            "late_from_layer": late_from, "class_mean_map": m,
-           "share_per_layer": layer_share(m), "share_per_layer_ci": ci(shares).T, "by_cutoff": {}}
+           "share_per_layer": layer_share(m), "share_per_layer_ci": ci(shares).T, "by_cutoff": {},
+           "per_class_share": per_class_shares(maps, classes)}
 
     def stats(x, share):
         counts = top_per_layer(x, share)
@@ -256,7 +270,8 @@ def results_json(results: dict, default: str, contrast_model: str, contrast: dic
                 "top10_layers": None if top10 is None else top10["per_layer"],
                 "top10_heads": [] if top10 is None else [[int(h // m.shape[1]), int(h % m.shape[1])]
                                                           for h in order[:top10["n_top"]]],
-                "by_cutoff": r["by_cutoff"], "probe_by_layer": r["probe_by_layer"], "class_mean_map": m}
+                "by_cutoff": r["by_cutoff"], "probe_by_layer": r["probe_by_layer"], "class_mean_map": m,
+                "per_class_share": r["per_class_share"]}
 
     by = {name: one(r) for name, r in results.items()}
     d = by[default]

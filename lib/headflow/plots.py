@@ -451,3 +451,49 @@ def redundancy_maps(report: dict):
         fig.colorbar(im, ax=ax, label="share of the joint effect")
     fig.tight_layout()
     return fig
+
+
+def single_vs_all(single: dict, joint: dict):
+    """Left: every head's single effect over its image's all-heads effect; right: per image, the
+    largest single head and the sum over single heads against the all-heads effect."""
+    keys = [k for k, j in joint.items() if j > 0]
+    S = np.stack([single[k].ravel() for k in keys])
+    J = np.array([joint[k] for k in keys])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    axes[0].hist((S / J[:, None]).ravel(), bins=40)
+    axes[0].set(xlabel="single-head effect / all-heads effect", ylabel="heads x images", yscale="log",
+                title="one head ablated, relative to all")
+    axes[1].scatter(J, S.max(1), s=14, label="largest single head")
+    axes[1].scatter(J, S.sum(1), s=14, label="sum over single heads")
+    lim = [0, float(max(J.max(), S.sum(1).max())) * 1.05]
+    axes[1].plot(lim, lim, "k--", lw=0.8)
+    axes[1].set(xlabel="logit lost, all heads ablated", ylabel="logit lost", title="per image")
+    axes[1].legend()
+    fig.tight_layout()
+    return fig
+
+
+def redundancy_curve(red):
+    """Median over images of the logit lost by k random heads ablated together vs the sum of their
+    single effects (both over the all-heads effect)."""
+    by_k = red.groupby("k")[["sum_of_singles", "joint"]].median()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(by_k.index, by_k["joint"], "o-", label="ablated together")
+    ax.plot(by_k.index, by_k["sum_of_singles"], "s-", label="sum of single-head effects")
+    ax.set(xscale="log", xlabel="k random heads ablated", ylabel="logit lost / all-heads effect")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def class_layer_shares(results: dict):
+    """Per model, each class's share of its normalised attribution per layer (rows: classes)."""
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.8), squeeze=False)
+    for ax, (name, r) in zip(axes[0], results.items()):
+        shares = r["per_class_share"]
+        mat = np.stack(list(shares.values()))
+        sns.heatmap(mat, ax=ax, vmin=0, vmax=1, cmap="Blues", yticklabels=list(shares),
+                    cbar_kws={"label": "share of the class's attribution"})
+        ax.set(xlabel="layer", title=name)
+    fig.tight_layout()
+    return fig
