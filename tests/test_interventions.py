@@ -152,17 +152,22 @@ def test_ablation_and_knockout_compose(tiny_llava, batch, base):
     assert torch.allclose(got, ref, atol=ATOL)
 
 
-def test_capture_matches_eager_attention_weights(tiny_llava, batch):
-    model, _ = tiny_llava
+def _eager_weights_and_capture(model, batch, kv: bool = False):
+    """The eager attention weights of every layer, and a Capture of the final token -> image."""
     img = iv.image_mask(model, batch["input_ids"])
-    final = _final(img)
     model.set_attn_implementation({"text_config": "eager"})
     with torch.inference_mode():
         att = model(**batch, output_attentions=True).attentions
     iv.install(model, "sdpa")
-    cap = iv.Capture(queries=final, image=img)
+    cap = iv.Capture(queries=_final(img), image=img, kv=kv)
     with torch.inference_mode(), iv.intervene(model, capture=cap):
         model(**batch)
+    return img, att, cap
+
+
+def test_capture_matches_eager_attention_weights(tiny_llava, batch):
+    model, _ = tiny_llava
+    img, att, cap = _eager_weights_and_capture(model, batch)
     for l, a in enumerate(att):
         expected = (a[:, :, -1, :] * img[:, None, :]).sum(-1)
         assert torch.allclose(cap.mass[l][:, :, 0], expected, atol=1e-5)
@@ -171,15 +176,7 @@ def test_capture_matches_eager_attention_weights(tiny_llava, batch):
 def test_value_weighted_capture_matches_weights_times_value_norms(tiny_llava, batch):
     """value_mass = sum over image keys of the eager attention weight times the norm of the value."""
     model, _ = tiny_llava
-    img = iv.image_mask(model, batch["input_ids"])
-    final = _final(img)
-    model.set_attn_implementation({"text_config": "eager"})
-    with torch.inference_mode():
-        att = model(**batch, output_attentions=True).attentions
-    iv.install(model, "sdpa")
-    cap = iv.Capture(queries=final, image=img, kv=True)
-    with torch.inference_mode(), iv.intervene(model, capture=cap):
-        model(**batch)
+    img, att, cap = _eager_weights_and_capture(model, batch, kv=True)
     groups = att[0].shape[1] // cap.values[0].shape[1]
     for l, a in enumerate(att):
         w = a[:, :, -1, :][img[:, None, :].expand(-1, a.shape[1], -1)].view(a.shape[0], a.shape[1], -1)

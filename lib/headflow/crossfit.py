@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import attribution, cost, metrics, rankings
+from . import attribution, cost, layers, metrics, rankings
 from .experiment import masks_y
 
 METHODS = ("attribution", "single_head", "attention_weight", "attention_weight_text", "attribution_patching")
@@ -66,16 +66,15 @@ def method_scores(st, fits: dict, runs: dict, n_masks: int, batch_size: int = 12
 
 def build_ranking(scores: dict, runs: dict, classes: dict, keys: Sequence[str], method: str) -> np.ndarray:
     """Head order (flat indices, best first) from the class-equal mean score over ``keys``."""
-    by: dict[str, list] = {}
+    used = {}
     for k in keys:
         effect = float(runs[k]["y_clean"]) - float(runs[k]["y_none"])
-        if effect <= 0:
-            continue
-        s = np.asarray(scores[k], float)
-        by.setdefault(classes[k], []).append(s / effect if method in LOGIT_VALUED else s)
-    if not by:
+        if effect > 0:
+            s = np.asarray(scores[k], float)
+            used[k] = s / effect if method in LOGIT_VALUED else s
+    if not used:
         raise ValueError("no fitting image with a positive image effect to build a ranking from")
-    return attribution.ranking(np.mean([np.mean(v, axis=0) for v in by.values()], axis=0).ravel())
+    return attribution.ranking(layers.class_equal_mean(used, classes).ravel())
 
 
 def judge(st, task, orders: dict, ks_of: dict, batch_size: int = 128) -> dict:

@@ -13,6 +13,8 @@ import importlib.util
 from pathlib import Path
 from typing import Iterable
 
+from .outputs import sha256
+
 # The modules whose code determines a stored y (masks, interventions, prompts, token groups,
 # the baseline, model loading and the chosen images).
 COMPUTE_MODULES = tuple(f"headflow.{m}" for m in ("attribution", "coco", "evaluate", "experiment", "interventions",
@@ -27,11 +29,7 @@ def file_sha256(path: Path | str) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _FILE_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _FILE_CACHE[key] = h.hexdigest()
+        _FILE_CACHE[key] = sha256(path)
     return _FILE_CACHE[key]
 
 

@@ -477,6 +477,7 @@ def load_tower(model, source: str, log: dict) -> None:
     """Copy a committed organism's vision tower into ``model`` (the shared "pretrained encoder"),
     and its ``vision`` stage log, marked as inherited."""
     from . import models
+    from .outputs import sha256
 
     folder = Path(models.resolve_path(source))
     src, _ = models.load(str(folder))
@@ -485,13 +486,7 @@ def load_tower(model, source: str, log: dict) -> None:
     src_log = json.loads(src_log_path.read_text()) if src_log_path.exists() else {}
     log["vision_stage"] = src_log.get("vision_stage", [])
     log["vision_minutes"] = src_log.get("vision_minutes")
-    log["vision_inherited_from"] = {"model": source, "sha256": _sha256(folder / "model.safetensors")}
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    log["vision_inherited_from"] = {"model": source, "sha256": sha256(folder / "model.safetensors")}
 
 
 def train(out: Path, recipe: Recipe) -> dict:
