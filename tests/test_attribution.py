@@ -70,18 +70,25 @@ def tasks(tiny_llava):
     return experiment.prepare(processor, exs, coco.class_names(set_file), question_text("object"))
 
 
-def test_attribution_patching_is_the_gradient(tiny_llava, tasks):
-    """The linear estimate equals a finite difference along (baseline - clean) for each head."""
+@pytest.mark.parametrize("planted", [False, True])
+def test_attribution_patching_is_the_gradient(tiny_llava, tasks, planted):
+    """The linear estimate equals a finite difference along (baseline - clean) for each head; in a
+    planted model (heads not kept held at the baseline) the held heads score 0 and the kept ones
+    match the finite difference taken with the held heads at the baseline."""
     model, processor = tiny_llava
     iv.install(model, "sdpa")
     task = tasks[0]
     baseline = iv.Baseline("image-mean")
-    est = rankings.attribution_patching(model, task, baseline)
+    n_layers, n_heads = iv.text_layers_and_heads(model)
+    keep = torch.ones(n_layers, n_heads, dtype=torch.bool)
+    if planted:
+        keep[0, 0] = keep[1, 0] = keep[1, 2] = False
+    est = rankings.attribution_patching(model, task, baseline, keep=keep if planted else None)
+    assert (est[~keep.numpy()] == 0).all()
     img = iv.image_mask(model, task.inputs["input_ids"])
     cap = iv.Capture(image=img, kv=True)
     with torch.inference_mode(), iv.intervene(model, capture=cap):
         model(**task.inputs)
-    n_layers, n_heads = iv.text_layers_and_heads(model)
     eps = 1e-2
     for l, h in [(0, 1), (1, 3)]:
         ys = []
@@ -89,8 +96,10 @@ def test_attribution_patching_is_the_gradient(tiny_llava, tasks):
             keys, values = [], []
             for ll in range(n_layers):
                 k, v = cap.keys[ll].clone(), cap.values[ll].clone()  # (1, H, n_img, D), no GQA here
+                bk, bv = baseline.image_kv(ll, cap.keys[ll], cap.values[ll], torch.ones_like(img[:, :k.shape[2]]))
+                held = ~keep[ll]
+                k[:, held], v[:, held] = bk[:, held], bv[:, held]
                 if ll == l:
-                    bk, bv = baseline.image_kv(ll, cap.keys[ll], cap.values[ll], torch.ones_like(img[:, :k.shape[2]]))
                     k[:, h] += sign * eps * (bk[:, h] - k[:, h])
                     v[:, h] += sign * eps * (bv[:, h] - v[:, h])
                 keys.append(k)

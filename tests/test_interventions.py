@@ -184,6 +184,50 @@ def test_value_weighted_capture_matches_weights_times_value_norms(tiny_llava, ba
         assert torch.allclose(cap.value_mass[l][:, :, 0], (w * vnorm).sum(-1), atol=1e-4)
 
 
+def test_capture_under_ablation_reads_the_baseline(tiny_llava):
+    """Combined with a head ablation, the capture sees what the ablated heads read: (a) every head
+    ablated to the image's own keys/values changes nothing; (b) in layer 0 (whose text queries do
+    not depend on the image), every head ablated to image 0's keys/values makes image 1's capture
+    equal image 0's clean one; (c) an empty ablation changes nothing; a capture of queries before
+    the image is refused under a text-scope ablation."""
+    model, processor = tiny_llava
+    iv.install(model, "sdpa")
+    exs = coco.load_set(coco.resolve_set("fashionscenes/eval"))[:2]
+    batch = processor(images=[e.load_image() for e in exs], text=[build_prompt(processor, question_text("object"))] * 2,
+                      return_tensors="pt")
+    img = iv.image_mask(model, batch["input_ids"])
+    n_layers, n_heads = iv.text_layers_and_heads(model)
+    clean = iv.Capture(queries=_final(img), image=img, kv=True)
+    with torch.inference_mode(), iv.intervene(model, capture=clean):
+        model(**batch)
+
+    def captured(keep, keys, values, rows=slice(None)):
+        sub = {k: v[rows] for k, v in batch.items()}
+        cap = iv.Capture(queries=_final(img[rows]), image=img[rows])
+        base = iv.Baseline("dataset-mean", keys=keys, values=values)
+        with torch.inference_mode(), iv.intervene(model, ablation=iv.HeadAblation(keep, img[rows], base), capture=cap):
+            model(**sub)
+        return cap
+
+    none = torch.zeros(n_layers, n_heads, dtype=torch.bool)
+    own = captured(none, [clean.keys[l][:1] for l in range(n_layers)], [clean.values[l][:1] for l in range(n_layers)],
+                   slice(0, 1))
+    for l in range(n_layers):
+        assert torch.allclose(own.mass[l], clean.mass[l][:1], atol=1e-6)
+        assert torch.allclose(own.value_mass[l], clean.value_mass[l][:1], atol=1e-5)
+    other = captured(none, [clean.keys[l][0] for l in range(n_layers)], [clean.values[l][0] for l in range(n_layers)],
+                     slice(1, 2))
+    assert torch.allclose(other.mass[0], clean.mass[0][:1], atol=1e-6)
+    assert not torch.allclose(clean.mass[0][1:2], clean.mass[0][:1], atol=1e-4)  # so (b) could fail
+    empty = captured(~none, [clean.keys[l][0] for l in range(n_layers)], [clean.values[l][0] for l in range(n_layers)])
+    for l in range(n_layers):
+        assert torch.equal(empty.mass[l], clean.mass[l])
+    with pytest.raises(ValueError, match="must watch queries after the image"):
+        cap = iv.Capture(queries=img, image=img)
+        with torch.inference_mode(), iv.intervene(model, ablation=iv.HeadAblation(none, img, "zero"), capture=cap):
+            model(**batch)
+
+
 def test_bad_inputs(tiny_llava, batch):
     model, _ = tiny_llava
     img = iv.image_mask(model, batch["input_ids"])

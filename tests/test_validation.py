@@ -46,3 +46,25 @@ def test_planted_redundancy_single_heads_do_nothing_the_pair_does_everything(tin
     keep[3, [1, 6]] = False
     y = red.y(t, keep.view(4, 2, 4), pieces)
     np.testing.assert_allclose(y, [2.5, 2.5, 2.5, 0.5])
+
+
+def test_recover_scores_the_planted_model_with_every_ranker(tiny_llava):
+    """The gradient and attention rankers read the planted model: attribution patching is 0 outside S,
+    and attention weight differs from the organism's own for heads outside S (they read the baseline)."""
+    from headflow import rankings
+
+    model, processor = tiny_llava
+    iv.install(model, "sdpa")
+    t = _task(processor)
+    base = iv.Baseline("zero")
+    planted = validation.PlantedFlow(model, base, 2, 4, np.array([1, 6]))
+    rankers = {"attribution_patching": planted.attribution_patching, "attention_weight_value": planted.attention_weight}
+    rec = validation.recover(planted.y, [t], 2, 4, 40, 0.5, 0, rankers=rankers)
+    assert set(rec) >= {"attribution", "single_head", *rankers}
+    patch = rec["attribution_patching"][t.key] * rec["effects"][t.key]
+    outside = np.setdiff1d(np.arange(8), [1, 6])
+    assert (patch[outside] == 0).all() and (patch[[1, 6]] != 0).all()
+    own = rankings.attention_weight(model, t, "final", "value-norm").ravel()
+    got = planted.attention_weight(t)
+    np.testing.assert_allclose(got[1], own[1], rtol=1e-5)  # a planted head in layer 0 reads what it did...
+    assert not np.allclose(got[outside], own[outside])  # ...the others read zero keys and values

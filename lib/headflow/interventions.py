@@ -11,6 +11,8 @@ so it works on top of ``eager`` and ``sdpa`` alike and the interventions compose
   (pre-softmax -inf) in chosen layers, optionally chosen heads;
 - :class:`Capture` -- the attention mass from chosen queries to the image, per head, and the
   image keys/values (for the ``dataset-mean`` baseline), without switching the model to eager.
+  Combined with a head ablation, the mass is what the ablated heads' queries read (the baseline
+  keys/values); the captured ``keys``/``values`` stay those the image positions produce.
 
 Use them through one context manager::
 
@@ -230,6 +232,23 @@ def _knockout_mask(ctx: _Context, layer: int, mask, B: int, Hq: int, q_len: int,
     return mask.masked_fill(block, torch.finfo(mask.dtype).min)
 
 
+def _ablated_kv(abl: HeadAblation, layer: int, key, value, Hq: int):
+    """Keys and values ``(B, Hq, K, D)``, expanded to query heads, with the image slots of the
+    heads ablated in ``layer`` replaced by the baseline (what those heads' text queries read)."""
+    k_len = key.shape[2]
+    keep = abl.keep[:, layer].to(key.device)  # (B, Hq)
+    img = abl.image_mask[:, :k_len].to(key.device)  # (B, K)
+    groups = Hq // key.shape[1]
+    base_k, base_v = abl.baseline.image_kv(layer, key, value, img)
+    k_rep, v_rep = _expand_heads(key, groups), _expand_heads(value, groups)
+    drop = ~keep[:, :, None, None]  # (B, Hq, 1, 1)
+    if base_k.shape[1] != Hq:  # per kv head: query head h reads kv head h // groups
+        base_k, base_v = _expand_heads(base_k, groups), _expand_heads(base_v, groups)
+    k_abl = _scatter_slots(k_rep, img, torch.where(drop, base_k, _gather_slots(k_rep, img)))
+    v_abl = _scatter_slots(v_rep, img, torch.where(drop, base_v, _gather_slots(v_rep, img)))
+    return k_abl, v_abl
+
+
 def _ablate_heads(module, query, key, value, mask, out, abl: HeadAblation, layer: int, base, kwargs):
     """Where a head is ablated: recompute attention for the query rows after the image with the
     image keys/values of the ablated heads replaced by the baseline, and take those rows' outputs
@@ -239,7 +258,6 @@ def _ablate_heads(module, query, key, value, mask, out, abl: HeadAblation, layer
     q_off = k_len - q_len
     keep = abl.keep[:, layer].to(query.device)  # (B, Hq)
     img = abl.image_mask[:, :k_len].to(query.device)  # (B, K)
-    groups = Hq // key.shape[1]
     # which query slots see the ablated keys
     last_img = img.float().cumsum(1).argmax(1)  # (B,) last image slot
     slots = torch.arange(q_off, k_len, device=query.device)
@@ -248,19 +266,27 @@ def _ablate_heads(module, query, key, value, mask, out, abl: HeadAblation, layer
     if not after.any():
         return out
     q_start = int(after.float().argmax(1).min()) if abl.scope == "text" else 0
-    base_k, base_v = abl.baseline.image_kv(layer, key, value, img)
-    k_rep, v_rep = _expand_heads(key, groups), _expand_heads(value, groups)
-    drop = ~keep[:, :, None, None]  # (B, Hq, 1, 1)
-    if base_k.shape[1] != Hq:  # per kv head: query head h reads kv head h // groups
-        base_k, base_v = _expand_heads(base_k, groups), _expand_heads(base_v, groups)
-    k_abl = _scatter_slots(k_rep, img, torch.where(drop, base_k, _gather_slots(k_rep, img)))
-    v_abl = _scatter_slots(v_rep, img, torch.where(drop, base_v, _gather_slots(v_rep, img)))
+    k_abl, v_abl = _ablated_kv(abl, layer, key, value, Hq)
     m = mask[:, :, q_start:] if mask is not None else None
     out_abl, _ = base(_OneGroup(module), query[:, :, q_start:], k_abl, v_abl, m, **kwargs)
     use = after[:, q_start:, None, None] & ~keep[:, None, :, None]  # (B, Q', Hq, 1)
     out = out.clone()
     out[:, q_start:] = torch.where(use, out_abl, out[:, q_start:])
     return out
+
+
+def _check_capture_after_image(cap: Capture, abl: HeadAblation, k_len: int):
+    """Under a text-scope ablation only queries after the image read the baseline; a capture that
+    combines with it must therefore watch those queries only."""
+    if cap.queries is None or abl.scope == "all":
+        return
+    img = abl.image_mask[:, :k_len]
+    last_img = img.float().cumsum(1).argmax(1)
+    q = _rows(cap.queries, img.shape[0])[:, :k_len]
+    before = q & (torch.arange(k_len, device=q.device)[None] <= last_img[:, None])
+    if before.any():
+        raise ValueError("a capture combined with a text-scope head ablation must watch queries after the image "
+                         "only (e.g. the final token); use scope='all' to capture earlier queries")
 
 
 def _capture(cap: Capture, layer: int, query, key, value, mask, scaling, sdpa: bool):
@@ -310,7 +336,12 @@ def headflow_attention(module, query, key, value, attention_mask, **kwargs):
             img = ctx.capture.image[:, :k_len].to(key.device)
             ctx.capture.keys[layer] = _gather_slots(key, img).detach()
             ctx.capture.values[layer] = _gather_slots(value, img).detach()
-        _capture(ctx.capture, layer, query, key, value, mask, kwargs.get("scaling", module.scaling), sdpa)
+        k_seen, v_seen = key, value
+        abl = ctx.ablation
+        if abl is not None and not bool(abl.keep[:, layer].all()):
+            _check_capture_after_image(ctx.capture, abl, k_len)
+            k_seen, v_seen = _ablated_kv(abl, layer, key, value, Hq)
+        _capture(ctx.capture, layer, query, k_seen, v_seen, mask, kwargs.get("scaling", module.scaling), sdpa)
     out, weights = base(module, query, key, value, mask, **kwargs)
     abl = ctx.ablation
     if abl is not None and not bool(abl.keep[:, layer].all()):

@@ -21,7 +21,7 @@ GROUP_COLORS = {"system": "#bbbbbb", "image": "#8fb3d9", "object": "#d9534f", "b
                 "question": "#5cb85c", "role": "#f0ad4e", "final": "#9b59b6"}
 
 
-def scene_grid(images: Sequence[np.ndarray], titles: Sequence[str], ncols: int = 8, scale: float = 1.3):
+def scene_grid(images: Sequence[np.ndarray], titles: Sequence[str], ncols: int = 8, scale: float = 1.7):
     """Images ``(H, W, 3) uint8`` in a grid with a title each."""
     n = len(images)
     nrows = int(np.ceil(n / ncols))
@@ -30,7 +30,7 @@ def scene_grid(images: Sequence[np.ndarray], titles: Sequence[str], ncols: int =
         ax.axis("off")
     for ax, img, t in zip(axes.flat, images, titles):
         ax.imshow(img)
-        ax.set_title(t, fontsize=7)
+        ax.set_title(t, fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -163,12 +163,12 @@ def token_strip(groups, max_image: int = 3):
         else:
             shown.append((f"{groups.tokens[i]}\n[{i}]", labels[i]))
             i += 1
-    fig, ax = plt.subplots(figsize=(min(1.0 * len(shown) + 1, 22), 1.6))
+    fig, ax = plt.subplots(figsize=(min(1.3 * len(shown) + 1, 26), 1.9))
     for k, (text, lab) in enumerate(shown):
         ax.add_patch(plt.Rectangle((k, 0), 0.95, 1, color=GROUP_COLORS[lab]))
-        ax.text(k + 0.47, 0.5, text, ha="center", va="center", fontsize=7)
+        ax.text(k + 0.47, 0.5, text, ha="center", va="center", fontsize=9)
     handles = [plt.Rectangle((0, 0), 1, 1, color=GROUP_COLORS[g]) for g in ("system", "image", "question", "role", "final")]
-    ax.legend(handles, ["system", "image", "question", "role", "final (also role)"], ncol=5, fontsize=7,
+    ax.legend(handles, ["system", "image", "question", "role", "final (also role)"], ncol=5, fontsize=9,
               loc="upper center", bbox_to_anchor=(0.5, -0.05), frameon=False)
     ax.set(xlim=(0, len(shown)), ylim=(0, 1))
     ax.axis("off")
@@ -350,7 +350,8 @@ def proxies_vs_attribution(proxies: dict, attribution_map: np.ndarray):
 
 METHOD_LABELS = {"attribution": "head attribution", "single_head": "single-head ablation",
                  "attention_weight": "attention weight (final token)", "attention_weight_text": "attention weight (text)",
-                 "attribution_patching": "attribution patching", "random": "random"}
+                 "attribution_patching": "attribution patching", "random": "random",
+                 "attention_weight_value": "attention weight x value norm"}
 
 
 def heldout_curves(summary: dict, key: str = "heldout", title: str = "rankings fitted on other images"):
@@ -407,13 +408,16 @@ def fit_quality(df, n_images: int):
 def planted_precision(rows: list[dict], n_total: int, mask_counts):
     """Left: precision at |S| per planted size and method (each planting a dot with its interval;
     dashes: random expectation).  Right: attribution's mean precision vs masks per image."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [1.5, 1]})
     sizes = sorted({r["size"] for r in rows})
-    for j, method in enumerate(["attribution", "single_head"]):
+    methods = [m for m in ("attribution", "single_head", "attribution_patching", "attention_weight_value")
+               if any(r["method"] == m for r in rows)]
+    width = 0.8 / len(methods)
+    for j, method in enumerate(methods):
         for i, s in enumerate(sizes):
             sel = [r for r in rows if r["size"] == s and r["method"] == method]
             for n, r in enumerate(sel):
-                x = i + (j - 0.5) * 0.3 + (n - 1) * 0.06
+                x = i - 0.4 + (j + 0.5) * width + (n - (len(sel) - 1) / 2) * width / (len(sel) + 1)
                 axes[0].errorbar(x, r["precision"], yerr=[[r["precision"] - r["ci"][0]], [r["ci"][1] - r["precision"]]],
                                  fmt="o", color=f"C{j}", ms=5, capsize=2,
                                  label=METHOD_LABELS.get(method) if i == n == 0 else None)
@@ -421,7 +425,7 @@ def planted_precision(rows: list[dict], n_total: int, mask_counts):
                            label="random expectation" if i == j == 0 else None)
     axes[0].set_xticks(range(len(sizes)), [f"|S| = {s}" for s in sizes])
     axes[0].set(ylabel="precision at |S| (95% CI)", ylim=(-0.02, 1.05), title="planted flow: recovery")
-    axes[0].legend(loc="lower right")
+    axes[0].legend(loc="lower left", fontsize=9, ncol=2)
     for i, s in enumerate(sizes):
         ys = [np.mean([r["precision"] for r in rows if r["size"] == s and r["method"] == f"attribution@{m}"])
               for m in mask_counts]

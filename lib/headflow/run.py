@@ -218,6 +218,26 @@ def execute(path: Path, params: dict, out: Path, profile: str, timeout: int | No
     return record
 
 
+def provenance_records(include_self: bool = False) -> list[dict]:
+    """The provenance records of ``book/_provenance``, in chapter order (without this appendix's own
+    unless ``include_self``)."""
+    from .outputs import book_dir
+
+    return [json.loads(p.read_text()) for p in sorted((book_dir() / "_provenance").glob("*.json"))
+            if include_self or not p.stem.startswith("99-")]
+
+
+def provenance_table(records: list[dict]):
+    """One row per executed chapter: profile, wall seconds, commit, whether ``lib/`` or the notebooks
+    were modified, the ``lib/`` hash and the number of outputs."""
+    import pandas as pd
+
+    return pd.DataFrame([{"chapter": r["notebook"], "profile": r["profile"], "wall s": r["wall_seconds"],
+                          "finished": r["finished"], "commit": (r["git"]["commit"] or "")[:10],
+                          "modified": r["git"]["lib_or_notebooks_modified"], "lib sha256": r["lib_sha256"][:12],
+                          "outputs": len(r["outputs"])} for r in records])
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Execute the book's notebooks with papermill.")
     ap.add_argument("--profile", choices=PROFILES, default="default")

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import attribution, layers
+from . import attribution, layers, rankings
 from .experiment import masks_y
 
 
@@ -49,6 +49,17 @@ class PlantedFlow:
     def y(self, task, keep: torch.Tensor, batch_size: int = 128) -> np.ndarray:
         """``keep (M, n_layers, n_heads)`` -> y ``(M,)`` of the planted model."""
         return masks_y(self.model, task, self.baseline, keep & self.keep_planted, self.target, batch_size)
+
+    def attention_weight(self, task) -> np.ndarray:
+        """Value-weighted final-token attention to the image, ``(n_layers * n_heads,)``, read with the
+        heads outside S ablated (what the planted model's heads really read)."""
+        return rankings.attention_weight(self.model, task, "final", "value-norm", self.keep_planted,
+                                         self.baseline).ravel()
+
+    def attribution_patching(self, task) -> np.ndarray:
+        """Attribution patching of the planted model (heads outside S held at the baseline),
+        ``(n_layers * n_heads,)``."""
+        return rankings.attribution_patching(self.model, task, self.baseline, self.target, self.keep_planted).ravel()
 
 
 @dataclass
@@ -107,14 +118,17 @@ def single_head_scores(fn, task, n_layers: int, n_heads: int) -> np.ndarray:
 
 
 def recover(fn, tasks, n_layers: int, n_heads: int, n_masks: int, rate: float, seed: int,
-            mask_counts: Sequence[int] = ()) -> dict:
+            mask_counts: Sequence[int] = (), rankers: dict | None = None) -> dict:
     """Attribution (OLS on ``n_masks`` random masks, and on the first m of them for each of
-    ``mask_counts``) and single-head scores of a planted model on every task, normalised by the
+    ``mask_counts``), single-head scores and each of ``rankers`` (``{name: f(task) -> scores (H,)}``,
+    e.g. :meth:`PlantedFlow.attention_weight`) of a planted model on every task, normalised by the
     planted model's image effect: ``{"attribution": {key: scores}, "attribution@m": ..., "single_head": ...,
-    "effects": {key: float}}``."""
+    name: ..., "effects": {key: float}}``."""
     H = n_layers * n_heads
+    rankers = rankers or {}
     ends = torch.stack([torch.ones(n_layers, n_heads, dtype=torch.bool), torch.zeros(n_layers, n_heads, dtype=torch.bool)])
-    out = {"attribution": {}, "single_head": {}, "effects": {}, **{f"attribution@{m}": {} for m in mask_counts}}
+    out = {"attribution": {}, "single_head": {}, "effects": {}, **{f"attribution@{m}": {} for m in mask_counts},
+           **{name: {} for name in rankers}}
     for i, t in enumerate(tasks):
         keep = attribution.sample_masks(n_masks, n_layers, n_heads, rate, seed * 1_000_003 + i)
         y = fn(t, torch.cat([keep, ends]))
@@ -126,6 +140,8 @@ def recover(fn, tasks, n_layers: int, n_heads: int, n_masks: int, rate: float, s
             reg = "ridge" if m - max(2, int(round(0.2 * m))) < H + 1 else "ols"
             out[f"attribution@{m}"][t.key] = attribution.fit(keep[:m].numpy(), y[:m], reg, alpha=1.0).attribution / scale
         out["single_head"][t.key] = single_head_scores(fn, t, n_layers, n_heads) / scale
+        for name, rank in rankers.items():
+            out[name][t.key] = np.asarray(rank(t), dtype=float) / scale
     return out
 
 

@@ -145,7 +145,10 @@ def validation(res: dict) -> dict:
              and max(red["single_over_joint"].values()) <= 0.1)
     verdict = "validated" if all(recovered.values()) and shown else "partly" if any(recovered.values()) or shown \
         else "not validated"
-    prec = ", ".join(f"{s} heads: {d['attribution']['precision']:.2f} (single head {d['single_head']['precision']:.2f})"
+    others = [m for m in ("single_head", "attribution_patching", "attention_weight_value")
+              if all(m in d for d in res["planted_flow"].values())]
+    prec = ", ".join(f"{s} heads: {d['attribution']['precision']:.2f} ("
+                     + ", ".join(f"{m.replace('_', ' ')} {d[m]['precision']:.2f}" for m in others) + ")"
                      for s, d in res["planted_flow"].items())
     finding = (f"precision at |S| of attribution on planted flow, {prec}; planted redundant pair: single-head effects "
                f"{red['single_over_joint']['A']:.2f} / {red['single_over_joint']['B']:.2f} of the joint, attribution ranks "
