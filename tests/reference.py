@@ -23,6 +23,7 @@ def reference_attention(module, query, key, value, attention_mask, scaling=None,
     base_kind = SPEC.get("baseline", "zero")
     base_k, base_v = SPEC.get("base_k"), SPEC.get("base_v")  # per layer (Hkv, n_img, D)
     knockouts = SPEC.get("knockouts", [])  # (qmask (B,K), kmask (B,K), layers, heads or None)
+    slots = SPEC.get("slots")  # (B, n_img) bool: which image positions an ablated head sees replaced
     out = torch.zeros(B, Q, H, D, dtype=torch.float64)
     for b in range(B):
         img_slots = image[b].nonzero().flatten() if image is not None else torch.empty(0, dtype=torch.long)
@@ -33,13 +34,15 @@ def reference_attention(module, query, key, value, attention_mask, scaling=None,
             abl_k, abl_v = clean_k.clone(), clean_v.clone()  # the keys an ablated head's text queries see
             if keep is not None and not bool(keep[b, layer, h]):
                 if base_kind == "zero":
-                    abl_k[img_slots], abl_v[img_slots] = 0.0, 0.0
+                    new_k, new_v = torch.zeros_like(clean_k[img_slots]), torch.zeros_like(clean_v[img_slots])
                 elif base_kind == "image-mean":
-                    abl_k[img_slots] = clean_k[img_slots].mean(0)
-                    abl_v[img_slots] = clean_v[img_slots].mean(0)
+                    new_k = clean_k[img_slots].mean(0).expand(len(img_slots), -1)
+                    new_v = clean_v[img_slots].mean(0).expand(len(img_slots), -1)
                 else:
-                    abl_k[img_slots] = base_k[layer][kv].double()
-                    abl_v[img_slots] = base_v[layer][kv].double()
+                    new_k, new_v = base_k[layer][kv].double(), base_v[layer][kv].double()
+                for i, p in enumerate(img_slots.tolist()):  # one image position at a time
+                    if slots is None or bool(slots[b, i]):
+                        abl_k[p], abl_v[p] = new_k[i], new_v[i]
             for i in range(Q):
                 qpos = K - Q + i
                 sees_ablated = scope == "all" or qpos > last_img

@@ -117,6 +117,39 @@ def test_head_ablation_matches_reference(tiny_llava, batch, base, kind, scope):
     assert (got[1] - plain[1]).abs().max() > 1e-4  # the ablation is real (float noise is ~1e-7)
 
 
+def _random_slots(img, seed, rate=0.5):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(img.shape[0], int(img[0].sum()), generator=g) < rate
+
+
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("kind", ["zero", "image-mean", "dataset-mean"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_position_ablation_matches_reference(tiny_llava, batch, qwen, base, kind, family):
+    """Position-level ablation (a subset of image positions per row) matches the float64 reference,
+    changes the output, and with no position selected changes nothing (bit-identical)."""
+    model, inputs = (tiny_llava[0], batch) if family == "llava" else qwen
+    img = iv.image_mask(model, inputs["input_ids"])
+    keep = _random_keep(model, 2, 0.5, seed=3)
+    slots = _random_slots(img, seed=5)
+    baseline, ref_kw = iv.Baseline(kind) if kind != "dataset-mean" else None, {}
+    if kind == "dataset-mean":
+        model.set_attn_implementation({"text_config": base})
+        baseline = iv.dataset_mean_baseline(model, [inputs])
+        ref_kw = {"base_k": baseline.keys, "base_v": baseline.values}
+    got = _logits(model, inputs, base, ablation=iv.HeadAblation(keep, img, baseline, slots=slots))
+    ref = run_reference(model, inputs, image=img, keep=keep, baseline=kind, slots=slots, **ref_kw)[:, -1]
+    plain = _plain(model, inputs, base)
+    whole = _logits(model, inputs, base, ablation=iv.HeadAblation(keep, img, baseline))
+    assert torch.allclose(got, ref, atol=ATOL), (got - ref).abs().max()
+    assert (got - plain).abs().max() > 1e-4 and (got - whole).abs().max() > 1e-4  # real, and not the whole image
+    none = torch.zeros_like(slots)
+    assert torch.equal(_logits(model, inputs, base, ablation=iv.HeadAblation(keep, img, baseline, slots=none)), plain)
+    every = torch.ones_like(slots)
+    assert torch.allclose(_logits(model, inputs, base, ablation=iv.HeadAblation(keep, img, baseline, slots=every)),
+                          whole, atol=1e-6)
+
+
 @pytest.mark.parametrize("base", BASES)
 def test_knockout_matches_reference_and_zeroes_probabilities(tiny_llava, batch, base):
     model, processor = tiny_llava
@@ -236,6 +269,8 @@ def test_bad_inputs(tiny_llava, batch):
             pass
     with pytest.raises(ValueError, match="unknown baseline 'mean'"):
         iv.HeadAblation(torch.ones(2, 4, dtype=torch.bool), img, "mean")
+    with pytest.raises(ValueError, match=r"slots have shape \(2, 3\); this batch needs \(2, \d+\)"):
+        iv.HeadAblation(torch.ones(2, 4, dtype=torch.bool), img, "zero", slots=torch.ones(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="unknown ablation scope"):
         iv.HeadAblation(torch.ones(2, 4, dtype=torch.bool), img, "zero", scope="image")
     with pytest.raises(ValueError, match=r"knockout layers \[5\] out of range"):

@@ -14,7 +14,7 @@ def _one(processor, image, q="object"):
     return processor(images=[image], text=[build_prompt(processor, question_text(q))], return_tensors="pt")
 
 
-def _full(model, inputs, keep, baseline):
+def _full(model, inputs, keep, baseline, slots=None):
     B = keep.shape[0]
     big = {}
     for k, v in inputs.items():
@@ -22,8 +22,8 @@ def _full(model, inputs, keep, baseline):
             big[k] = v.repeat(B, *[1] * (v.dim() - 1))  # Qwen2-VL: patches of all images along dim 0
         else:
             big[k] = v.expand(B, *v.shape[1:])
-    with torch.inference_mode(), iv.intervene(model, ablation=iv.HeadAblation(keep, iv.image_mask(model, big["input_ids"]),
-                                                                              baseline)):
+    abl = iv.HeadAblation(keep, iv.image_mask(model, big["input_ids"]), baseline, slots=slots)
+    with torch.inference_mode(), iv.intervene(model, ablation=abl):
         return model(**big, logits_to_keep=1).logits[:, -1]
 
 
@@ -68,6 +68,35 @@ def test_fast_path_equals_full_forward(setups, family, base, kind):
     with torch.inference_mode():
         clean = model(**inputs, logits_to_keep=1).logits[:, -1]
     assert (fast[0] - clean[0]).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("family", _models())
+@pytest.mark.parametrize("base", ["sdpa", "eager"])
+def test_fast_path_with_position_ablation_equals_full_forward(setups, family, base):
+    """Position-level ablation (each row its own subset of image positions, some rows none, one all)
+    through the fast path equals the full forward."""
+    model, processor, ex, refs = setups[family]
+    iv.install(model, base)
+    baseline = iv.dataset_mean_baseline(model, refs)
+    inputs = _one(processor, ex.load_image())
+    keep = _masks(model, 9, seed=6)
+    n_img = int(iv.image_mask(model, inputs["input_ids"]).sum())
+    g = torch.Generator().manual_seed(7)
+    slots = torch.rand(9, n_img, generator=g) < 0.4
+    slots[2] = False
+    slots[3] = True
+    reuse = PrefixReuse(model, inputs, baseline)
+    fast = reuse.final_logits(keep, batch_size=4, slots=slots)
+    full = _full(model, inputs, keep, baseline, slots)
+    assert (fast - full).abs().max() <= TOL
+    whole = reuse.final_logits(keep, batch_size=4)
+    assert (fast[3] - whole[3]).abs().max() <= TOL  # every position = the head ablation
+    differs = (fast - whole).abs().amax(-1)
+    partial = ~keep.flatten(1).all(1)
+    partial[[2, 3]] = False
+    assert partial.sum() >= 5 and differs[partial].min() > 1e-4  # a subset is not the whole image
+    with pytest.raises(ValueError, match="one bool per image position"):
+        reuse.final_logits(keep, slots=slots[:, :3])
 
 
 def test_wrong_suffix_positions_are_caught(setups):

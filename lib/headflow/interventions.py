@@ -86,12 +86,17 @@ class Baseline:
 @dataclass
 class HeadAblation:
     """Ablate heads: ``keep`` is ``(B, n_layers, n_heads)`` bool (False = ablated), or
-    ``(n_layers, n_heads)`` for every row; ``image_mask`` is ``(B, L)`` bool over positions."""
+    ``(n_layers, n_heads)`` for every row; ``image_mask`` is ``(B, L)`` bool over positions.
+
+    Position-level ablation: ``slots`` ``(B, n_image)`` bool (or ``(n_image,)`` for every row)
+    selects which image positions, in order, an ablated head sees replaced; the others keep
+    their clean keys/values.  ``None`` (default) replaces every image position."""
 
     keep: torch.Tensor
     image_mask: torch.Tensor
     baseline: Baseline = field(default_factory=lambda: Baseline("zero"))
     scope: str = "text"
+    slots: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.scope not in SCOPES:
@@ -105,6 +110,18 @@ class HeadAblation:
         counts = self.image_mask.sum(1)
         if self.image_mask.dim() != 2 or counts.min() == 0 or (counts != counts[0]).any():
             raise ValueError("image_mask must be (B, L) bool with the same, non-zero number of image tokens per row")
+        if self.slots is not None:
+            self.slots = torch.as_tensor(self.slots, dtype=torch.bool)
+            if self.slots.dim() == 1:
+                self.slots = self.slots[None].expand(self.image_mask.shape[0], -1)
+            if tuple(self.slots.shape) != (self.image_mask.shape[0], int(counts[0])):
+                raise ValueError(f"slots have shape {tuple(self.slots.shape)}; this batch needs "
+                                 f"({self.image_mask.shape[0]}, {int(counts[0])}): one bool per image position")
+
+    @property
+    def empty(self) -> bool:
+        """True if nothing is ablated (every head kept, or no image position selected)."""
+        return bool(self.keep.all()) or (self.slots is not None and not bool(self.slots.any()))
 
 
 @dataclass
@@ -147,7 +164,7 @@ class _Context:
     @property
     def needs_mask(self) -> bool:
         """Whether any intervention acts (an empty one leaves the stock computation untouched)."""
-        ablating = self.ablation is not None and not bool(self.ablation.keep.all())
+        ablating = self.ablation is not None and not self.ablation.empty
         return ablating or bool(self.knockouts) or self.capture is not None
 
 
@@ -242,6 +259,8 @@ def _ablated_kv(abl: HeadAblation, layer: int, key, value, Hq: int):
     base_k, base_v = abl.baseline.image_kv(layer, key, value, img)
     k_rep, v_rep = _expand_heads(key, groups), _expand_heads(value, groups)
     drop = ~keep[:, :, None, None]  # (B, Hq, 1, 1)
+    if abl.slots is not None:  # position-level: only the chosen image positions
+        drop = drop & abl.slots.to(key.device)[:, None, :, None]  # (B, Hq, n_image, 1)
     if base_k.shape[1] != Hq:  # per kv head: query head h reads kv head h // groups
         base_k, base_v = _expand_heads(base_k, groups), _expand_heads(base_v, groups)
     k_abl = _scatter_slots(k_rep, img, torch.where(drop, base_k, _gather_slots(k_rep, img)))

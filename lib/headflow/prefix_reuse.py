@@ -31,6 +31,7 @@ class _PrefixState:
     keys_ablated: list[torch.Tensor]
     values_ablated: list[torch.Tensor]
     keep: torch.Tensor | None = None
+    slots: torch.Tensor | None = None  # (B, P) bool: the prefix slots an ablated head sees replaced
 
 
 def _partial_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
@@ -41,6 +42,16 @@ def _partial_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     m = s.amax(-1)
     s.sub_(m[:, None]).exp_()
     return m, s.sum(-1), torch.mm(s, v)
+
+
+def _partial_softmax_mixed(q, k, v, k_abl, v_abl, replaced: torch.Tensor, scale: float):
+    """:func:`_partial_softmax` where each row sees its own mix of keys/values: the ablated ones at
+    the slots where ``replaced (n, P)`` is True, the clean ones elsewhere (two GEMMs per side)."""
+    s = torch.where(replaced, torch.mm(q, k_abl.t()), torch.mm(q, k.t()))
+    s.mul_(scale)
+    m = s.amax(-1)
+    s.sub_(m[:, None]).exp_()
+    return m, s.sum(-1), torch.mm(s * replaced, v_abl) + torch.mm(s * ~replaced, v)
 
 
 def prefix_attention(module, query, key, value, state: _PrefixState, scaling: float):
@@ -66,14 +77,21 @@ def prefix_attention(module, query, key, value, state: _PrefixState, scaling: fl
         n_kept = int(kept.sum())
         parts = []
         if n_kept == kept.numel():
-            parts.append((slice(None), state.keys[layer][j], state.values[layer][j]))
+            parts.append((slice(None), False))
         elif n_kept == 0:
-            parts.append((slice(None), state.keys_ablated[layer][j], state.values_ablated[layer][j]))
+            parts.append((slice(None), True))
         else:
-            parts.append((kept.nonzero()[:, 0], state.keys[layer][j], state.values[layer][j]))
-            parts.append(((~kept).nonzero()[:, 0], state.keys_ablated[layer][j], state.values_ablated[layer][j]))
-        for rows, k, v in parts:
-            m, l, o = _partial_softmax(q_rows[j][rows], k, v, scaling)
+            parts.append((kept.nonzero()[:, 0], False))
+            parts.append(((~kept).nonzero()[:, 0], True))
+        for rows, ablated in parts:
+            k = (state.keys_ablated if ablated else state.keys)[layer][j]
+            v = (state.values_ablated if ablated else state.values)[layer][j]
+            if ablated and state.slots is not None:  # position-level ablation
+                batch_row = torch.arange(B * G * S, device=query.device)[rows] // (G * S)
+                m, l, o = _partial_softmax_mixed(q_rows[j][rows], state.keys[layer][j], state.values[layer][j], k, v,
+                                                 state.slots[batch_row], scaling)
+            else:
+                m, l, o = _partial_softmax(q_rows[j][rows], k, v, scaling)
             m_pre[j, rows], l_pre[j, rows], o_pre[j, rows] = m, l, o
     unfold = lambda x: x.view(Hkv, B, G, S, *x.shape[2:]).transpose(0, 1).reshape(B, H, S, *x.shape[2:])  # noqa: E731
     m_pre, l_pre, o_pre = unfold(m_pre), unfold(l_pre), unfold(o_pre)
@@ -141,24 +159,37 @@ class PrefixReuse:
             keys_abl.append(iv._scatter_slots(k, img_slots[None], bk)[0].contiguous())
             values_abl.append(iv._scatter_slots(v, img_slots[None], bv)[0].contiguous())
         self.state = _PrefixState(keys, values, keys_abl, values_abl)
+        self.image_slots = img_slots  # (P,) bool
+        self.n_image = int(img_slots.sum())
 
     @torch.inference_mode()
-    def final_logits(self, keep: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """Final-position logits ``(M, vocab)`` under each mask of ``keep (M, n_layers, n_heads)``."""
+    def final_logits(self, keep: torch.Tensor, batch_size: int = 64, slots: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-position logits ``(M, vocab)`` under each mask of ``keep (M, n_layers, n_heads)``;
+        with ``slots (M, n_image)`` bool only those image positions are replaced in the ablated heads
+        (position-level ablation, as :class:`headflow.interventions.HeadAblation` ``slots``)."""
         keep = torch.as_tensor(keep, dtype=torch.bool)
         if keep.dim() != 3 or tuple(keep.shape[1:]) != (self.n_layers, self.n_heads):
             raise ValueError(f"masks have shape {tuple(keep.shape)}; this model needs "
                              f"(n_masks, {self.n_layers}, {self.n_heads})")
+        prefix_slots = None
+        if slots is not None:
+            slots = torch.as_tensor(slots, dtype=torch.bool)
+            if tuple(slots.shape) != (keep.shape[0], self.n_image):
+                raise ValueError(f"slots have shape {tuple(slots.shape)}; these masks need ({keep.shape[0]}, "
+                                 f"{self.n_image}): one bool per image position")
+            prefix_slots = torch.zeros(keep.shape[0], self.P, dtype=torch.bool)
+            prefix_slots[:, self.image_slots] = slots
         out = []
         for s in range(0, keep.shape[0], batch_size):
             chunk = keep[s:s + batch_size]
             B = chunk.shape[0]
             self.state.keep = chunk
+            self.state.slots = None if prefix_slots is None else prefix_slots[s:s + batch_size].to(self.suffix_ids.device)
             ctx = iv._Context(self.n_layers, self.n_heads, None, [], None, prefix=self.state)
             pos = self.suffix_pos.expand(*self.suffix_pos.shape[:-2], B, -1)
             with iv._activate(ctx):
                 logits = self.model(input_ids=self.suffix_ids.expand(B, -1), position_ids=pos, use_cache=False,
                                     logits_to_keep=1).logits[:, -1]
             out.append(logits.float())
-        self.state.keep = None
+        self.state.keep = self.state.slots = None
         return torch.cat(out)
