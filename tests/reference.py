@@ -50,7 +50,8 @@ def reference_attention(module, query, key, value, attention_mask, scaling=None,
                 allowed = pad[b].clone()
                 allowed[qpos + 1:] = False  # causal
                 for qm, km, layers, heads in knockouts:
-                    if layer in layers and (heads is None or h in heads) and qm[b, qpos]:
+                    in_heads = heads is None or (bool(heads[b, h]) if torch.is_tensor(heads) else h in heads)
+                    if layer in layers and in_heads and qm[b, qpos]:
                         allowed &= ~km[b]
                 if not allowed.any():
                     continue  # a padding query: nothing to attend to

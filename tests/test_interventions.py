@@ -170,6 +170,25 @@ def test_knockout_matches_reference_and_zeroes_probabilities(tiny_llava, batch, 
 
 
 @pytest.mark.parametrize("base", BASES)
+def test_knockout_with_per_row_heads_matches_reference(qwen, base):
+    """One knockout, a different head set per row (grouped-query model): matches the reference;
+    a row with no head selected is untouched."""
+    model, batch = qwen
+    img = iv.image_mask(model, batch["input_ids"])
+    final = _final(img)
+    n_heads = iv.text_layers_and_heads(model)[1]
+    hm = torch.zeros(2, n_heads, dtype=torch.bool)
+    hm[1, [0, 3, 5]] = True
+    got = _logits(model, batch, base, knockouts=[iv.Knockout(final, img, layers=[0, 1], head_mask=hm)])
+    ref = run_reference(model, batch, image=img, knockouts=[(final, img, [0, 1], hm)])[:, -1]
+    plain = _plain(model, batch, base)
+    assert torch.allclose(got, ref, atol=ATOL) and torch.allclose(got[0], plain[0], atol=ATOL)
+    assert (got[1] - plain[1]).abs().max() > 1e-5
+    with pytest.raises(ValueError, match="either heads"):
+        iv.Knockout(final, img, [0], heads=[1], head_mask=hm)
+
+
+@pytest.mark.parametrize("base", BASES)
 def test_ablation_and_knockout_compose(tiny_llava, batch, base):
     model, _ = tiny_llava
     ids = batch["input_ids"]

@@ -59,6 +59,14 @@ def test_chapter_results(executed):
             assert 0 <= got["precision"] <= 1 and len(got["ci"]) == 2 and len(got["per_planting"]) == 2
     red = val["redundancy"]
     assert set(red["single_over_joint"]) == {"A", "B"} and {"faithfulness_pair", "completeness_pair"} <= set(red)
+    flow = json.loads((executed / "results" / "flow.json").read_text())
+    assert {"same_class_similarity", "same_appearance_similarity", "permutation_p", "probe_class_accuracy",
+            "probe_appearance_accuracy", "class_head_set_transfer"} <= set(flow["semantics"])
+    assert set(flow["knockout"]["peak_layer"]) == {"object", "color"} and isinstance(
+        flow["knockout"]["question_before_image"], bool)
+    assert {"object_effect", "background_effect", "random_effect", "object_attribution_share",
+            "object_area_share"} <= set(flow["tokens"])
+    assert len(flow["sensitivity"]["topk_overlap"]) == 11 and "pairwise_r2_gain" in flow["interactions"]
     perf = json.loads((executed / "results" / "performance.json").read_text())
     assert perf["organism"]["speedup"] > 1 and perf["fraction_of_matmul_peak"] > 0
 

@@ -81,6 +81,22 @@ def fit(keep: np.ndarray, y: np.ndarray, method: str = "ols", alpha: float = 1e-
                n_heldout=len(te), method=method)
 
 
+def cv_alpha(keep: np.ndarray, y: np.ndarray, method: str, seed: int = 0, alphas=None) -> float:
+    """The ridge or lasso penalty chosen by 5-fold cross-validation on the *training* masks of
+    :func:`split` (the held-out fifth stays unseen), from a log grid."""
+    from sklearn.linear_model import LassoCV, RidgeCV
+
+    A = (~np.asarray(keep, bool)).reshape(len(y), -1).astype(np.float64)
+    tr, _ = split(len(y), seed)
+    if method == "ridge":
+        grid = np.logspace(-3, 3, 13) if alphas is None else alphas
+        return float(RidgeCV(alphas=grid, cv=5).fit(A[tr], np.asarray(y)[tr]).alpha_)
+    if method == "lasso":
+        grid = np.logspace(-5, 0, 11) if alphas is None else alphas
+        return float(LassoCV(alphas=grid, cv=5, max_iter=20000, random_state=seed).fit(A[tr], np.asarray(y)[tr]).alpha_)
+    raise ValueError(f"cross-validated alpha is for ridge or lasso, not {method!r}")
+
+
 def bootstrap(keep: np.ndarray, y: np.ndarray, n_boot: int = 200, method: str = "ols", alpha: float = 1e-3,
               seed: int = 0, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Percentile confidence intervals ``(low, high)``, each ``(n_heads_total,)``, of the attribution,

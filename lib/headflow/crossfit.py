@@ -269,3 +269,37 @@ def results_json(summary: dict, cost_per_image: dict, model: str, n_heads_total:
     if summary["above_one"]:
         out["above_one"] = {"cases": summary["above_one"], "explanation": ABOVE_ONE}
     return out
+
+
+def top_heads(st, runs: dict, n_folds: int = 5, seed: int = 0, threshold: float = 0.8, min_images: int = 2,
+              batch_size: int = 128) -> dict:
+    """"The top heads" of chapters 6-9, from the study ``st`` (its fitting images) only.
+
+    The global attribution ranking (class-equal mean of effect-normalised attribution over every
+    fitting image) is cut at its *held-out* k at ``threshold``: k is read off the faithfulness curve
+    of rankings cross-fitted within the fitting images (each fold judged by a ranking built on the
+    other folds; the aggregation rule of :mod:`headflow.metrics`).  Chapters then use the heads on
+    images disjoint from ``st``'s.  Returns ``order`` (flat head indices, best first), ``k``,
+    ``heads`` (``order[:k]``), ``curve`` (faithfulness at k = 0..H) and ``n_images``."""
+    H = st.n_layers * st.n_heads
+    fitted = {t.key: attribution.fit(runs[t.key]["keep"], runs[t.key]["y"]).attribution for t in st.tasks}
+    keys = [t.key for t in st.tasks]
+    classes = {t.key: t.class_name for t in st.tasks}
+    task_of = {t.key: t for t in st.tasks}
+    all_k = list(range(H + 1))
+    num, eff = np.zeros((len(keys), H + 1)), np.zeros(len(keys))
+    for held in tqdm(folds(keys, [classes[k] for k in keys], n_folds, seed), desc="top heads: cross-fitting"):
+        fit_keys = [k for k in keys if k not in set(held)]
+        order = build_ranking(fitted, runs, classes, fit_keys, "attribution")
+        for k in held:
+            i = keys.index(k)
+            y_none = float(runs[k]["y_none"])
+            num[i] = judge(st, task_of[k], {"a": order}, {"a": all_k}, batch_size)["a"][0] - y_none
+            eff[i] = float(runs[k]["y_clean"]) - y_none
+    curve = metrics.aggregate(num, eff, [classes[k] for k in keys], min_images)["value"]
+    k = metrics.k_at(curve, all_k, threshold)
+    if k is None:
+        raise ValueError(f"the held-out faithfulness never reaches {threshold}; no top-head set can be cut")
+    order = build_ranking(fitted, runs, classes, keys, "attribution")
+    return {"order": order, "k": int(k), "heads": order[:k], "curve": curve, "n_images": len(keys)}
+

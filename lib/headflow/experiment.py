@@ -37,15 +37,17 @@ class ImageTask:
         return self.example.class_name
 
 
-def prepare(processor, examples: Sequence, words: Sequence[str], question: str) -> list[ImageTask]:
-    """An :class:`ImageTask` per example (answer = its class name among ``words``)."""
+def prepare(processor, examples: Sequence, words: Sequence[str], question: str,
+            answers: Sequence[str] | None = None) -> list[ImageTask]:
+    """An :class:`ImageTask` per example (answer = ``answers[i]``, by default its class name, among ``words``)."""
     prompt = build_prompt(processor, question)
     ids = answer_token_ids(processor, words, prompt=prompt)
+    answers = [ex.class_name for ex in examples] if answers is None else list(answers)
     tasks = []
-    for ex in examples:
-        if ex.class_name not in words:
-            raise ValueError(f"image {ex.image_id}: class {ex.class_name!r} is not among the answer words")
-        t = words.index(ex.class_name)
+    for ex, answer in zip(examples, answers):
+        if answer not in words:
+            raise ValueError(f"image {ex.image_id}: answer {answer!r} is not among the answer words {list(words)}")
+        t = words.index(answer)
         inputs = processor(images=[ex.load_image()], text=[prompt], return_tensors="pt")
         tasks.append(ImageTask(key=f"img{ex.image_id:06d}", example=ex, inputs=inputs, target_id=ids[t],
                                other_ids=[i for j, i in enumerate(ids) if j != t]))
@@ -75,15 +77,38 @@ def reference_baseline(model, tasks: Sequence[ImageTask], kind: str, batch_size:
 
 
 def masks_y(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tensor, target: str = "logit",
-            batch_size: int = 128, reuse: PrefixReuse | None = None) -> np.ndarray:
-    """``y`` under each keep-mask ``(M, n_layers, n_heads)``, through the fast path."""
+            batch_size: int = 128, reuse: PrefixReuse | None = None, scope: str = "text") -> np.ndarray:
+    """``y`` under each keep-mask ``(M, n_layers, n_heads)``: through the fast path for scope
+    ``text``; by batched full forwards for scope ``all`` (image queries see the baseline too, so
+    the image prefix changes and cannot be reused)."""
+    if scope == "all":
+        return target_values(full_logits(model, task, baseline, keep, "all", min(batch_size, 32)), task, target)
+    if scope != "text":
+        raise ValueError(f"unknown ablation scope {scope!r}; choose one of {iv.SCOPES}")
     reuse = reuse or PrefixReuse(model, task.inputs, baseline)
     return target_values(reuse.final_logits(keep, batch_size), task, target)
 
 
+@torch.inference_mode()
+def full_logits(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tensor, scope: str = "text",
+                batch_size: int = 32) -> torch.Tensor:
+    """Final-position logits ``(M, vocab)`` under each keep-mask, by full forwards (batches of
+    ``batch_size`` copies of the image and prompt)."""
+    out = []
+    for s in range(0, len(keep), batch_size):
+        chunk = keep[s:s + batch_size]
+        B = len(chunk)
+        inputs = {k: v.repeat(B, *[1] * (v.dim() - 1)) if k in ("pixel_values", "image_grid_thw") else
+                  v.expand(B, *v.shape[1:]) for k, v in task.inputs.items()}
+        abl = iv.HeadAblation(chunk, iv.image_mask(model, inputs["input_ids"]), baseline, scope)
+        with iv.intervene(model, ablation=abl):
+            out.append(model(**inputs, logits_to_keep=1).logits[:, -1].float())
+    return torch.cat(out)
+
+
 def run_attribution(model, tasks: Sequence[ImageTask], baseline: iv.Baseline, store: RunStore, n_masks: int,
                     ablation_rate: float, seed: int, target: str = "logit", batch_size: int = 128,
-                    progress: bool = True) -> dict[str, dict]:
+                    progress: bool = True, scope: str = "text") -> dict[str, dict]:
     """Random-mask ablations of every image: per image ``keep (S, L, H)``, ``y (S,)``,
     ``y_clean`` and ``y_none``.  Finished images are read back from ``store``."""
     n_layers, n_heads = iv.text_layers_and_heads(model)
@@ -94,7 +119,7 @@ def run_attribution(model, tasks: Sequence[ImageTask], baseline: iv.Baseline, st
         keep = attribution.sample_masks(n_masks, n_layers, n_heads, ablation_rate, image_seed)
         ends = torch.stack([torch.ones(n_layers, n_heads, dtype=torch.bool),
                             torch.zeros(n_layers, n_heads, dtype=torch.bool)])
-        y = masks_y(model, task, baseline, torch.cat([keep, ends]), target, batch_size)
+        y = masks_y(model, task, baseline, torch.cat([keep, ends]), target, batch_size, scope=scope)
         store.save(task.key, keep=np.packbits(keep.numpy(), axis=-1), shape=np.array(keep.shape), y=y[:-2],
                    y_clean=y[-2], y_none=y[-1])
     return {t.key: load_run(store, t.key) for t in tasks}

@@ -19,9 +19,10 @@ CHAPTERS = [
     ("head_attribution", "03-head-attribution", "3. Head attribution"),
     ("attribution", "04-faithfulness-completeness", "4. Faithfulness and completeness"),
     ("where_heads", "05-where-the-heads-are", "5. Where the heads are"),
-    (None, None, "6. Semantics vs appearance (Sec. 5)"),
-    (None, None, "7-8. Token-level flow (Sec. 6)"),
-    (None, None, "9. Sensitivity and limits"),
+    ("semantics", "06-semantics", "6. Semantics, not appearance"),
+    ("knockout", "07-token-flow", "7. Text reaches the role and final tokens first"),
+    ("tokens", "08-object-background", "8. Object and background tokens"),
+    ("sensitivity", "09-sensitivity", "9. Sensitivity and limits"),
     ("performance", "90-performance", "Performance"),
     ("validation", "91-validation", "Validation: planted ground truth"),
 ]

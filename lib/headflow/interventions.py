@@ -127,12 +127,18 @@ class HeadAblation:
 @dataclass
 class Knockout:
     """Block attention from ``queries`` to ``keys`` (each ``(B, L)`` bool, or ``(L,)`` for all rows)
-    in ``layers``; in ``heads`` only, if given."""
+    in ``layers``; in ``heads`` only, if given, or per row in the heads where ``head_mask``
+    (``(B, n_heads)`` bool) is True (so one batch can knock out different head sets per row)."""
 
     queries: torch.Tensor
     keys: torch.Tensor
     layers: Sequence[int]
     heads: Sequence[int] | None = None
+    head_mask: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.heads is not None and self.head_mask is not None:
+            raise ValueError("give a knockout either heads (the same for every row) or head_mask (per row), not both")
 
 
 @dataclass
@@ -237,6 +243,8 @@ def _knockout_mask(ctx: _Context, layer: int, mask, B: int, Hq: int, q_len: int,
             hm = torch.zeros(Hq, dtype=torch.bool, device=mask.device)
             hm[list(ko.heads)] = True
             b = b & hm[None, :, None, None]
+        elif ko.head_mask is not None:
+            b = b & _rows(ko.head_mask, B).to(mask.device)[:, :, None, None]
         block = b if block is None else block | b
     if block is None:
         return mask
@@ -419,6 +427,9 @@ def intervene(model, ablation: HeadAblation | None = None, knockouts: Sequence[K
             raise ValueError(f"knockout layers {bad} out of range: the model has layers 0..{n_layers - 1}")
         if ko.heads is not None and [h for h in ko.heads if not 0 <= h < n_heads]:
             raise ValueError(f"knockout heads {list(ko.heads)} out of range: the model has heads 0..{n_heads - 1}")
+        if ko.head_mask is not None and ko.head_mask.shape[-1] != n_heads:
+            raise ValueError(f"knockout head_mask has shape {tuple(ko.head_mask.shape)}; this model needs "
+                             f"(batch, {n_heads})")
         if not ko.queries.any() or not ko.keys.any():
             raise ValueError("a knockout's query or key group is empty for this prompt")
     with _activate(_Context(n_layers, n_heads, ablation, list(knockouts), capture)):

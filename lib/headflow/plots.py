@@ -501,3 +501,218 @@ def class_layer_shares(results: dict):
         ax.set(xlabel="layer", title=name)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------------------ chapter 6
+def similarity_distributions(res: dict):
+    """Per measure, the similarity of same-class pairs (different item and appearance) and of
+    different-class pairs of one appearance; dashed: noise ceiling (cosine) or chance (top-k)."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4))
+    titles = {"cosine": "cosine", "spearman": "Spearman rho", "topk": f"top-{res['k']} overlap"}
+    for ax, (m, d) in zip(axes, res["pairs"].items()):
+        for i, (kind, v) in enumerate(d.items()):
+            ax.hist(v, bins=30, alpha=0.55, density=True, color=f"C{i}", label=f"{kind} ({len(v)} pairs)")
+            ax.axvline(v.mean(), color=f"C{i}", lw=2)
+        if m == "cosine":
+            ax.axvline(res["ceiling"].mean(), color="k", ls="--", lw=1.5, label="noise ceiling")
+        if m == "topk":
+            ax.axvline(res["chance_topk"], color="0.4", ls=":", lw=1.5, label="chance")
+        ax.set(xlabel=titles[m], ylabel="density", title=titles[m])
+    axes[0].legend(loc="upper left", fontsize=10)
+    axes[2].legend(loc="upper right", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def permutation_null(perm: dict):
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.hist(perm["null"], bins=40, color="0.6", label=f"class labels permuted over items ({perm['n_perm']})")
+    ax.axvline(perm["observed"], color="C3", lw=2, label=f"observed (p = {perm['p']:.3f})")
+    ax.set(xlabel="mean cosine: same class - same appearance", ylabel="permutations")
+    ax.legend(fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def probes_and_embedding(res: dict):
+    """Left: probe accuracy (Wilson 95% CI) vs chance, for class and appearance.  Middle and right:
+    2-D PCA of the attribution vectors coloured by class and by appearance."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), gridspec_kw={"width_ratios": [0.7, 1, 1]})
+    for i, (name, p) in enumerate(res["probe"].items()):
+        axes[0].bar(i, p["accuracy"], color=f"C{i}", yerr=[[p["accuracy"] - p["ci"][0]], [p["ci"][1] - p["accuracy"]]],
+                    capsize=4)
+        axes[0].hlines(p["chance"], i - 0.4, i + 0.4, colors="k", linestyles="--",
+                       label="chance (largest label share)" if i == 0 else None)
+    axes[0].set_xticks([0, 1], ["class", "appearance"])
+    axes[0].set(ylabel="probe accuracy (item-grouped CV)", ylim=(0, 1.05), title="linear probes")
+    axes[0].legend(fontsize=10, loc="upper right")
+    E = res["embedding"]
+    for ax, labels, title in ((axes[1], res["classes"], "PCA, by class"),
+                              (axes[2], res["appearances"], "PCA, by appearance")):
+        names = sorted(set(labels))
+        pal = sns.color_palette("tab10", len(names))
+        for c, name in zip(pal, names):
+            sel = labels == name
+            ax.scatter(E[sel, 0], E[sel, 1], s=18, color=c, label=name)
+        ax.set(xlabel="PC 1", ylabel="PC 2", title=title)
+        ax.legend(fontsize=8, ncol=2, loc="best", markerscale=1.2)
+    fig.tight_layout()
+    return fig
+
+
+def transfer_bars(tr: dict):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (v, ci) in enumerate(((tr["same"], tr["same_ci"]), (tr["other"], tr["other_ci"]))):
+        ax.bar(i, v, color=f"C{i}", yerr=[[v - ci[0]], [ci[1] - v]], capsize=5)
+    ax.set_xticks([0, 1], ["own class's\nhead set", "other classes'\nhead sets"])
+    ax.set(ylabel=f"faithfulness of the top-{tr['k']} heads\n(held-out items, 95% CI)", ylim=(0, None),
+           title="class head sets on held-out items")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------ chapter 7
+def knockout_curves(out: dict):
+    """Rows: questions; columns: flows.  Logit lost relative to the image effect per window
+    (centre layer on the x axis), in all heads, the top heads and random heads (mean of the random
+    sets); bands: 95% bootstrap interval over images (all heads) and 25-75% over classes (top)."""
+    qs = list(out)
+    flows = out[qs[0]]["summary"]["flows"]
+    fig, axes = plt.subplots(len(qs), len(flows), figsize=(3.2 * len(flows), 2.9 * len(qs)), sharex=True, squeeze=False)
+    for i, q in enumerate(qs):
+        s = out[q]["summary"]
+        c = np.array(s["centres"])
+        sets = s["sets"]
+        for j, f in enumerate(flows):
+            ax = axes[i, j]
+            all_i, top_i = sets.index("all heads"), sets.index("top heads")
+            rnd = [n for n, name in enumerate(sets) if name.startswith("random")]
+            ax.plot(c, s["curve"][j, :, all_i], "o-", color="C0", label="all heads")
+            ax.fill_between(c, s["ci"][0][j, :, all_i], s["ci"][1][j, :, all_i], color="C0", alpha=0.2)
+            ax.plot(c, s["curve"][j, :, top_i], "s-", color="C3", label=f"top {out[q]['top']['k']} heads")
+            ax.fill_between(c, s["band"][0][j, :, top_i], s["band"][1][j, :, top_i], color="C3", alpha=0.15)
+            if rnd:
+                ax.plot(c, s["curve"][j][:, rnd].mean(-1), "^--", color="0.4", label="random heads (same size)")
+            ax.axhline(0, color="k", lw=0.6)
+            if i == 0:
+                ax.set_title(f.replace("->", " -> "), fontsize=12)
+            if j == 0:
+                ax.set_ylabel(f"{q} question\nlogit lost / image effect", fontsize=11)
+            if i == len(qs) - 1:
+                ax.set_xlabel("window centre (layer)", fontsize=11)
+    axes[0, 0].legend(fontsize=9, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def knockout_accuracy(out: dict):
+    """Share of images still answered correctly under each flow's knockout in all heads."""
+    qs = list(out)
+    fig, axes = plt.subplots(1, len(qs), figsize=(5 * len(qs), 3.8), sharey=True, squeeze=False)
+    for ax, q in zip(axes[0], qs):
+        s = out[q]["summary"]
+        c = np.array(s["centres"])
+        for j, f in enumerate(s["flows"]):
+            ax.plot(c, s["accuracy"][j, :, s["sets"].index("all heads")], "o-", label=f)
+        ax.set(title=f"{q} question", xlabel="window centre (layer)", ylim=(-0.02, 1.02))
+    axes[0, 0].set_ylabel("accuracy under the knockout\n(all heads)")
+    axes[0, -1].legend(fontsize=9, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------ chapter 8
+def group_effects_bars(res: dict):
+    names = res["names"][:4]
+    agg, draws = res["aggregate"], res["draws"]
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for i, n in enumerate(names):
+        v = agg["value"][i]
+        lo, hi = np.quantile(draws[:, i], [0.025, 0.975])
+        ax.bar(i, v, color=["C3", "C0", "C4", "0.6"][i], yerr=[[v - lo], [hi - v]], capsize=5)
+    per_class = np.stack(list(agg["per_class"].values()))[:, :4]
+    for i in range(4):
+        ax.scatter(np.full(len(per_class), i) + np.linspace(-0.2, 0.2, len(per_class)), per_class[:, i], s=10,
+                   color="k", alpha=0.5, zorder=3, label="per class" if i == 0 else None)
+    ax.set_xticks(range(4), ["object", "background", "object +\nbackground", "random\n(object's size)"])
+    ax.set(ylabel=f"logit lost / image effect\n(top {res['k']} heads, 95% CI)",
+           title="ablating image keys/values at some positions only")
+    ax.legend(fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def token_maps(st, res: dict, n: int = 4):
+    """For ``n`` images: the image, its object tokens, and the token attribution on the patch grid."""
+    keys = list(res["attribution"])[:n]
+    task_of = {t.key: t for t in st.tasks}
+    fig, axes = plt.subplots(3, n, figsize=(3.2 * n, 9.2), squeeze=False)
+    for j, k in enumerate(keys):
+        g = res["grids"][k]
+        rows, cols = g["grid"]
+        a = res["attribution"][k].reshape(rows, cols)
+        axes[0, j].imshow(np.asarray(task_of[k].example.load_image()))
+        axes[0, j].set_title(task_of[k].class_name, fontsize=12)
+        axes[1, j].imshow(g["fraction"], cmap="Reds", vmin=0, vmax=1)
+        axes[1, j].set_title("object share per token", fontsize=11)
+        vlim = max(float(np.abs(a).max()), 1e-9)
+        im = axes[2, j].imshow(a, cmap="RdBu_r", vmin=-vlim, vmax=vlim)
+        axes[2, j].contour(res["object"][k].reshape(rows, cols), levels=[0.5], colors="k", linewidths=1)
+        axes[2, j].set_title(f"token attribution (r = {res['fits'][k]['r']:.2f})", fontsize=11)
+        fig.colorbar(im, ax=axes[2, j], fraction=0.046, pad=0.04, label="logit lost")
+        for ax in axes[:, j]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def share_vs_area(res: dict):
+    """Per class: share of positive token attribution on object tokens vs the object's share of tokens."""
+    s = res["share"]
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for c in s["per_class"]:
+        ax.scatter(s["area_per_class"][c], s["per_class"][c], s=40)
+        ax.annotate(c, (s["area_per_class"][c], s["per_class"][c]), fontsize=9, xytext=(3, 3), textcoords="offset points")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="attribution proportional to area")
+    ax.set(xlabel="object tokens / image tokens", ylabel="object share of positive attribution", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=10, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------ chapter 9
+def sensitivity_overlaps(rows: list[dict], k: int):
+    rows = [r for r in rows if r["factor"] != "reference"]
+    labels = [f"{r['factor']} = {r['value']}" for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(rows) + 1.6), sharey=True)
+    for ax, key, xlabel in ((axes[0], "topk_overlap", f"top-{k} overlap with the reference"),
+                            (axes[1], "spearman", "Spearman rho of the global maps")):
+        v = np.array([r[key] for r in rows])
+        ci = np.array([r[f"{key}_ci"] for r in rows])
+        ax.errorbar(v, range(len(rows)), xerr=[v - ci[:, 0], ci[:, 1] - v], fmt="o", capsize=3)
+        ax.set(xlabel=xlabel, xlim=(-0.05, 1.05))
+        ax.axvline(0.5, color="0.5", ls=":", lw=1)
+    axes[0].set_yticks(range(len(rows)), labels)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def interaction_plots(inter: dict):
+    pe = inter["pairs"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    a, lin, add = pe["actual"].ravel(), pe["linear"].ravel(), pe["additive"].ravel()
+    axes[0].scatter(lin, a, s=8, alpha=0.5, label=f"linear model (R^2 = {inter['linear_r2']:.2f})")
+    axes[0].scatter(add, a, s=8, alpha=0.5, label=f"sum of single ablations (R^2 = {inter['additive_r2']:.2f})")
+    lim = [min(a.min(), lin.min(), add.min()), max(a.max(), lin.max(), add.max())]
+    axes[0].plot(lim, lim, "k--", lw=1)
+    axes[0].set(xlabel="predicted loss of the pair / image effect", ylabel="actual loss / image effect",
+                title=f"pairs of the top {len(inter['heads'])} heads")
+    axes[0].legend(fontsize=9)
+    axes[1].hist(inter["gains"], bins=20, color="C2")
+    axes[1].axvline(np.median(inter["gains"]), color="k", lw=2, label="median")
+    axes[1].set(xlabel="held-out R^2: second-order minus linear", ylabel="images", title="pairwise terms")
+    axes[1].legend(fontsize=10)
+    fig.tight_layout()
+    return fig

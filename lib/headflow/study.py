@@ -43,23 +43,45 @@ class Study:
         return [t.class_name for t in self.tasks]
 
 
-def pick_per_class(examples, per_class: int) -> list:
-    """The first ``per_class`` examples of every class, in file order (all if ``per_class`` is 0)."""
-    if per_class <= 0:
-        return list(examples)
+def pick_per_class(examples, per_class: int, offset: int = 0) -> list:
+    """The ``per_class`` examples of every class that follow its first ``offset``, in file order
+    (all after the offset if ``per_class`` is 0)."""
     out, seen = [], {}
     for ex in examples:
-        if seen.get(ex.class_name, 0) < per_class:
+        n = seen.get(ex.class_name, 0)
+        if n >= offset and (per_class <= 0 or n < offset + per_class):
             out.append(ex)
-            seen[ex.class_name] = seen.get(ex.class_name, 0) + 1
+        seen[ex.class_name] = n + 1
     return out
+
+
+def answer_words(question: str, set_file) -> list[str]:
+    """The answer vocabulary of a question: the set's class names for ``object``; the organism's
+    colour or position words for ``color``/``position`` (FashionScenes sets only)."""
+    if question == "object":
+        return coco.class_names(set_file)
+    from .organism import ANSWER_WORDS
+
+    question_text(question)  # a clear error for an unknown question type
+    return list(ANSWER_WORDS[question])
+
+
+def answer_of(example, question: str) -> str:
+    """The correct answer word of ``example`` for ``question``."""
+    got = example.answers.get(question)
+    if got is None:
+        raise ValueError(f"image {example.image_id} has no {question!r} answer: the colour and position questions "
+                         "need a FashionScenes set (COCO annotations carry classes only); use question='object'")
+    return got
 
 
 def setup(model: str = "organism", image_set: str = "fashionscenes/eval", question: str = "object",
           per_class: int = 10, n_reference: int = 50, baseline: str = "dataset-mean", target: str = "logit",
-          base: str = "sdpa", batch_size: int = 32) -> Study:
-    """Load the model, ask the question about ``per_class`` images of each class, keep the correctly
-    answered ones, and build the ablation baseline from ``n_reference`` other images of the set."""
+          base: str = "sdpa", batch_size: int = 32, offset: int = 0) -> Study:
+    """Load the model, ask the question about ``per_class`` images of each class (after the first
+    ``offset`` of each class, so that chapters can take images disjoint from another study's), keep
+    the correctly answered ones, and build the ablation baseline from ``n_reference`` other images
+    of the set."""
     if baseline not in iv.BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; choose one of {iv.BASELINES}")
     if target not in experiment.TARGETS:
@@ -68,21 +90,21 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
     iv.install(net, base)
     set_file = coco.resolve_set(image_set)
     all_examples = coco.load_set(set_file)
-    words = coco.class_names(set_file)
-    chosen = pick_per_class(all_examples, per_class)
+    words = answer_words(question, set_file)
+    chosen = pick_per_class(all_examples, per_class, offset)
     q = question_text(question)
     res = evaluate.evaluate(net, processor, [e.load_image() for e in chosen], words,
-                            [words.index(e.class_name) for e in chosen], q, batch_size=batch_size)
+                            [words.index(answer_of(e, question)) for e in chosen], q, batch_size=batch_size)
     correct = [e for e, ok in zip(chosen, res["correct"]) if ok]
     if not correct:
         raise ValueError("the model answered none of the chosen images correctly; nothing to analyse")
-    tasks = experiment.prepare(processor, correct, words, q)
+    tasks = experiment.prepare(processor, correct, words, q, [answer_of(e, question) for e in correct])
     chosen_ids = {e.image_id for e in chosen}
     reference = [e for e in all_examples if e.image_id not in chosen_ids][:n_reference] or chosen[:n_reference]
-    ref_tasks = experiment.prepare(processor, reference, words, q)
+    ref_tasks = experiment.prepare(processor, reference, words, q, [answer_of(e, question) for e in reference])
     n_layers, n_heads = iv.text_layers_and_heads(net)
     bl = experiment.reference_baseline(net, ref_tasks, baseline)
-    meta = {"model": model, "image_set": image_set, "question": question, "per_class": per_class,
+    meta = {"model": model, "image_set": image_set, "question": question, "per_class": per_class, "offset": offset,
             "n_reference": len(reference), "baseline": baseline, "target": target, "base": base,
             "fingerprint": fingerprint(models.resolve_path(model), [e.path for e in chosen + reference])}
     return Study(model, net, processor, words, q, tasks, len(chosen), float(res["accuracy"]), bl, baseline, target,

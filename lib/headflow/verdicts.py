@@ -157,6 +157,85 @@ def validation(res: dict) -> dict:
     return status("91-validation", "(Fig. 1A argument, planted truth)", "organism", finding, verdict)
 
 
+def semantics(res: dict) -> dict:
+    """Chapter 6.  Three tests, each by its own rule:
+    (a) *similarity*: same-class pairs (different item and appearance) are more alike than
+        different-class pairs of one appearance: permutation p < 0.05 and the 95% bootstrap
+        interval of the difference of mean cosine above 0;
+    (b) *probe*: the class probe's Wilson interval lies above its chance level, and its gain over
+        chance exceeds the appearance probe's gain over its own chance;
+    (c) *transfer*: a class's head set keeps more of its own class's images than of other classes'
+        (95% interval of the faithfulness difference above 0).
+    Reproduced if all three hold; partly if one or two; not reproduced if none."""
+    sim, pc, pa, tr = res["similarity"], res["probe"]["class"], res["probe"]["appearance"], res["transfer"]
+    a = sim["permutation_p"] < 0.05 and sim["difference_ci"][0] > 0
+    b = pc["ci"][0] > pc["chance"] and pc["accuracy"] - pc["chance"] > pa["accuracy"] - pa["chance"]
+    c = tr["difference_ci"][0] is not None and tr["difference_ci"][0] > 0
+    held = sum([a, b, c])
+    verdict = REPRODUCED if held == 3 else PARTLY if held else NOT
+    finding = (f"cosine same class {sim['same_class']:.2f} vs same appearance {sim['same_appearance']:.2f} "
+               f"(permutation p = {sim['permutation_p']:.3f}, noise ceiling {sim['noise_ceiling']:.2f}); probe accuracy "
+               f"class {pc['accuracy']:.0%} (chance {pc['chance']:.0%}) vs appearance {pa['accuracy']:.0%} "
+               f"(chance {pa['chance']:.0%}); class head sets keep {tr['same']:.2f} of their own class vs "
+               f"{tr['other']:.2f} of others ({res['n_images']} images, {res['n_wrong']} wrong answers apart)")
+    return status("6-semantics", "Sec. 5", res["model"], finding, verdict)
+
+
+def knockout(res: dict) -> dict:
+    """Chapter 7.  For each question and each receiving group (role, final), question -> group is
+    *before* image -> group if the paired-bootstrap 95% interval of the difference of effect-weighted
+    mean layers (image minus question) lies above 0 (:func:`headflow.flow.timing`).  Reproduced if
+    it does for both groups on the colour and position questions (where the question decides the
+    answer; the object question may leave question -> final without effect); not reproduced if any
+    comparison finds the question *later*; otherwise partly."""
+    answers = {q: {g: d["answer"] for g, d in v.items()} for q, v in res["timing"].items()}
+    decisive = [answers[q][g] for q in ("color", "position") if q in answers for g in ("role", "final")]
+    later = any(a == "no (later)" for v in answers.values() for a in v.values())
+    verdict = NOT if later else REPRODUCED if decisive and all(a == "yes" for a in decisive) else PARTLY
+    parts = []
+    for q, v in res["timing"].items():
+        d = v["final"]
+        diff = "n/a" if d["difference"] is None else f"{d['difference']:+.1f}"
+        parts.append(f"{q}: image->final {diff} layers after question->final ({d['answer']})")
+    peaks = res["peak_layer"].get("color", next(iter(res["peak_layer"].values())))
+    finding = "; ".join(parts) + "; peak layers (colour question): " + ", ".join(
+        f"{f} {p}" for f, p in peaks.items())
+    return status("7-token-flow", "Sec. 6", res["model"], finding, verdict)
+
+
+def tokens(res: dict, threshold: float = 0.05) -> dict:
+    """Chapter 8.  Image information sits in both object and background tokens if ablating each
+    group alone (within the top heads) loses more than ``threshold`` (5%) of the image effect, by
+    the lower end of its 95% interval.  Reproduced if both do; partly if one does; not reproduced
+    if neither."""
+    o, b = res["object_effect"], res["background_effect"]
+    both = [o["ci"][0] > threshold, b["ci"][0] > threshold]
+    verdict = REPRODUCED if all(both) else PARTLY if any(both) else NOT
+    finding = (f"within the top {res['k']} heads, ablating object tokens loses {o['value']:.2f} of the image effect "
+               f"[{o['ci'][0]:.2f}, {o['ci'][1]:.2f}], background {b['value']:.2f} [{b['ci'][0]:.2f}, {b['ci'][1]:.2f}], "
+               f"size-matched random {res['random_effect']['value']:.2f}; object tokens get "
+               f"{res['object_attribution_share']['value']:.0%} of the positive token attribution and are "
+               f"{res['object_area_share']:.0%} of the grid")
+    return status("8-object-background", "Sec. 6", res["model"], finding, verdict)
+
+
+def sensitivity(res: dict) -> dict:
+    """Chapter 9 (the paper leaves these choices open).  A factor leaves the top heads *robust* if,
+    for each of its values, the lower end of the 95% interval of the top-k overlap with the
+    reference is at least 0.5.  The linear model is *adequate* if the upper end of the interval of
+    the median held-out R^2 gain of the second-order fit is below 0.05."""
+    rows = [r for r in res["rows"] if r["factor"] != "reference"]
+    fragile = sorted({r["factor"] for r in rows if r["topk_overlap_ci"][0] < 0.5})
+    gain = res["interactions"]["pairwise_r2_gain"]
+    adequate = gain["ci"][1] < 0.05
+    verdict = ("robust" if not fragile else "sensitive to " + ", ".join(fragile)) + (
+        "; linear model adequate" if adequate else "; interactions matter")
+    finding = (f"top-{res['k']} overlap with the reference: " + ", ".join(
+        f"{r['factor']}={r['value']} {r['topk_overlap']:.2f}" for r in rows)
+        + f"; second-order fit gains {gain['median']:+.3f} held-out R^2 (median)")
+    return status("9-sensitivity", "(open choices)", res["model"], finding, verdict)
+
+
 def proxy(pr: dict) -> str:
     """Chapter 5: a per-head proxy of attribution (rho with a 95% interval) is a *poor proxy* if the
     interval's upper end is below 0.5, a *good proxy* if its lower end is above 0.5, else inconclusive."""
