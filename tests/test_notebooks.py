@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from headflow import index, models, run
+import browser
+from headflow import index, models, run, site
 
 ROOT = models.REPO_ROOT
 pytestmark = pytest.mark.slow
@@ -81,25 +82,52 @@ def test_nbval(executed, name):
     assert " passed" in r.stdout and "failed" not in r.stdout
 
 
-def test_book_builds_without_warnings(executed, tmp_path):
+@pytest.fixture(scope="module")
+def built(executed, tmp_path_factory):
+    """The HTML book built from this run's executed chapters: ``(html folder, build result)``."""
+    tmp_path = tmp_path_factory.mktemp("html")
     src = tmp_path / "book"
     shutil.copytree(executed, src)
     for f in ("_toc.yml", "index.md"):
         shutil.copy(ROOT / "book" / f, src / f)
     index.write(src)  # the status table from this run's results
-    table = (src / "index.md").read_text()
-    assert "<02-single-head-ablation>" in table and any(f"| {v} |" in table for v in ("reproduced", "partly",
-                                                                                       "not reproduced"))
     jb = Path(sys.executable).parent / "jupyter-book"
     r = subprocess.run([str(jb), "build", str(src), "--config", str(ROOT / "_config.yml"), "--toc",
                         str(src / "_toc.yml"), "--path-output", str(tmp_path), "-W", "-n", "--keep-going"],
                        capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     html = tmp_path / "_build" / "html"
+    if r.returncode == 0:
+        site.local_mathjax(html)
+    return html, r, src
+
+
+def test_book_builds_without_warnings(built):
+    html, r, src = built
+    table = (src / "index.md").read_text()
+    assert "<02-single-head-ablation>" in table and any(f"| {v} |" in table for v in ("reproduced", "partly",
+                                                                                       "not reproduced"))
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert (html / "index.html").exists()
     for p in run.notebooks():
         assert (html / f"{p.stem}.html").exists()
     assert list((html / "_images").glob("*.png"))
+
+
+def test_book_in_a_real_browser(built):
+    """Headless Chromium opens every page of the table of contents: no console error, no request
+    leaves the loopback address, every image has loaded, every internal link (and anchor) exists;
+    screenshots of the index and one chapter go to _build/screenshots/."""
+    html, r, _ = built
+    assert r.returncode == 0, "the book did not build"
+    report = browser.check_book(html, ROOT / "_build" / "screenshots", ["index", "04-faithfulness-completeness"])
+    assert report["pages"] >= len(run.notebooks()) + 1
+    assert not report["console_errors"], report["console_errors"][:10]
+    assert not report["external_requests"], report["external_requests"][:10]
+    assert not report["broken_images"], report["broken_images"][:10]
+    assert not report["broken_links"], report["broken_links"][:10]
+    assert report["images"] > 20 and report["internal_links"] > 50
+    for name in ("index", "04-faithfulness-completeness"):
+        assert (ROOT / "_build" / "screenshots" / f"{name}.png").stat().st_size > 10_000
 
 
 def test_rendered_chapters_collapse_their_code(executed):
