@@ -171,3 +171,25 @@ def test_new_chapter_rules():
            "background_effect": {"value": 0.04, "ci": [0.01, 0.07]}, "random_effect": {"value": 0.1},
            "object_attribution_share": {"value": 0.5}, "object_area_share": 0.3}
     assert verdicts.tokens(tok)["verdict"] == verdicts.PARTLY
+
+
+def test_local_mathjax_is_copied_only_when_a_page_uses_math(tmp_path):
+    from headflow import site
+
+    (tmp_path / "a.html").write_text("<p>no math</p>")
+    assert site.local_mathjax(tmp_path) == [] and not (tmp_path / "_static").exists()
+    (tmp_path / "b.html").write_text('<script src="_static/mathjax/MathJax.js?config=TeX-AMS_CHTML"></script>')
+    assert [p.name for p in site.local_mathjax(tmp_path)] == ["b.html"]
+    assert (tmp_path / "_static" / "mathjax" / "MathJax.js").exists()
+
+
+def test_duplicate_inline_scripts_are_dropped():
+    from sphinx.builders.html._assets import _JavaScript
+
+    from headflow import sphinx_fixes
+
+    ctx = {"script_files": [_JavaScript("a.js"), _JavaScript(None, body="const X = 1"), _JavaScript("", body="const X = 1"),
+                            _JavaScript(None, body="const Y = 1"), _JavaScript("a.js")]}
+    sphinx_fixes.drop_duplicate_scripts(None, "p", "page.html", ctx, None)
+    assert [(s.filename, s.attributes.get("body")) for s in ctx["script_files"]] == [
+        ("a.js", None), (None, "const X = 1"), (None, "const Y = 1")]

