@@ -589,7 +589,7 @@ def knockout_curves(out: dict):
             rnd = [n for n, name in enumerate(sets) if name.startswith("random")]
             ax.plot(c, s["curve"][j, :, all_i], "o-", color="C0", label="all heads")
             ax.fill_between(c, s["ci"][0][j, :, all_i], s["ci"][1][j, :, all_i], color="C0", alpha=0.2)
-            ax.plot(c, s["curve"][j, :, top_i], "s-", color="C3", label=f"top {out[q]['top']['k']} heads")
+            ax.plot(c, s["curve"][j, :, top_i], "s-", color="C3", label="top heads of the question")
             ax.fill_between(c, s["band"][0][j, :, top_i], s["band"][1][j, :, top_i], color="C3", alpha=0.15)
             if rnd:
                 ax.plot(c, s["curve"][j][:, rnd].mean(-1), "^--", color="0.4", label="random heads (same size)")
@@ -597,7 +597,8 @@ def knockout_curves(out: dict):
             if i == 0:
                 ax.set_title(f.replace("->", " -> "), fontsize=12)
             if j == 0:
-                ax.set_ylabel(f"{q} question\nlogit lost / image effect", fontsize=11)
+                k = out[q]["top"]["k"]
+                ax.set_ylabel(f"{q} question (top {k} head{'s' if k > 1 else ''})\nlogit lost / image effect", fontsize=10)
             if i == len(qs) - 1:
                 ax.set_xlabel("window centre (layer)", fontsize=11)
     axes[0, 0].legend(fontsize=9, loc="upper right")
