@@ -30,7 +30,7 @@ from .outputs import sha256
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PROFILE_FILE = NOTEBOOK_DIR / "profiles.yml"
-PROFILES = ("ci", "default")
+PROFILES = ("ci", "default", "full")
 VERSIONED = ("headflow", "torch", "transformers", "numpy", "scikit-learn", "papermill", "nbformat",
              "matplotlib", "seaborn", "pycocotools", "jupyter-book")
 
@@ -101,6 +101,26 @@ def profile_parameters(profile: str, name: str, profile_file: Path = PROFILE_FIL
         raise SystemExit(f"unknown profile {profile!r}; choose one of {PROFILES}")
     profiles = yaml.safe_load(profile_file.read_text()) or {}
     return dict((profiles.get(profile) or {}).get(name) or {})
+
+
+def sweep_of(profile: str, profile_file: Path = PROFILE_FILE) -> dict | None:
+    """The ``_sweep`` section of a profile (a list of models, each run into its own folder), or None."""
+    import yaml
+
+    profiles = yaml.safe_load(profile_file.read_text()) or {}
+    return (profiles.get(profile) or {}).get("_sweep")
+
+
+def profile_notebooks(profile: str, profile_file: Path = PROFILE_FILE) -> list[str]:
+    import yaml
+
+    profiles = yaml.safe_load(profile_file.read_text()) or {}
+    return [k for k in (profiles.get(profile) or {}) if not k.startswith("_")]
+
+
+def model_folder(model: str) -> str:
+    """The output folder name of one model of a sweep (``org/name`` -> ``org__name``)."""
+    return model.replace("/", "__")
 
 
 def parse_override(text: str) -> tuple[str, str, object]:
@@ -246,6 +266,7 @@ def main(argv=None) -> None:
     ap.add_argument("-p", "--param", action="append", default=[], metavar="NOTEBOOK:KEY=VALUE",
                     help="override one parameter of one notebook (repeatable)")
     ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    ap.add_argument("--dry-run", action="store_true", help="validate every run and list them, run nothing")
     a = ap.parse_args(argv)
     paths = notebooks(a.only)
     overrides: dict[str, dict] = {}
@@ -253,18 +274,33 @@ def main(argv=None) -> None:
         nb, key, value = parse_override(text)
         notebooks(nb)  # the notebook must exist
         overrides.setdefault(nb.removesuffix(".ipynb"), {})[key] = value
+    sweep = sweep_of(a.profile)
+    if sweep:  # one run per model, each into its own folder, only the notebooks the profile names
+        listed = set(profile_notebooks(a.profile))
+        paths = [p for p in paths if p.stem in listed]
+        runs = [(a.out / model_folder(m), {"model": m, "image_set": sweep["image_set"]}) for m in sweep["model"]]
+    else:
+        runs = [(a.out, {})]
     # validate everything before running anything
     plans = []
-    for p in paths:
-        params = {**profile_parameters(a.profile, p.stem), **overrides.get(p.stem, {})}
-        try:
-            validate(p, params)
-        except ParameterError as e:
-            raise SystemExit(f"error: {e}") from None
-        plans.append((p, params))
-    for p, params in plans:
+    for out, common in runs:
+        for p in paths:
+            declared = declared_parameters(p)
+            params = {**{k: v for k, v in common.items() if k in declared},
+                      **profile_parameters(a.profile, p.stem), **overrides.get(p.stem, {})}
+            try:
+                validate(p, params)
+            except ParameterError as e:
+                raise SystemExit(f"error: {e}") from None
+            plans.append((p, params, out))
+    if a.dry_run:
+        for p, params, out in plans:
+            print(f"[headflow.run] would run {p.name} ({a.profile}) into {out}: {params}")
+        print(f"[headflow.run] dry run: {len(plans)} runs validated")
+        return
+    for p, params, out in plans:
         print(f"[headflow.run] {p.name} ({a.profile}) {params}", flush=True)
-        rec = execute(p, params, a.out, a.profile, a.timeout)
+        rec = execute(p, params, out, a.profile, a.timeout)
         print(f"[headflow.run] {p.name} done in {rec['wall_seconds']} s; wrote {len(rec['outputs'])} files",
               flush=True)
     if (a.out / "index.md").exists():
