@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import attribution, interventions as iv
+from . import attribution, families, interventions as iv
 from .prefix_reuse import PrefixReuse
 from .runstore import RunStore
 from .task import answer_token_ids, build_prompt
@@ -80,11 +80,14 @@ def masks_y(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tensor, t
             batch_size: int = 128, reuse: PrefixReuse | None = None, scope: str = "text") -> np.ndarray:
     """``y`` under each keep-mask ``(M, n_layers, n_heads)``: through the fast path for scope
     ``text``; by batched full forwards for scope ``all`` (image queries see the baseline too, so
-    the image prefix changes and cannot be reused)."""
+    the image prefix changes and cannot be reused) and where the family makes prefix reuse invalid
+    (:func:`headflow.families.prefix_reuse_problem`: PaliGemma's prefix-LM mask, short sliding windows)."""
     if scope == "all":
         return target_values(full_logits(model, task, baseline, keep, "all", min(batch_size, 32)), task, target)
     if scope != "text":
         raise ValueError(f"unknown ablation scope {scope!r}; choose one of {iv.SCOPES}")
+    if reuse is None and families.prefix_reuse_problem(model, task.inputs["input_ids"].shape[1]):
+        return target_values(full_logits(model, task, baseline, keep, "text", min(batch_size, 32)), task, target)
     reuse = reuse or PrefixReuse(model, task.inputs, baseline)
     return target_values(reuse.final_logits(keep, batch_size), task, target)
 

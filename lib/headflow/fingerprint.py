@@ -17,7 +17,7 @@ from .outputs import sha256
 
 # The modules whose code determines a stored y (masks, interventions, prompts, token groups,
 # the baseline, model loading and the chosen images).
-COMPUTE_MODULES = tuple(f"headflow.{m}" for m in ("attribution", "coco", "evaluate", "experiment", "flow",
+COMPUTE_MODULES = tuple(f"headflow.{m}" for m in ("attribution", "coco", "evaluate", "experiment", "families", "flow",
                                                     "interventions", "models", "prefix_reuse", "rankings", "study",
                                                     "task", "tokens"))
 

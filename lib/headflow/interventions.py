@@ -460,11 +460,11 @@ def keep_mask(model, ablate: Sequence[tuple[int, int]] = ()) -> torch.Tensor:
 
 
 def image_mask(model, input_ids: torch.Tensor) -> torch.Tensor:
-    """``(B, L)`` bool: positions holding the model's image token."""
-    tid = getattr(model.config, "image_token_id", None)
-    if tid is None:
-        tid = getattr(model.config, "image_token_index")
-    return input_ids == tid
+    """``(B, L)`` bool: the image span, every position that carries the image (the image tokens,
+    separators inside their run, the family's boundary markers: :func:`headflow.families.image_span`)."""
+    from .families import image_span
+
+    return image_span(model, input_ids)
 
 
 @torch.inference_mode()

@@ -16,7 +16,8 @@ ORGANISM_DIR = Path(os.environ.get("HEADFLOW_ORGANISM", MODELS_DIR / "organism")
 # The organisms committed in this repository (chapter 0): name -> folder.
 ORGANISMS = {"organism": ORGANISM_DIR, "organism-scratch": MODELS_DIR / "organism-scratch"}
 
-# Families whose token groups (tokens.py) and interventions are tested here on tiny models.
+# Families whose token groups (tokens.py) and interventions are tested here on tiny models
+# (headflow.families holds what differs between families; this is its list of tested ones).
 TESTED_FAMILIES = ("llava", "qwen2_vl")
 
 

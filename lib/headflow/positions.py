@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import attribution, tokens
+from . import attribution, interventions as iv, tokens
 from .experiment import ImageTask, target_values
 from .prefix_reuse import PrefixReuse
 
@@ -31,12 +31,12 @@ GROUPS = ("object", "background", "object+background", "random")
 
 
 def object_slots(st, task: ImageTask) -> dict:
-    """``object``: ``(n_image,)`` bool over the image positions in order (a position is an object
-    token if its patch overlaps the object mask), ``fraction``: ``(rows, cols)`` mask share per
-    token, ``grid``: ``(rows, cols)``; from the processor's own output."""
+    """``object``: ``(n_span,)`` bool over the image span's positions in order (a position is an
+    object token if its patch overlaps the object mask; separators are neither), ``fraction``:
+    ``(rows, cols)`` mask share per token, ``grid``: ``(rows, cols)``; from the processor's own output."""
     g = tokens.resolve(st.processor, st.model.config, st.question, task.inputs, mask=task.example.mask)
-    image = g.nonempty("image")
-    obj = torch.isin(image, g["object"]).numpy()
+    span = iv.image_mask(st.model, task.inputs["input_ids"])[0].nonzero().flatten()  # the slots ablation indexes
+    obj = torch.isin(span, g["object"]).numpy()
     return {"object": obj, "fraction": g.object_fraction, "grid": g.grid}
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import interventions as iv
+from . import families, interventions as iv
 
 
 @dataclass
@@ -131,6 +131,10 @@ class PrefixReuse:
         ids = inputs["input_ids"]
         if ids.shape[0] != 1:
             raise ValueError("PrefixReuse takes one prompt (batch of 1); build one per image")
+        problem = families.prefix_reuse_problem(model, ids.shape[1])
+        if problem:
+            raise ValueError(f"the prefix-reusing fast path is not valid here: {problem}; use batched full forwards "
+                             "(headflow.experiment.masks_y falls back to them by itself)")
         img = iv.image_mask(model, ids)[0]
         if not img.any():
             raise ValueError("the prompt has no image tokens")
