@@ -88,8 +88,9 @@ def built(executed, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("html")
     src = tmp_path / "book"
     shutil.copytree(executed, src)
-    for f in ("_toc.yml", "index.md"):
+    for f in ["_toc.yml", *(p.name for p in (ROOT / "book").glob("*.md"))]:  # the index and markdown pages
         shutil.copy(ROOT / "book" / f, src / f)
+    shutil.copytree(ROOT / "book" / "_static", src / "_static")
     index.write(src)  # the status table from this run's results
     jb = Path(sys.executable).parent / "jupyter-book"
     r = subprocess.run([str(jb), "build", str(src), "--config", str(ROOT / "_config.yml"), "--toc",
