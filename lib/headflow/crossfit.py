@@ -282,7 +282,9 @@ def top_heads(st, runs: dict, n_folds: int = 5, seed: int = 0, threshold: float 
     images disjoint from ``st``'s.  Returns ``order`` (flat head indices, best first), ``k``,
     ``heads`` (``order[:k]``), ``curve`` (faithfulness at k = 0..H) and ``n_images``."""
     H = st.n_layers * st.n_heads
-    fitted = {t.key: attribution.fit(runs[t.key]["keep"], runs[t.key]["y"]).attribution for t in st.tasks}
+    from .study import fits
+
+    fitted = {k: f.attribution for k, f in fits({t.key: runs[t.key] for t in st.tasks}).items()}
     keys = [t.key for t in st.tasks]
     classes = {t.key: t.class_name for t in st.tasks}
     task_of = {t.key: t for t in st.tasks}

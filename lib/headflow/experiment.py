@@ -92,6 +92,13 @@ def masks_y(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tensor, t
     return target_values(reuse.final_logits(keep, batch_size), task, target)
 
 
+def repeat_inputs(inputs: dict, B: int) -> dict:
+    """One prompt's processor inputs as a batch of ``B`` copies (image tensors stacked along dim 0,
+    as Qwen2-VL's flattened patches and ``image_grid_thw`` need; the rest expanded without copying)."""
+    return {k: v.repeat(B, *[1] * (v.dim() - 1)) if k in ("pixel_values", "image_grid_thw") else
+            v.expand(B, *v.shape[1:]) for k, v in inputs.items()}
+
+
 @torch.inference_mode()
 def full_logits(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tensor, scope: str = "text",
                 batch_size: int = 32) -> torch.Tensor:
@@ -101,8 +108,7 @@ def full_logits(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tenso
     for s in range(0, len(keep), batch_size):
         chunk = keep[s:s + batch_size]
         B = len(chunk)
-        inputs = {k: v.repeat(B, *[1] * (v.dim() - 1)) if k in ("pixel_values", "image_grid_thw") else
-                  v.expand(B, *v.shape[1:]) for k, v in task.inputs.items()}
+        inputs = repeat_inputs(task.inputs, B)
         abl = iv.HeadAblation(chunk, iv.image_mask(model, inputs["input_ids"]), baseline, scope)
         with iv.intervene(model, ablation=abl):
             out.append(model(**inputs, logits_to_keep=1).logits[:, -1].float())

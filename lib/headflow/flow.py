@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import interventions as iv, metrics, tokens
-from .experiment import ImageTask, masks_y
+from .experiment import ImageTask, masks_y, repeat_inputs
 
 FLOWS = {"question->role": ("question", "role"), "question->final": ("question", "final"),
          "image->role": ("image", "role"), "image->final": ("image", "final"),
@@ -100,11 +100,6 @@ def knockouts_for(plan: Plan, groups: dict[str, torch.Tensor], n_layers: int, n_
     return out
 
 
-def _batch(inputs: dict, B: int) -> dict:
-    return {k: v.expand(B, *v.shape[1:]) if k != "pixel_values" else v.repeat(B, *[1] * (v.dim() - 1))
-            for k, v in inputs.items()}
-
-
 @torch.inference_mode()
 def run_image(st, task: ImageTask, plan: Plan, batch_size: int = 64) -> dict:
     """y and correctness of every row of ``plan`` on one image, with ``y_clean`` and ``y_none``."""
@@ -118,7 +113,7 @@ def run_image(st, task: ImageTask, plan: Plan, batch_size: int = 64) -> dict:
         part = [iv.Knockout(ko.queries[s:s + n], ko.keys[s:s + n], ko.layers, head_mask=ko.head_mask[s:s + n])
                 for ko in kos if ko.queries[s:s + n].any()]
         with iv.intervene(st.model, knockouts=part):
-            logits = st.model(**_batch(task.inputs, n), logits_to_keep=1).logits[:, -1].float()
+            logits = st.model(**repeat_inputs(task.inputs, n), logits_to_keep=1).logits[:, -1].float()
         ys.append(logits[:, task.target_id].double().numpy())
         ok.append((logits[:, ids].argmax(-1) == 0).numpy())
     ends = torch.stack([torch.ones(st.n_layers, st.n_heads, dtype=torch.bool),
