@@ -47,8 +47,12 @@ def reference_attention(module, query, key, value, attention_mask, scaling=None,
                 qpos = K - Q + i
                 sees_ablated = scope == "all" or qpos > last_img
                 k, v = (abl_k, abl_v) if sees_ablated else (clean_k, clean_v)
-                allowed = pad[b].clone()
-                allowed[qpos + 1:] = False  # causal
+                if attention_mask is not None and attention_mask.dtype == torch.bool:
+                    allowed = attention_mask[b, 0, i].clone()  # the model's own mask (causal, padding, sliding
+                    # window, Gemma 3's bidirectional image attention)
+                else:
+                    allowed = pad[b].clone()
+                    allowed[qpos + 1:] = False  # causal
                 for qm, km, layers, heads in knockouts:
                     in_heads = heads is None or (bool(heads[b, h]) if torch.is_tensor(heads) else h in heads)
                     if layer in layers and in_heads and qm[b, qpos]:

@@ -17,8 +17,9 @@ ORGANISM_DIR = Path(os.environ.get("HEADFLOW_ORGANISM", MODELS_DIR / "organism")
 ORGANISMS = {"organism": ORGANISM_DIR, "organism-scratch": MODELS_DIR / "organism-scratch"}
 
 # Families whose token groups (tokens.py) and interventions are tested here on tiny models
-# (headflow.families holds what differs between families; this is its list of tested ones).
-TESTED_FAMILIES = ("llava", "qwen2_vl")
+# (headflow.tiny; tests/test_families.py checks that exactly these ran).  headflow.families holds
+# what differs between families.
+TESTED_FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "internvl", "idefics3", "gemma3")
 
 
 def resolve_path(name_or_path: str) -> str:
@@ -68,12 +69,36 @@ def load(name_or_path: str = "organism", attn_implementation: str = "sdpa", dtyp
         supported = ", ".join(sorted(transformers.models.auto.modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES))
         raise ValueError(f"unknown model family {config.model_type!r} for {path!r}: it is not an image-text-to-text "
                          f"model in transformers {transformers.__version__}. Known families: {supported}")
-    processor = AutoProcessor.from_pretrained(path, **kwargs)
+    processor = load_processor(path, config.model_type, **kwargs)
     model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation=attn_implementation,
                                                         dtype=dtype if dtype is not None else "auto", **kwargs)
     if device is not None:
         model = model.to(device)
     return model.eval(), processor
+
+
+def load_processor(path: str, model_type: str, **kwargs):
+    """The checkpoint's processor (``AutoProcessor``); for families whose processor also carries a
+    video processor (which needs torchvision), an image-only processor where that one cannot load."""
+    from transformers import AutoProcessor
+
+    from . import families
+
+    try:
+        return AutoProcessor.from_pretrained(path, **kwargs)
+    except (OSError, ImportError, ValueError) as e:
+        fam = families.FAMILIES.get(model_type)
+        if fam is None or not fam.video_processor or "video" not in str(e).lower():
+            raise
+        import transformers
+
+        from transformers.processing_utils import ProcessorMixin
+
+        name = ProcessorMixin.get_processor_dict(path, **kwargs)[0].get("processor_class")
+        cls = getattr(transformers, str(name), None)
+        if cls is None:
+            raise
+        return families.image_only_processor(cls).from_pretrained(path, **kwargs)
 
 
 def text_config(model):

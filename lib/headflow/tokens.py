@@ -12,7 +12,8 @@ Groups (STUDY.md section 2):
 - ``system``: every other position (BOS, "USER", ":", template separators ...).
 
 Nothing is hard-coded: the prompt is tokenised with character offsets, aligned with the
-processor's ``input_ids`` (where each image placeholder expands into a run of image tokens), and
+processor's ``input_ids`` (where the image placeholder expands into a block: image tokens and the
+family's markers, which fall in ``system``), and
 character spans of the question and of the generation prompt are read off the chat template.
 """
 from __future__ import annotations
@@ -33,8 +34,9 @@ class TokenGroups:
 
     positions: dict[str, torch.Tensor]
     tokens: list[str]  # the token strings, for display
-    grid: tuple[int, int] | None = None  # (rows, cols) of image tokens, row-major
-    object_fraction: np.ndarray | None = field(default=None, repr=False)  # (rows, cols) mask share per token
+    grid: tuple[int, int] | None = None  # (rows, cols) of the view covering the whole image, row-major
+    object_fraction: np.ndarray | None = field(default=None, repr=False)  # (rows, cols) mask share per token of it
+    patch_share: np.ndarray | None = field(default=None, repr=False)  # (n_image,) mask share per image token (NaN: no patch)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in GROUPS:
@@ -66,37 +68,27 @@ class TokenGroups:
         return labels
 
 
-def _image_token_id(model_config, processor) -> int:
-    for src in (model_config, processor):
-        for attr in ("image_token_id", "image_token_index"):
-            v = getattr(src, attr, None)
-            if isinstance(v, int):
-                return v
-    raise ValueError("cannot find the image token id in the model config or processor; this model family "
-                     "is not supported by headflow.tokens")
-
-
-def _align(unexpanded: list[int], expanded: list[int], image_id: int) -> list[list[int]]:
-    """For each unexpanded token, the expanded positions it became (a run for an image placeholder)."""
-    out, j = [], 0
-    for tid in unexpanded:
-        if j >= len(expanded):
-            raise ValueError("the processor's input_ids are shorter than the tokenised prompt; cannot align")
-        if tid == image_id:
-            start = j
-            while j < len(expanded) and expanded[j] == image_id:
-                j += 1
-            if j == start:
-                raise ValueError("an image placeholder in the prompt has no image tokens in input_ids")
-            out.append(list(range(start, j)))
-        elif expanded[j] == tid:
-            out.append([j])
-            j += 1
-        else:
-            raise ValueError(f"cannot align the tokenised prompt with the processor's input_ids at position {j} "
-                             f"(prompt token {tid}, input_ids token {expanded[j]})")
-    if j != len(expanded):
-        raise ValueError("the processor's input_ids are longer than the tokenised prompt; cannot align")
+def _align(unexpanded: list[int], expanded: list[int]) -> list[list[int]]:
+    """For each token of the tokenised prompt, the positions of the processor's ``input_ids`` it
+    became.  The processor expands the one image placeholder into a block (image tokens, and
+    whatever markers the family adds around and inside it); the tokens before the block and after
+    it are matched from either end, and the placeholder (if any) maps to the whole block."""
+    n, m = len(unexpanded), len(expanded)
+    if m < n:
+        raise ValueError("the processor's input_ids are shorter than the tokenised prompt; cannot align")
+    p = 0
+    while p < n and unexpanded[p] == expanded[p]:
+        p += 1
+    s = 0
+    while s < n - p and unexpanded[n - 1 - s] == expanded[m - 1 - s]:
+        s += 1
+    if m == n and p == n:
+        raise ValueError("the processor's input_ids hold no image tokens beyond the prompt; cannot find the image")
+    block = list(range(p, m - s))
+    out = [[i] for i in range(p)] + [block] * (n - s - p) + [[m - s + i] for i in range(s)]
+    if n - s - p > 1:
+        raise ValueError(f"cannot align the tokenised prompt with the processor's input_ids: {n - s - p} prompt "
+                         "tokens differ around the image, expected the image placeholder only")
     return out
 
 
@@ -109,57 +101,22 @@ def _span_positions(offsets, mapping, start: int, end: int) -> list[int]:
     return pos
 
 
-def image_grid(model_config, processor, inputs, n_image: int) -> tuple[int, int]:
-    """``(rows, cols)`` of the image tokens, from the processor's output."""
-    if "image_grid_thw" in inputs:  # Qwen2-VL family: patches merged merge_size x merge_size
-        t, h, w = [int(v) for v in inputs["image_grid_thw"][0]]
-        m = getattr(processor.image_processor, "merge_size", 2)
-        grid = (h // m, w // m)
-        if t * grid[0] * grid[1] != n_image:
-            raise ValueError(f"image grid {t}x{grid} does not match {n_image} image tokens")
-        return grid
-    pv = inputs.get("pixel_values")
-    patch = getattr(processor, "patch_size", None) or getattr(model_config.vision_config, "patch_size", None)
-    if pv is None or pv.dim() != 4 or patch is None:
-        raise ValueError("cannot infer the image token grid for this model family; object/background groups "
-                         "are supported for LLaVA-style (pixel_values + patch_size) and Qwen2-VL-style processors")
-    grid = (pv.shape[-2] // patch, pv.shape[-1] // patch)
-    if grid[0] * grid[1] != n_image:
-        raise ValueError(f"image of {tuple(pv.shape[-2:])} px with patch {patch} gives a {grid} grid, but the prompt "
-                         f"has {n_image} image tokens (multi-crop layouts are not supported for object/background)")
-    return grid
-
-
-def mask_to_grid(mask: np.ndarray, processor, inputs, grid: tuple[int, int]) -> np.ndarray:
-    """Share of each image token's area covered by the object, ``(rows, cols)`` floats in [0, 1].
-
-    The mask goes through the same geometry as the image: the image processor's resize/crop for
-    LLaVA-style processors, a plain resize to the patch grid for Qwen2-VL-style ones.
-    """
-    from PIL import Image
-
-    m = Image.fromarray(mask.astype(np.uint8) * 255)
-    if "image_grid_thw" in inputs:
-        _, h, w = [int(v) for v in inputs["image_grid_thw"][0]]
-        patch = processor.image_processor.patch_size
-        geo = np.asarray(m.resize((w * patch, h * patch), Image.NEAREST), np.float32) / 255.0
-    else:
-        pv = processor.image_processor(images=[m.convert("RGB")], do_normalize=False, do_rescale=True,
-                                       return_tensors="pt")["pixel_values"]
-        geo = (pv[0, 0].numpy() > 0.5).astype(np.float32)
-    rows, cols = grid
-    ph, pw = geo.shape[0] // rows, geo.shape[1] // cols
-    return geo[:rows * ph, :cols * pw].reshape(rows, ph, cols, pw).mean(axis=(1, 3))
-
-
-def resolve(processor, model_config, question: str, inputs, mask: np.ndarray | None = None,
+def resolve(processor, model, question: str, inputs, mask: np.ndarray | None = None,
             prompt: str | None = None) -> TokenGroups:
     """Token groups of one prompt (batch of 1, unpadded).
 
-    ``inputs``: the processor's output for ``prompt`` (built from ``question`` with the chat
-    template if not given) and one image; ``mask``: the object mask ``(H, W) bool`` in the
-    image's pixels, needed for ``object``/``background``.
+    ``model``: the model or its config (which says the family); ``inputs``: the processor's output for
+    ``prompt`` (built from ``question`` with the chat template if not given) and one image;
+    ``mask``: the object mask ``(H, W) bool`` in the image's pixels, needed for
+    ``object``/``background``: an image token is an object token if the region of the image its
+    patch encodes (:func:`headflow.families.patch_layout`) overlaps the mask; slots that are no
+    patch (LLaVA-NeXT newlines) are in neither group.
     """
+    from types import SimpleNamespace
+
+    from . import families
+
+    model = model if hasattr(model, "config") else SimpleNamespace(config=model)
     tok = getattr(processor, "tokenizer", processor)
     prompt = prompt if prompt is not None else build_prompt(processor, question)
     ids = inputs["input_ids"]
@@ -168,9 +125,9 @@ def resolve(processor, model_config, question: str, inputs, mask: np.ndarray | N
             raise ValueError(f"resolve() takes one prompt, got a batch of {ids.shape[0]}")
         ids = ids[0]
     expanded = ids.tolist()
-    image_id = _image_token_id(model_config, processor)
+    image_id = families.image_token_id(model.config)
     enc = tok(prompt, return_offsets_mapping=True)
-    mapping = _align(enc["input_ids"], expanded, image_id)
+    mapping = _align(enc["input_ids"], expanded)
     offsets = enc["offset_mapping"]
 
     image = [i for i, t in enumerate(expanded) if t == image_id]
@@ -189,12 +146,15 @@ def resolve(processor, model_config, question: str, inputs, mask: np.ndarray | N
     as_t = lambda xs: torch.tensor(sorted(set(xs)), dtype=torch.long)  # noqa: E731
     positions = {"image": as_t(image), "question": as_t(question_pos), "role": as_t(role),
                  "final": as_t(final), "system": as_t(system)}
-    grid, frac = None, None
+    grid, frac, shares = None, None, None
     if mask is not None:
-        grid = image_grid(model_config, processor, inputs, len(image))
-        frac = mask_to_grid(np.asarray(mask, bool), processor, inputs, grid)
-        on = frac.reshape(-1) > 0
-        positions["object"] = as_t([p for p, o in zip(image, on) if o])
-        positions["background"] = as_t([p for p, o in zip(image, on) if not o])
+        mask = np.asarray(mask, bool)
+        layout = families.patch_layout(model, processor, {k: v[:1] if k == "input_ids" and v.dim() == 2 else v
+                                                          for k, v in inputs.items()}, mask.shape)
+        shares = layout.shares(mask)
+        view = layout.views[layout.overview]
+        grid, frac = (view.rows, view.cols), layout.overview_grid(shares)
+        positions["object"] = as_t([p for p, sh in zip(image, shares) if sh > 0])
+        positions["background"] = as_t([p for p, sh in zip(image, shares) if sh == 0])
     return TokenGroups(positions=positions, tokens=tok.convert_ids_to_tokens(expanded), grid=grid,
-                       object_fraction=frac)
+                       object_fraction=frac, patch_share=shares)
