@@ -33,7 +33,8 @@ def final_logits(model, processor, images: Sequence, question: str, batch_size: 
     steps = range(0, len(images), batch_size)
     for s in tqdm(steps, desc="clean forward", disable=not progress):
         chunk = [_as_pil(im) for im in images[s:s + batch_size]]
-        inputs = processor(images=chunk, text=[prompt] * len(chunk), return_tensors="pt", padding=True)
+        inputs = processor(images=[[im] for im in chunk], text=[prompt] * len(chunk), return_tensors="pt",
+                           padding=True)  # one image per prompt (Gemma 3's processor needs the nesting)
         inputs = inputs.to(model.device)
         logits = model(**inputs, logits_to_keep=1).logits[:, -1]
         out.append(logits.float().cpu())

@@ -93,9 +93,10 @@ def masks_y(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tensor, t
 
 
 def repeat_inputs(inputs: dict, B: int) -> dict:
-    """One prompt's processor inputs as a batch of ``B`` copies (image tensors stacked along dim 0,
-    as Qwen2-VL's flattened patches and ``image_grid_thw`` need; the rest expanded without copying)."""
-    return {k: v.repeat(B, *[1] * (v.dim() - 1)) if k in ("pixel_values", "image_grid_thw") else
+    """One prompt's processor inputs as a batch of ``B`` copies: image tensors (``pixel_*``,
+    ``image_*``) repeated along dim 0, as Qwen2-VL's flattened patches and ``image_grid_thw`` and
+    Idefics3's ``pixel_attention_mask`` need; the per-position ones expanded without copying."""
+    return {k: v.repeat(B, *[1] * (v.dim() - 1)) if k.startswith(("pixel_", "image_")) else
             v.expand(B, *v.shape[1:]) for k, v in inputs.items()}
 
 

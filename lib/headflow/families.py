@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -318,6 +318,8 @@ def prefix_reuse_problem(model, n_prompt: int) -> str | None:
         return (f"{fam.name} uses a prefix-LM mask: the image keys/values depend on the question, so the image "
                 "prefix cannot be computed once and reused")
     text = model.config.get_text_config()
+    if getattr(text, "attn_logit_softcapping", None):
+        return "attention logits are soft-capped, which the fast path's own softmax does not apply"
     window = getattr(text, "sliding_window", None)
     if isinstance(window, int) and window < n_prompt:
         layer_types = getattr(text, "layer_types", None) or []

@@ -22,8 +22,26 @@ ORGANISMS = {"organism": ORGANISM_DIR, "organism-scratch": MODELS_DIR / "organis
 TESTED_FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "internvl", "idefics3", "gemma3")
 
 
+TINY_PREFIX = "tiny:"
+TINY_DIR = REPO_ROOT / ".cache" / "tiny"
+
+
 def resolve_path(name_or_path: str) -> str:
-    """``"organism"`` / ``"organism-scratch"`` -> its folder; a path or hub id is returned unchanged."""
+    """``"organism"`` / ``"organism-scratch"`` -> its folder; ``"tiny:<family>"`` -> the folder of
+    that family's tiny random-weight model (:mod:`headflow.tiny`, saved on first use, keyed by the
+    code that builds it); a path or hub id is returned unchanged."""
+    if name_or_path.startswith(TINY_PREFIX):
+        from . import tiny
+        from .fingerprint import file_sha256
+
+        family = name_or_path[len(TINY_PREFIX):]
+        if family not in tiny.FAMILIES:
+            raise ValueError(f"no tiny model for family {family!r}; choose one of "
+                             f"{[TINY_PREFIX + f for f in tiny.FAMILIES]}")
+        folder = TINY_DIR / f"{family}-{file_sha256(tiny.__file__)[:10]}"
+        if not (folder / "config.json").exists():
+            tiny.save(family, folder)
+        return str(folder)
     if name_or_path in ORGANISMS:
         folder = ORGANISMS[name_or_path]
         if not (folder / "config.json").exists():
@@ -45,7 +63,7 @@ def load(name_or_path: str = "organism", attn_implementation: str = "sdpa", dtyp
     such as ``"llava-hf/llava-1.5-7b-hf"`` (needs a local copy when ``HF_HUB_OFFLINE=1``).
     """
     import transformers
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     if not isinstance(name_or_path, str) or not name_or_path:
         raise ValueError(f"model must be one of {list(ORGANISMS)}, a local folder or a hub id, not {name_or_path!r}")

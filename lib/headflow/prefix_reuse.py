@@ -145,10 +145,9 @@ class PrefixReuse:
         pos = position_ids(model, inputs)
         self.suffix_pos = pos[..., self.P:]
         # the prefix pass: capture the keys/values of every prefix slot in every layer
-        prefix_inputs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
-        prefix_inputs["input_ids"] = ids[:, :self.P]
-        if "mm_token_type_ids" in inputs:
-            prefix_inputs["mm_token_type_ids"] = inputs["mm_token_type_ids"][:, :self.P]
+        per_position = families.forward_inputs(model, inputs, self.P)  # e.g. Gemma 3's token_type_ids
+        prefix_inputs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", *per_position)}
+        prefix_inputs.update(per_position, input_ids=ids[:, :self.P])
         everything = torch.ones(1, self.P, dtype=torch.bool, device=ids.device)
         cap = iv.Capture(image=everything, kv=True)
         with torch.inference_mode(), iv.intervene(model, capture=cap):

@@ -1,6 +1,6 @@
 """Execute the book's notebooks with papermill and record their provenance.
 
-    python -m headflow.run --profile {ci,default} [--only NAME] [--out book] [-p NAME KEY=VALUE]
+    python -m headflow.run --profile {ci,default,full,families} [--only NAME] [--out book] [-p NAME:KEY=VALUE]
 
 Each ``notebooks/NN-name.ipynb`` runs with its own ``parameters`` cell overridden by the
 profile (``notebooks/profiles.yml``) and by ``-p`` options; every given parameter must exist in
@@ -30,7 +30,7 @@ from .outputs import sha256
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PROFILE_FILE = NOTEBOOK_DIR / "profiles.yml"
-PROFILES = ("ci", "default", "full")
+PROFILES = ("ci", "default", "full", "families")
 VERSIONED = ("headflow", "torch", "transformers", "numpy", "scikit-learn", "papermill", "nbformat",
              "matplotlib", "seaborn", "pycocotools", "jupyter-book")
 
@@ -119,8 +119,9 @@ def profile_notebooks(profile: str, profile_file: Path = PROFILE_FILE) -> list[s
 
 
 def model_folder(model: str) -> str:
-    """The output folder name of one model of a sweep (``org/name`` -> ``org__name``)."""
-    return model.replace("/", "__")
+    """The output folder name of one model of a sweep (``org/name`` -> ``org__name``,
+    ``tiny:family`` -> ``tiny_family``)."""
+    return model.replace("/", "__").replace(":", "_")
 
 
 def parse_override(text: str) -> tuple[str, str, object]:
@@ -274,6 +275,9 @@ def main(argv=None) -> None:
         nb, key, value = parse_override(text)
         notebooks(nb)  # the notebook must exist
         overrides.setdefault(nb.removesuffix(".ipynb"), {})[key] = value
+    if a.profile == "families" and (REPO_ROOT / "book").resolve() in [a.out.resolve(), *a.out.resolve().parents]:
+        raise SystemExit("the families profile runs mechanics checks on random-weight models, never into book/: "
+                         "give --out a folder outside it (e.g. --out /tmp/families)")
     sweep = sweep_of(a.profile)
     if sweep:  # one run per model, each into its own folder, only the notebooks the profile names
         listed = set(profile_notebooks(a.profile))

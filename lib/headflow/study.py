@@ -75,13 +75,22 @@ def answer_of(example, question: str) -> str:
     return got
 
 
+KEEP = ("correct", "all")
+
+
 def setup(model: str = "organism", image_set: str = "fashionscenes/eval", question: str = "object",
           per_class: int = 10, n_reference: int = 50, baseline: str = "dataset-mean", target: str = "logit",
-          base: str = "sdpa", batch_size: int = 32, offset: int = 0) -> Study:
+          base: str = "sdpa", batch_size: int = 32, offset: int = 0, keep: str = "correct") -> Study:
     """Load the model, ask the question about ``per_class`` images of each class (after the first
     ``offset`` of each class, so that chapters can take images disjoint from another study's), keep
     the correctly answered ones, and build the ablation baseline from ``n_reference`` other images
-    of the set."""
+    of the set.
+
+    ``keep="all"`` keeps every chosen image, answered correctly or not: a *mechanics run* (a
+    random-weight model, such as :mod:`headflow.tiny`'s, answers nothing correctly); its numbers
+    say that the code runs on the model, never what the model does."""
+    if keep not in KEEP:
+        raise ValueError(f"unknown keep {keep!r}; choose 'correct' (the study) or 'all' (a mechanics run)")
     if baseline not in iv.BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; choose one of {iv.BASELINES}")
     if target not in experiment.TARGETS:
@@ -95,16 +104,27 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
     q = question_text(question)
     res = evaluate.evaluate(net, processor, [e.load_image() for e in chosen], words,
                             [words.index(answer_of(e, question)) for e in chosen], q, batch_size=batch_size)
-    correct = [e for e, ok in zip(chosen, res["correct"]) if ok]
+    correct = [e for e, ok in zip(chosen, res["correct"]) if ok or keep == "all"]
     if not correct:
-        raise ValueError("the model answered none of the chosen images correctly; nothing to analyse")
+        raise ValueError("the model answered none of the chosen images correctly; nothing to analyse (for a "
+                         "mechanics run of a random-weight model, keep='all' keeps every image)")
+    if keep == "all":
+        print(f"mechanics run: all {len(chosen)} images kept, {int(np.sum(res['correct']))} answered correctly; "
+              "these numbers test the code path, not the model")
     tasks = experiment.prepare(processor, correct, words, q, [answer_of(e, question) for e in correct])
     chosen_ids = {e.image_id for e in chosen}
     reference = [e for e in all_examples if e.image_id not in chosen_ids][:n_reference] or chosen[:n_reference]
     ref_tasks = experiment.prepare(processor, reference, words, q, [answer_of(e, question) for e in reference])
     n_layers, n_heads = iv.text_layers_and_heads(net)
+    if baseline == "dataset-mean":
+        counts = {int(iv.image_mask(net, t.inputs["input_ids"]).sum()) for t in tasks + ref_tasks}
+        if len(counts) > 1:
+            raise ValueError(f"the images give different numbers of image positions ({sorted(counts)}), so a "
+                             "per-position dataset-mean baseline is undefined: process every image at one size "
+                             "(see the definitions of chapter 2) or use baseline='image-mean' or 'zero'")
     bl = experiment.reference_baseline(net, ref_tasks, baseline)
     meta = {"model": model, "image_set": image_set, "question": question, "per_class": per_class, "offset": offset,
+            "keep": keep,
             "n_reference": len(reference), "baseline": baseline, "target": target, "base": base,
             "fingerprint": fingerprint(models.resolve_path(model), [e.path for e in chosen + reference])}
     return Study(model, net, processor, words, q, tasks, len(chosen), float(res["accuracy"]), bl, baseline, target,
