@@ -398,3 +398,45 @@ def test_families_profile_runs_chapters_1_to_3_on_every_tested_family(tmp_path):
         assert single["status"]["verdict"]
         for nb in ("02-single-head-ablation", "03-head-attribution"):
             assert "mechanics run: all 10 images kept" in (d / f"{nb}.ipynb").read_text()
+
+
+def _mixed_size_set(tmp_path):
+    """A COCO set of FashionScenes images, every second one widened to 96x64 (its mask too)."""
+    import json
+
+    exs = coco.load_set(coco.resolve_set("fashionscenes/eval"))[:24]
+    (tmp_path / "images").mkdir()
+    images, anns = [], []
+    for i, e in enumerate(exs):
+        img, mask = e.load_image(), e.mask
+        if i % 2:
+            img = img.resize((96, 64))
+            mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((96, 64))) >= 128
+        img.save(tmp_path / "images" / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": img.width, "height": img.height})
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": coco.class_names(
+            coco.resolve_set("fashionscenes/eval")).index(e.class_name) + 1, "segmentation": coco.encode_mask(mask),
+            "area": int(mask.sum()), "bbox": [0, 0, img.width, img.height], "iscrowd": 0})
+    cats = [{"id": i + 1, "name": n} for i, n in enumerate(coco.class_names(coco.resolve_set("fashionscenes/eval")))]
+    (tmp_path / "instances.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return tmp_path
+
+
+def test_one_image_size_gives_every_image_the_same_positions(tmp_path):
+    """Qwen2-VL's token count follows the image's size: images of two sizes make the per-position
+    dataset-mean baseline undefined (the study refuses, naming the fix); image_size brings every
+    image to one size (scaled to cover, centre-cropped, mask and box alike) and the study runs."""
+    from headflow import study
+
+    folder = _mixed_size_set(tmp_path)
+    exs = coco.load_set(folder / "instances.json")
+    assert {e.load_image().size for e in exs} == {(64, 64), (96, 64)}
+    with pytest.raises(ValueError, match="different numbers of image positions.*one size"):
+        study.setup("tiny:qwen2_vl", str(folder), per_class=1, n_reference=4, keep="all")
+    fixed = coco.at_size(exs, (96, 64))
+    assert {e.load_image().size for e in fixed} == {(96, 64)} and {e.mask.shape for e in fixed} == {(64, 96)}
+    square = fixed[0]  # a 64x64 image scaled by 1.5 and cropped to 64 rows: the mask keeps its share within 0.1
+    assert abs(square.mask.mean() - exs[0].mask.mean()) < 0.1
+    st = study.setup("tiny:qwen2_vl", str(folder), per_class=1, n_reference=4, keep="all", image_size=[96, 64])
+    counts = {int(iv.image_mask(st.model, t.inputs["input_ids"]).sum()) for t in st.tasks}
+    assert len(counts) == 1 and st.meta["image_size"] == [96, 64]

@@ -8,7 +8,7 @@ annotations carry extra ``attributes`` (colour, position, style, variant links);
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +25,14 @@ class Example:
     mask: np.ndarray
     bbox: tuple
     attributes: dict = field(default_factory=dict)
+    size: tuple[int, int] | None = None  # (width, height) the image is brought to (None: as stored)
 
     def load_image(self) -> Image.Image:
-        return load_image(self.path)
+        image = load_image(self.path)
+        if self.size is None:
+            return image
+        box = _cover_crop(image.height, image.width, self.size)
+        return image.resize(tuple(self.size), Image.BICUBIC, box=box)
 
     @property
     def answers(self) -> dict[str, str]:
@@ -37,6 +42,38 @@ class Example:
             if key in self.attributes:
                 out[key] = self.attributes[key]
         return out
+
+
+def _cover_crop(height: int, width: int, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The centred region (left, top, right, bottom) of an image that, scaled, exactly covers ``size``
+    (width, height): the image is scaled to cover the size and the overhang cropped on both sides."""
+    W, H = size
+    s = max(W / width, H / height)
+    cw, ch = W / s, H / s
+    left, top = (width - cw) / 2, (height - ch) / 2
+    return (left, top, left + cw, top + ch)
+
+
+def at_size(examples, size) -> list[Example]:
+    """Every example brought to one size ``(width, height)``: scaled to cover it and centre-cropped,
+    its mask and box alike.  A per-position baseline (``dataset-mean``) needs every image to give
+    the same image positions, and families whose token count follows the image's size (LLaVA-NeXT,
+    Qwen2-VL, InternVL, Idefics3) give that only for images of one size."""
+    W, H = (int(v) for v in size)
+    if W <= 0 or H <= 0:
+        raise ValueError(f"image_size must be [width, height] in pixels, got {list(size)}")
+    out = []
+    for e in examples:
+        h, w = e.mask.shape
+        left, top, right, bottom = _cover_crop(h, w, (W, H))
+        m = Image.fromarray(e.mask.astype(np.uint8) * 255).resize((W, H), Image.BILINEAR, box=(left, top, right, bottom))
+        s = W / (right - left)
+        x, y, bw, bh = e.bbox
+        x0, y0 = max((x - left) * s, 0), max((y - top) * s, 0)
+        x1, y1 = min((x + bw - left) * s, W), min((y + bh - top) * s, H)
+        out.append(replace(e, mask=np.asarray(m) >= 128, bbox=(x0, y0, max(x1 - x0, 0), max(y1 - y0, 0)),
+                           size=(W, H)))
+    return out
 
 
 def load_image(path: Path | str) -> Image.Image:
@@ -78,11 +115,12 @@ def decode_segmentation(seg, height: int, width: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------ reading
 def load_set(annotation_file: Path | str, image_dir: Path | str | None = None,
-             min_area_share: float = 0.05) -> list[Example]:
+             min_area_share: float = 0.05, size=None) -> list[Example]:
     """The main object of every image in a COCO instances file, in ``images`` order.
 
     Images with no instance reaching ``min_area_share`` of the image area are skipped.
-    ``image_dir`` defaults to the folder ``images/`` beside the annotation file.
+    ``image_dir`` defaults to the folder ``images/`` beside the annotation file.  ``size``
+    ``(width, height)``: bring every image to that size (:func:`at_size`); empty or None: as stored.
     """
     annotation_file = Path(annotation_file)
     if not annotation_file.exists():
@@ -108,7 +146,7 @@ def load_set(annotation_file: Path | str, image_dir: Path | str | None = None,
         mask = decode_segmentation(main["segmentation"], img["height"], img["width"])
         out.append(Example(image_id=img["id"], path=image_dir / img["file_name"], class_name=cats[main["category_id"]],
                            mask=mask, bbox=tuple(main["bbox"]), attributes=dict(main.get("attributes", {}))))
-    return out
+    return at_size(out, size) if size else out
 
 
 # ------------------------------------------------------------------------------------ writing

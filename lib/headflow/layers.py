@@ -231,7 +231,8 @@ def analyse(st, fits: dict, runs: dict, cutoffs: Sequence[float], n_boot: int, s
     classes = {t.key: t.class_name for t in st.tasks}
     out = summarise(maps, classes, cutoffs, n_boot, seed)
     out["left_out_non_positive_effect"] = left_out
-    examples = pick_per_class(coco.load_set(coco.resolve_set(st.meta["image_set"])), n_probe_per_class)
+    examples = pick_per_class(coco.load_set(coco.resolve_set(st.meta["image_set"]),
+                                             size=tuple(st.meta.get("image_size") or ()) or None), n_probe_per_class)
     tasks = experiment.prepare(st.processor, examples, st.words, st.question)
     pos = [tokens.resolve(st.processor, st.model.config, st.question, t.inputs)["image"] for t in tasks]
     labels = np.array([st.words.index(e.class_name) for e in examples])

@@ -282,7 +282,8 @@ def main(argv=None) -> None:
     if sweep:  # one run per model, each into its own folder, only the notebooks the profile names
         listed = set(profile_notebooks(a.profile))
         paths = [p for p in paths if p.stem in listed]
-        runs = [(a.out / model_folder(m), {"model": m, "image_set": sweep["image_set"]}) for m in sweep["model"]]
+        shared = {k: v for k, v in sweep.items() if k not in ("model", "workload")}  # image_set, image_size ...
+        runs = [(a.out / model_folder(m), {"model": m, **shared}) for m in sweep["model"]]
     else:
         runs = [(a.out, {})]
     # validate everything before running anything

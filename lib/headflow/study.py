@@ -80,7 +80,8 @@ KEEP = ("correct", "all")
 
 def setup(model: str = "organism", image_set: str = "fashionscenes/eval", question: str = "object",
           per_class: int = 10, n_reference: int = 50, baseline: str = "dataset-mean", target: str = "logit",
-          base: str = "sdpa", batch_size: int = 32, offset: int = 0, keep: str = "correct") -> Study:
+          base: str = "sdpa", batch_size: int = 32, offset: int = 0, keep: str = "correct",
+          image_size=()) -> Study:
     """Load the model, ask the question about ``per_class`` images of each class (after the first
     ``offset`` of each class, so that chapters can take images disjoint from another study's), keep
     the correctly answered ones, and build the ablation baseline from ``n_reference`` other images
@@ -88,7 +89,9 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
 
     ``keep="all"`` keeps every chosen image, answered correctly or not: a *mechanics run* (a
     random-weight model, such as :mod:`headflow.tiny`'s, answers nothing correctly); its numbers
-    say that the code runs on the model, never what the model does."""
+    say that the code runs on the model, never what the model does.  ``image_size`` ``[width,
+    height]`` brings every image to one size (:func:`headflow.coco.at_size`), which the
+    per-position ``dataset-mean`` baseline needs where the token count follows the image's size."""
     if keep not in KEEP:
         raise ValueError(f"unknown keep {keep!r}; choose 'correct' (the study) or 'all' (a mechanics run)")
     if baseline not in iv.BASELINES:
@@ -98,7 +101,7 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
     net, processor = models.load(model)
     iv.install(net, base)
     set_file = coco.resolve_set(image_set)
-    all_examples = coco.load_set(set_file)
+    all_examples = coco.load_set(set_file, size=tuple(image_size) or None)
     words = answer_words(question, set_file)
     chosen = pick_per_class(all_examples, per_class, offset)
     q = question_text(question)
@@ -124,7 +127,7 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
                              "(see the definitions of chapter 2) or use baseline='image-mean' or 'zero'")
     bl = experiment.reference_baseline(net, ref_tasks, baseline)
     meta = {"model": model, "image_set": image_set, "question": question, "per_class": per_class, "offset": offset,
-            "keep": keep,
+            "keep": keep, "image_size": list(image_size),
             "n_reference": len(reference), "baseline": baseline, "target": target, "base": base,
             "fingerprint": fingerprint(models.resolve_path(model), [e.path for e in chosen + reference])}
     return Study(model, net, processor, words, q, tasks, len(chosen), float(res["accuracy"]), bl, baseline, target,
