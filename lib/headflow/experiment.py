@@ -109,7 +109,7 @@ def full_logits(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tenso
     for s in range(0, len(keep), batch_size):
         chunk = keep[s:s + batch_size]
         B = len(chunk)
-        inputs = repeat_inputs(task.inputs, B)
+        inputs = {k: v.to(model.device) for k, v in repeat_inputs(task.inputs, B).items()}
         abl = iv.HeadAblation(chunk, iv.image_mask(model, inputs["input_ids"]), baseline, scope)
         with iv.intervene(model, ablation=abl):
             out.append(model(**inputs, logits_to_keep=1).logits[:, -1].float())
@@ -120,19 +120,56 @@ def run_attribution(model, tasks: Sequence[ImageTask], baseline: iv.Baseline, st
                     ablation_rate: float, seed: int, target: str = "logit", batch_size: int = 128,
                     progress: bool = True, scope: str = "text") -> dict[str, dict]:
     """Random-mask ablations of every image: per image ``keep (S, L, H)``, ``y (S,)``,
-    ``y_clean`` and ``y_none``.  Finished images are read back from ``store``."""
-    n_layers, n_heads = iv.text_layers_and_heads(model)
+    ``y_clean`` and ``y_none``.  Finished images are read back from ``store``; each image is one
+    :func:`attribution_unit` (resumable inside itself)."""
     for task in tqdm(tasks, desc="head attribution", disable=not progress):
-        if store.done(task.key):
-            continue
-        image_seed = seed * 1_000_003 + int(task.example.image_id)
-        keep = attribution.sample_masks(n_masks, n_layers, n_heads, ablation_rate, image_seed)
-        ends = torch.stack([torch.ones(n_layers, n_heads, dtype=torch.bool),
-                            torch.zeros(n_layers, n_heads, dtype=torch.bool)])
-        y = masks_y(model, task, baseline, torch.cat([keep, ends]), target, batch_size, scope=scope)
-        store.save(task.key, keep=np.packbits(keep.numpy(), axis=-1), shape=np.array(keep.shape), y=y[:-2],
-                   y_clean=y[-2], y_none=y[-1])
+        attribution_unit(model, task, baseline, store, n_masks, ablation_rate, seed, target, batch_size, scope=scope)
     return {t.key: load_run(store, t.key) for t in tasks}
+
+
+def unit_masks(n_layers: int, n_heads: int, n_masks: int, ablation_rate: float, seed: int,
+               image_id: int) -> torch.Tensor:
+    """The masks of one image's unit: ``n_masks`` random keep-masks (seeded by ``seed`` and the
+    image), then all kept (``y_clean``) and none kept (``y_none``): ``(n_masks + 2, L, H)``."""
+    keep = attribution.sample_masks(n_masks, n_layers, n_heads, ablation_rate, seed * 1_000_003 + int(image_id))
+    ends = torch.stack([torch.ones(n_layers, n_heads, dtype=torch.bool), torch.zeros(n_layers, n_heads, dtype=torch.bool)])
+    return torch.cat([keep, ends])
+
+
+def attribution_unit(model, task: ImageTask, baseline: iv.Baseline, store: RunStore, n_masks: int,
+                     ablation_rate: float, seed: int, target: str = "logit", batch_size: int = 128,
+                     part_batches: int = 4, scope: str = "text", after_part=None) -> None:
+    """One image's random-mask ablations into ``store`` under ``task.key``.
+
+    The masks are written in parts of ``part_batches * batch_size`` masks as they finish; a unit
+    interrupted anywhere (even ``kill -9``) restarts at its first missing part, and is merged into
+    one entry when every part exists.  Parts are whole batches, so the values equal those of an
+    uninterrupted run with the same batch size and threads, bit for bit.  ``after_part(key, index)``
+    is called after each part is written (a test's fault hook)."""
+    if store.done(task.key):
+        return
+    n_layers, n_heads = iv.text_layers_and_heads(model)
+    keep = unit_masks(n_layers, n_heads, n_masks, ablation_rate, seed, task.example.image_id)
+    step = part_batches * batch_size
+    starts = list(range(0, len(keep), step))
+    reuse = None
+    fast = scope == "text" and not families.prefix_reuse_problem(model, task.inputs["input_ids"].shape[1])
+    for index, s in enumerate(starts):
+        if store.part_done(task.key, index):
+            continue
+        if reuse is None and fast:  # the image prefix, once per unit (and once more after a restart)
+            reuse = PrefixReuse(model, task.inputs, baseline)
+        y = masks_y(model, task, baseline, keep[s:s + step], target, batch_size, reuse=reuse, scope=scope)
+        store.save_part(task.key, index, y=y)
+        if after_part is not None:
+            after_part(task.key, index)
+    if store.done(task.key):  # another worker merged it meanwhile
+        return
+    y = np.concatenate([store.load_part(task.key, i)["y"] for i in range(len(starts))])
+    mask_keep = keep[:-2]
+    store.save(task.key, keep=np.packbits(mask_keep.numpy(), axis=-1), shape=np.array(mask_keep.shape), y=y[:-2],
+               y_clean=y[-2], y_none=y[-1])
+    store.drop_parts(task.key)
 
 
 def load_run(store: RunStore, key: str) -> dict:

@@ -474,6 +474,7 @@ def dataset_mean_baseline(model, batches: Sequence[dict]) -> Baseline:
     n_layers, _ = text_layers_and_heads(model)
     sums_k, sums_v, n = [None] * n_layers, [None] * n_layers, 0
     for inputs in batches:
+        inputs = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         cap = Capture(image=image_mask(model, inputs["input_ids"]), kv=True)
         with intervene(model, capture=cap):
             model(**inputs, logits_to_keep=1)

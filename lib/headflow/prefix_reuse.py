@@ -127,6 +127,7 @@ class PrefixReuse:
     def __init__(self, model, inputs, baseline: iv.Baseline, base: str | None = None):
         iv.install(model, base)
         self.model = model
+        inputs = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         self.n_layers, self.n_heads = iv.text_layers_and_heads(model)
         ids = inputs["input_ids"]
         if ids.shape[0] != 1:

@@ -81,7 +81,7 @@ KEEP = ("correct", "all")
 def setup(model: str = "organism", image_set: str = "fashionscenes/eval", question: str = "object",
           per_class: int = 10, n_reference: int = 50, baseline: str = "dataset-mean", target: str = "logit",
           base: str = "sdpa", batch_size: int = 32, offset: int = 0, keep: str = "correct",
-          image_size=()) -> Study:
+          image_size=(), device: str | None = None, dtype: str | None = None) -> Study:
     """Load the model, ask the question about ``per_class`` images of each class (after the first
     ``offset`` of each class, so that chapters can take images disjoint from another study's), keep
     the correctly answered ones, and build the ablation baseline from ``n_reference`` other images
@@ -91,15 +91,22 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
     random-weight model, such as :mod:`headflow.tiny`'s, answers nothing correctly); its numbers
     say that the code runs on the model, never what the model does.  ``image_size`` ``[width,
     height]`` brings every image to one size (:func:`headflow.coco.at_size`), which the
-    per-position ``dataset-mean`` baseline needs where the token count follows the image's size."""
+    per-position ``dataset-mean`` baseline needs where the token count follows the image's size.
+    ``device``/``dtype``: where and in what precision the model runs (e.g. ``"cuda"``, ``"bfloat16"``)."""
     if keep not in KEEP:
         raise ValueError(f"unknown keep {keep!r}; choose 'correct' (the study) or 'all' (a mechanics run)")
     if baseline not in iv.BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; choose one of {iv.BASELINES}")
     if target not in experiment.TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {experiment.TARGETS}")
-    net, processor = models.load(model)
+    net, processor = models.load(model, device=device, dtype=dtype)
     iv.install(net, base)
+    from .families import blocking_problem
+
+    problem = blocking_problem(net)
+    if problem:
+        raise ValueError(f"{problem}: head ablation cannot block all image-to-text flow in this family, so y_none and "
+                         "head attributions would not mean what the study says; headflow refuses to run it")
     set_file = coco.resolve_set(image_set)
     all_examples = coco.load_set(set_file, size=tuple(image_size) or None)
     words = answer_words(question, set_file)
@@ -127,7 +134,7 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
                              "(see the definitions of chapter 2) or use baseline='image-mean' or 'zero'")
     bl = experiment.reference_baseline(net, ref_tasks, baseline)
     meta = {"model": model, "image_set": image_set, "question": question, "per_class": per_class, "offset": offset,
-            "keep": keep, "image_size": list(image_size),
+            "keep": keep, "image_size": list(image_size), "device": device, "dtype": dtype,
             "n_reference": len(reference), "baseline": baseline, "target": target, "base": base,
             "fingerprint": fingerprint(models.resolve_path(model), [e.path for e in chosen + reference])}
     return Study(model, net, processor, words, q, tasks, len(chosen), float(res["accuracy"]), bl, baseline, target,
