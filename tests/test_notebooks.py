@@ -69,7 +69,15 @@ def test_chapter_results(executed):
             "object_area_share"} <= set(flow["tokens"])
     assert len(flow["sensitivity"]["topk_overlap"]) == 11 and "pairwise_r2_gain" in flow["interactions"]
     perf = json.loads((executed / "results" / "performance.json").read_text())
-    assert perf["organism"]["speedup"] > 1 and perf["fraction_of_matmul_peak"] > 0
+    spread = {"median", "min", "max"}
+    lw = perf["llava15_7b_width"]
+    for key in ("fast_vs_batched", "fast_vs_naive", "fast_vs_nnsight_same_intervention", "fraction_of_matmul_peak"):
+        assert set(lw[key]) == spread and lw[key]["min"] <= lw[key]["median"] <= lw[key]["max"], key
+    for name in ("organism", "qwen2vl_7b_width"):
+        assert set(perf[name]["fast_vs_batched"]) == spread and perf[name]["flop_ratio"] > 1
+    assert all(d <= 1e-4 for r in perf["details"].values() for d in r["max_abs_logit_diff_vs_batched"].values())
+    assert 0 < perf["scaling_efficiency_2_workers"] <= 1.5 and perf["scaling"]["n_units"] >= 8
+    assert len(perf["targets"]) == 5
 
 
 @pytest.mark.parametrize("name", [p.stem for p in run.notebooks()])

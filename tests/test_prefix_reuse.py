@@ -1,4 +1,5 @@
 """The prefix-reusing fast path equals the full forward under the same ablation (fp32)."""
+import numpy as np
 import pytest
 import torch
 
@@ -121,3 +122,31 @@ def test_bad_masks(setups):
     with pytest.raises(ValueError, match="one prompt"):
         PrefixReuse(model, processor(images=[ex.load_image()] * 2, text=["USER: <image>\nWhere ASSISTANT:"] * 2,
                                      return_tensors="pt"), iv.Baseline("zero"))
+
+
+def _bf16_check(device):
+    """The fast path in bfloat16 against the full forward in bfloat16, on the answer logit: a smoke
+    test of the same code path at reduced precision (stated tolerance: 0.05 on a logit of order 1,
+    and the per-mask values must rank alike)."""
+    from headflow import coco as _coco, experiment, tiny
+
+    model, processor = tiny.build("llava")
+    model = model.to(device=device, dtype=torch.bfloat16)
+    iv.install(model, "sdpa")
+    set_file = _coco.resolve_set("fashionscenes/eval")
+    task = experiment.prepare(processor, _coco.load_set(set_file)[:1], _coco.class_names(set_file),
+                              question_text("object"))[0]
+    keep = _masks(model, 16, seed=5).to(device)
+    full = experiment.target_values(experiment.full_logits(model, task, iv.Baseline("zero"), keep), task)
+    fast = experiment.target_values(PrefixReuse(model, task.inputs, iv.Baseline("zero")).final_logits(keep), task)
+    assert abs(fast - full).max() <= 0.05, abs(fast - full).max()
+    assert np.corrcoef(fast, full)[0, 1] > 0.99
+
+
+def test_fast_path_in_bfloat16_on_cpu():
+    _bf16_check("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fast_path_in_bfloat16_on_cuda():
+    _bf16_check("cuda")

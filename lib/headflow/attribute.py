@@ -226,3 +226,28 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def scaling_efficiency(model: str = "organism", n_units: int = 8, n_masks: int = 1000, workers: int = 2,
+                       batch_size: int = 128, root: str | Path | None = None) -> dict:
+    """Throughput (units per second) of ``n_units`` default-size units on 1 and on ``workers``
+    Ray workers of one thread each, into fresh run stores; efficiency = throughput(workers) /
+    (workers x throughput(1)).  Timed from when every actor is ready (model loaded)."""
+    import tempfile
+
+    from .runstore import RunStore
+
+    plan = Plan(model=model, per_class=2, n_masks=n_masks, batch_size=batch_size)
+    st, store, _ = prepare(plan)
+    tasks = st.tasks[:n_units]
+    if len(tasks) < n_units:
+        raise ValueError(f"only {len(tasks)} units available; lower n_units or raise per_class")
+    params = json.loads((store.root / "params.json").read_text())
+    out = {"n_units": n_units, "n_masks": n_masks, "batch_size": batch_size, "threads_per_worker": 1}
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        for w in (1, workers):
+            s = run_ray(st, RunStore(Path(tmp) / f"w{w}", params), tasks, plan, workers=w, threads=1, progress=False)
+            out[f"units_per_s_{w}_worker{'s' if w > 1 else ''}"] = n_units / s["seconds"]
+            start_ray(w).shutdown()  # a fresh cluster of the right size for the next count
+    out["efficiency"] = out[f"units_per_s_{workers}_workers"] / (workers * out["units_per_s_1_worker"])
+    return out

@@ -717,3 +717,22 @@ def interaction_plots(inter: dict):
     axes[1].legend(fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def performance_bars(perf: dict, methods=("naive", "plain", "batched", "nnsight_same", "fast")):
+    """Milliseconds per mask of each method on each model (log scale), min-max bars."""
+    names = list(perf["details"])
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    w = 0.8 / len(methods)
+    for i, m in enumerate(methods):
+        rows = [perf["details"][n].get(m) for n in names]
+        med = np.array([1e3 * r["median"] if r else np.nan for r in rows])
+        lo = np.array([1e3 * r["min"] if r else np.nan for r in rows])
+        hi = np.array([1e3 * r["max"] if r else np.nan for r in rows])
+        ax.bar(np.arange(len(names)) + i * w, med, w, yerr=np.nan_to_num([med - lo, hi - med]),
+               label=m.replace("_", " "))
+    ax.set(xticks=np.arange(len(names)) + 0.4 - w / 2, xticklabels=names, yscale="log",
+           ylabel="ms per mask (log; min-max bars)")
+    ax.legend(fontsize=8, ncol=3)
+    fig.tight_layout()
+    return fig
