@@ -292,7 +292,8 @@ def measure(name: str, model, processor, image_size: int, repeats: int, batches,
         big = _batch_inputs(one, nnsight_batch, device)
         got = nnsight_same_intervention(model, big, keep[:nnsight_batch])
         if got is not None:
-            agree["nnsight"] = float((got[:B] - ref).abs().max())
+            n = min(B, nnsight_batch)
+            agree["nnsight"] = float((got[:n] - ref[:n]).abs().max())
             out["nnsight_same"] = timed(lambda: nnsight_same_intervention(model, big, keep[:nnsight_batch]), repeats,
                                         nnsight_batch, device, warmup=False)  # warmed by the check above
             out["nnsight_batch"] = nnsight_batch
@@ -326,11 +327,11 @@ def run_all(quick: bool = False, repeats: int = 5, device: str = "cpu", dtype: s
                                naive_masks=8, head_outputs=True, device=device, sweep_repeats=repeats)}
     width = dict(hidden=512, heads=8, mlp=1376, vocab=4096) if quick else {}
     qwidth = dict(hidden=448, heads=7, kv_heads=1, mlp=2368, vocab=4096) if quick else {}
-    for name, build, batches, nns in (("llava15_7b_width", llava_at_width, list(batches), 4),
-                                      ("qwen2vl_7b_width", qwen2vl_at_width, [min(batches)], None)):
+    for name, build, sizes, nns in (("llava15_7b_width", llava_at_width, list(batches), 2),
+                                    ("qwen2vl_7b_width", qwen2vl_at_width, [min(batches)], None)):
         model, proc, size = build(**(width if name.startswith("llava") else qwidth))
         model = model.to(device=device, dtype=tdtype)
-        res[name] = measure(name, model, proc, size, repeats, batches, 64, 32, nns, device=device,
+        res[name] = measure(name, model, proc, size, repeats, sizes, 32, 32, nns, device=device,
                             naive=name.startswith("llava"))
         del model
     lw = res["llava15_7b_width"]
