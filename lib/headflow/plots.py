@@ -91,8 +91,8 @@ def accuracy_comparison(runs: dict, bars: dict | None = None, classes: Sequence[
     for i, (label, r) in enumerate(series):
         x = np.arange(len(qs)) + (i - (len(series) - 1) / 2) * width
         acc = np.array([r["accuracy"][q] for q in qs])
-        lo = acc - np.array([r["ci"][q][0] for q in qs])
-        hi = np.array([r["ci"][q][1] for q in qs]) - acc
+        lo = np.clip(acc - np.array([r["ci"][q][0] for q in qs]), 0, None)  # float error at 0 or 100%
+        hi = np.clip(np.array([r["ci"][q][1] for q in qs]) - acc, 0, None)
         ax.bar(x, acc, width, yerr=[lo, hi], capsize=2, label=label, color=sns.color_palette("deep", len(series))[i])
     for j, q in enumerate(qs):
         if bars and q in bars:
