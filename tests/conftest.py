@@ -8,7 +8,8 @@ import torch
 
 torch.manual_seed(0)
 
-from headflow import models, organism  # noqa: E402
+from headflow.models import llava_builder
+from headflow.models import loading as models
 
 # Tests that may be skipped in CI (CI=true): they need CUDA, which CI does not have.  Any other
 # skip fails the run there: a skipped test is a test that did not pass.
@@ -31,15 +32,15 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED  # no tests is not a pass
 
 
-TINY = organism.Recipe(vision_hidden=32, vision_layers=2, vision_heads=2, text_hidden=64, text_intermediate=128,
-                       text_layers=2, text_heads=4)
+TINY = llava_builder.LlavaArch(vision_hidden=32, vision_layers=2, vision_heads=2, text_hidden=64, text_intermediate=128,
+                               text_layers=2, text_heads=4)
 
 
 @pytest.fixture(scope="session")
 def tiny_llava():
     """A tiny random-weight LLaVA (organism geometry: 64x64 images, 64 image tokens)."""
-    processor = organism.build_processor()
-    model = organism.build_model(processor, TINY).eval()
+    processor = llava_builder.build_processor()
+    model = llava_builder.build_model(processor, TINY).eval()
     return model, processor
 
 

@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from headflow import attribute, experiment
-from headflow.runstore import RunStore
+from headflow.method import experiment
+from headflow.scale import attribute
+from headflow.store.runstore import RunStore
 
 PLAN = attribute.Plan(model="tiny:llava", per_class=1, n_reference=4, keep="all", n_masks=200, batch_size=32,
                       part_batches=2)  # 202 masks per unit in 4 parts of 64

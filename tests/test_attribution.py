@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from headflow import attribution, coco, experiment, interventions as iv, metrics, rankings
-from headflow.runstore import RunStore
-from headflow.task import question_text
+from headflow.images import coco
+from headflow.mechanism import interventions as iv
+from headflow.method import attribution, experiment, metrics, rankings
+from headflow.store.runstore import RunStore
+from headflow.task.prompt import question_text
 
 
 def test_masks_follow_the_rate_and_seed():
@@ -128,12 +130,15 @@ CHILD = r"""
 import sys, torch
 sys.path.insert(0, {tests!r})
 from conftest import TINY
-from headflow import coco, experiment, interventions as iv, organism
-from headflow.runstore import RunStore
-from headflow.task import question_text
+from headflow.images import coco
+from headflow.mechanism import interventions as iv
+from headflow.method import experiment
+from headflow.models import llava_builder
+from headflow.store.runstore import RunStore
+from headflow.task.prompt import question_text
 torch.manual_seed(0)
-processor = organism.build_processor()
-model = organism.build_model(processor, TINY).eval()
+processor = llava_builder.build_processor()
+model = llava_builder.build_model(processor, TINY).eval()
 set_file = coco.resolve_set("fashionscenes/eval")
 tasks = experiment.prepare(processor, coco.load_set(set_file)[::40][:6], coco.class_names(set_file), question_text("object"))
 store = RunStore({root!r}, {{"n_masks": 600}})

@@ -4,8 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from headflow import coco, experiment, flow, interventions as iv, positions, semantics, sensitivity, study, verdicts
-from headflow.task import question_text
+from headflow.findings import flow, positions, semantics, sensitivity, verdicts
+from headflow.images import coco
+from headflow.mechanism import interventions as iv
+from headflow.method import experiment, study
+from headflow.task.prompt import question_text
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +177,7 @@ def test_new_chapter_rules():
 
 
 def test_local_mathjax_is_copied_only_when_a_page_uses_math(tmp_path):
-    from headflow import site
+    from headflow.book import site
 
     (tmp_path / "a.html").write_text("<p>no math</p>")
     assert site.local_mathjax(tmp_path) == [] and not (tmp_path / "_static").exists()
@@ -186,7 +189,7 @@ def test_local_mathjax_is_copied_only_when_a_page_uses_math(tmp_path):
 def test_duplicate_inline_scripts_are_dropped():
     from sphinx.builders.html._assets import _JavaScript
 
-    from headflow import sphinx_fixes
+    from headflow.book import sphinx_fixes
 
     ctx = {"script_files": [_JavaScript("a.js"), _JavaScript(None, body="const X = 1"), _JavaScript("", body="const X = 1"),
                             _JavaScript(None, body="const Y = 1"), _JavaScript("a.js")]}

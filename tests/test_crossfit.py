@@ -2,8 +2,9 @@
 import numpy as np
 import torch
 
-from headflow import cost, crossfit, experiment, interventions as iv, rankings
-from headflow.prefix_reuse import PrefixReuse
+from headflow.mechanism import interventions as iv
+from headflow.mechanism.prefix_reuse import PrefixReuse
+from headflow.method import cost, crossfit, experiment, rankings
 
 
 def test_folds_are_disjoint_cover_every_image_and_stratify_classes():
@@ -31,7 +32,7 @@ def test_build_ranking_normalises_logit_scores_and_skips_non_positive_effects():
 def _task(model, processor):
     from PIL import Image
 
-    from headflow import coco
+    from headflow.images import coco
 
     ex = coco.load_set(coco.resolve_set("fashionscenes/eval"))[0]
     words = coco.class_names(coco.resolve_set("fashionscenes/eval"))

@@ -4,7 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from headflow import coco, data, evalset, models
+from headflow.images import coco
+from headflow.images import fashionscenes as data
+from headflow.organism import evalset
+from headflow.util.paths import REPO_ROOT
 
 
 def test_specs_and_images_are_deterministic():
@@ -138,7 +141,7 @@ def test_committed_evaluation_set():
 
 
 def test_data_readme_hashes_every_file():
-    root = models.REPO_ROOT / "data"
+    root = REPO_ROOT / "data"
     text = (root / "README.md").read_text()
     listed = dict(line.split("  ")[::-1] for line in text.split("```")[1].strip().splitlines())
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != "README.md")

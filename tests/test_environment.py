@@ -1,12 +1,13 @@
 import json
 import re
-import tomllib
 
+import tomllib
 import yaml
 
-from headflow import models, run
+from headflow.book import runner as run
+from headflow.util.paths import REPO_ROOT
 
-ROOT = models.REPO_ROOT
+ROOT = REPO_ROOT
 ALIASES = {"pytorch": "torch"}
 
 

@@ -11,11 +11,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from headflow import coco, experiment, families, interventions as iv, models, tiny, tokens
-from headflow.prefix_reuse import PrefixReuse
-from headflow.task import build_prompt, question_text
 from reference import run_reference
+
+from headflow.images import coco
+from headflow.mechanism import interventions as iv
+from headflow.mechanism import tokens
+from headflow.mechanism.prefix_reuse import PrefixReuse
+from headflow.method import experiment
+from headflow.models import families, tiny
+from headflow.models import loading as models
+from headflow.task.prompt import build_prompt, question_text
+from headflow.util.paths import REPO_ROOT
 
 FAMS = list(tiny.FAMILIES)
 BASES = ["sdpa", "eager"]
@@ -360,7 +366,7 @@ def test_zz_exactly_the_tested_families_ran():
 
 
 def test_compat_table_measures_every_tested_family():
-    from headflow import compat
+    from headflow.book import compat
 
     t = compat.table()
     assert list(t.index) == list(models.TESTED_FAMILIES)
@@ -383,7 +389,7 @@ def test_families_profile_runs_chapters_1_to_3_on_every_tested_family(tmp_path):
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     bad = subprocess.run([sys.executable, "-m", "headflow.run", "--profile", "families", "--out",
-                          str(models.REPO_ROOT / "book")], capture_output=True, text=True, env=env)
+                          str(REPO_ROOT / "book")], capture_output=True, text=True, env=env)
     assert bad.returncode != 0 and "never into book/" in bad.stderr
     r = subprocess.run([sys.executable, "-m", "headflow.run", "--profile", "families", "--out", str(tmp_path)],
                        capture_output=True, text=True, env=env)
@@ -426,7 +432,7 @@ def test_one_image_size_gives_every_image_the_same_positions(tmp_path):
     """Qwen2-VL's token count follows the image's size: images of two sizes make the per-position
     dataset-mean baseline undefined (the study refuses, naming the fix); image_size brings every
     image to one size (scaled to cover, centre-cropped, mask and box alike) and the study runs."""
-    from headflow import study
+    from headflow.method import study
 
     folder = _mixed_size_set(tmp_path)
     exs = coco.load_set(folder / "instances.json")

@@ -1,7 +1,6 @@
 """A run store is keyed by everything that determines it: changing one weight, one image or one
 module that computes y gives a different store (a miss); changing nothing gives the same (a hit)."""
 import shutil
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,7 +8,9 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from headflow import coco, fingerprint, study
+from headflow.images import coco
+from headflow.method import study
+from headflow.store import fingerprint
 
 
 @pytest.fixture
@@ -61,26 +62,51 @@ def test_one_changed_reference_image_misses(model_and_images, tmp_path):
     assert not _store(folder, images, tmp_path).done("img000001")
 
 
+def _planted_package(tmp_path):
+    pkg = tmp_path / "src" / "headflow"
+    for rel in ("__init__.py", "mechanism/__init__.py", "mechanism/y.py", "findings/__init__.py", "findings/page.py"):
+        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / rel).write_text("def y(x):\n    return x\n")
+    return pkg
+
+
 def test_one_changed_compute_module_misses(model_and_images, tmp_path, monkeypatch):
+    """A module of a computing layer (here a new one, found by walking the package) is in the key."""
     folder, images = model_and_images
-    mod = tmp_path / "pkg_compute_y.py"
-    mod.write_text("def y(x):\n    return x\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(fingerprint, "COMPUTE_MODULES", fingerprint.COMPUTE_MODULES + ("pkg_compute_y",))
+    pkg = _planted_package(tmp_path)
+    monkeypatch.setattr(fingerprint, "PACKAGE_DIR", pkg)
+    assert "headflow.mechanism.y" in fingerprint.compute_modules()
     _store(folder, images, tmp_path).save("img000001", y=np.zeros(3))
     assert _store(folder, images, tmp_path).done("img000001")
-    mod.write_text("def y(x):\n    return 2 * x\n")
+    (pkg / "mechanism" / "y.py").write_text("def y(x):\n    return 2 * x\n")
     assert not _store(folder, images, tmp_path).done("img000001")
-    sys.modules.pop("pkg_compute_y", None)
 
 
-def test_compute_modules_cover_y_and_leave_out_plots():
-    names = set(fingerprint.COMPUTE_MODULES)
-    assert {"headflow.interventions", "headflow.prefix_reuse", "headflow.experiment", "headflow.task",
-            "headflow.tokens", "headflow.attribution"} <= names
-    assert "headflow.plots" not in names and "headflow.verdicts" not in names
+def test_a_changed_finding_or_figure_hits(model_and_images, tmp_path, monkeypatch):
+    """Modules above the method (findings, figures) do not key the attribution store."""
+    folder, images = model_and_images
+    pkg = _planted_package(tmp_path)
+    monkeypatch.setattr(fingerprint, "PACKAGE_DIR", pkg)
+    _store(folder, images, tmp_path).save("img000001", y=np.zeros(3))
+    (pkg / "findings" / "page.py").write_text("def y(x):\n    return 3 * x\n")
+    assert _store(folder, images, tmp_path).done("img000001")
 
 
-def test_versions_are_part_of_the_key():
-    fp = fingerprint.versions()
-    assert fp["torch"] and fp["transformers"]
+def test_compute_modules_cover_y_and_leave_out_figures():
+    names = set(fingerprint.compute_modules())
+    assert {"headflow.mechanism.interventions", "headflow.mechanism.prefix_reuse", "headflow.method.experiment",
+            "headflow.task.prompt", "headflow.mechanism.tokens", "headflow.method.attribution",
+            "headflow.models.loading", "headflow.images.coco"} <= names
+    assert not {m for m in names if m.startswith(("headflow.book", "headflow.findings", "headflow.scale"))}
+
+
+def test_a_finding_that_stores_its_own_results_keys_them_by_its_code(tmp_path, monkeypatch):
+    """``store_for(computed_by=...)`` (chapter 7's knockout store) adds that module's source."""
+    pkg = _planted_package(tmp_path)
+    monkeypatch.setattr(fingerprint, "PACKAGE_DIR", pkg)
+    st = SimpleNamespace(meta={"model": "m"})
+    s1 = study.store_for(st, "knockout", computed_by="headflow.findings.page", window=1)
+    s1.save("u", y=np.zeros(1))
+    assert study.store_for(st, "knockout", computed_by="headflow.findings.page", window=1).done("u")
+    (pkg / "findings" / "page.py").write_text("def y(x):\n    return 4 * x\n")
+    assert not study.store_for(st, "knockout", computed_by="headflow.findings.page", window=1).done("u")

@@ -1,9 +1,11 @@
 """The book's status table is generated from book/results, and verdict rules apply as stated."""
 import pytest
 
-from headflow import index, models, verdicts
+from headflow.book import index
+from headflow.findings import verdicts
+from headflow.util.paths import REPO_ROOT
 
-BOOK = models.REPO_ROOT / "book"
+BOOK = REPO_ROOT / "book"
 
 
 def test_committed_index_table_is_the_generated_one():

@@ -2,11 +2,12 @@
 (c) matches the slow reference in tests/reference.py; under both sdpa and eager."""
 import pytest
 import torch
-
-from headflow import coco, interventions as iv
-from headflow.task import build_prompt, question_text
 from reference import run_reference
 from tiny_models import tiny_qwen2_vl
+
+from headflow.images import coco
+from headflow.mechanism import interventions as iv
+from headflow.task.prompt import build_prompt, question_text
 
 BASES = ["sdpa", "eager"]
 ATOL = 2e-5

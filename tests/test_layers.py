@@ -4,7 +4,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from headflow import layers
+from headflow.findings import layers
+from headflow.method import stats
 
 
 def _fit(attr):
@@ -22,7 +23,7 @@ def test_normalised_attribution_divides_by_the_image_effect_and_leaves_out_non_p
 def test_class_equal_mean_weights_classes_not_images():
     maps = {"a1": np.ones((1, 2)), "a2": np.ones((1, 2)), "a3": np.ones((1, 2)), "b1": np.zeros((1, 2))}
     classes = {"a1": "A", "a2": "A", "a3": "A", "b1": "B"}
-    np.testing.assert_allclose(layers.class_equal_mean(maps, classes), 0.5)
+    np.testing.assert_allclose(stats.class_equal_mean(maps, classes), 0.5)
 
 
 def test_layer_share_uses_the_positive_part_and_refuses_an_empty_map():

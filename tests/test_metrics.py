@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from headflow import metrics
+from headflow.method import metrics
 
 
 def test_ratio_of_sums_within_class_then_equal_class_weight():

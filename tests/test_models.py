@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from headflow import models
+from headflow.models import loading as models
 
 
 def test_load_organism(organism_model):

@@ -6,12 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import browser
 import pytest
 
-import browser
-from headflow import index, models, run, site
+from headflow.book import index, site
+from headflow.book import runner as run
+from headflow.util.paths import REPO_ROOT
 
-ROOT = models.REPO_ROOT
+ROOT = REPO_ROOT
 pytestmark = pytest.mark.slow
 
 

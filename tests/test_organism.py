@@ -2,12 +2,16 @@ import json
 
 import pytest
 import torch
+from conftest import TINY
 from safetensors.torch import load_file
 
-from headflow import data, evaluate, models, organism
-from headflow.task import question_text
-
-from conftest import TINY
+from headflow.images import fashionscenes as data
+from headflow.mechanism import evaluate
+from headflow.models import llava_builder
+from headflow.models import loading as models
+from headflow.organism import training as organism
+from headflow.task.prompt import question_text
+from headflow.util.paths import REPO_ROOT
 
 
 @pytest.mark.parametrize("name", list(models.ORGANISMS))
@@ -50,7 +54,7 @@ def test_default_organism_shares_the_scratch_vision_tower():
 
 
 def test_committed_chapter0_result_matches_the_training_log():
-    res = json.loads((models.REPO_ROOT / "book" / "results" / "organism.json").read_text())
+    res = json.loads((REPO_ROOT / "book" / "results" / "organism.json").read_text())
     for name in models.ORGANISMS:
         log = json.loads((models.ORGANISMS[name] / "training_log.json").read_text())
         got = res["by_organism"][name]["log_seed"]
@@ -86,10 +90,10 @@ def test_training_loop_runs_every_stage_and_saves(tmp_path):
 
 def test_frozen_parts_do_not_move_in_the_align_stage(tmp_path):
     """The align stage (LLaVA stage 1) trains the projector only: tower and language model stay put."""
-    processor = organism.build_processor()
+    processor = llava_builder.build_processor()
     recipe = organism.Recipe(**{**TINY.__dict__, "align_steps": 2, "align_batch": 4, "eval_every": 100,
                                 "n_eval_during": 8})
-    model = organism.build_model(processor, recipe)
+    model = llava_builder.build_model(processor, recipe)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     specs = data.sample_specs("test", 8, seed=3)
     images, _ = data.render_many(specs)
@@ -101,13 +105,13 @@ def test_frozen_parts_do_not_move_in_the_align_stage(tmp_path):
 
 
 def test_text_task_ids_match_the_tokenizer_and_targets_are_in_context():
-    tok = organism.build_tokenizer()
+    tok = llava_builder.build_tokenizer()
     task = organism.TextRetrieval(tok, seed=0, min_fillers=0, max_fillers=6)
     task.check(20)
     for _ in range(20):
         ids, target, words = task.sample()
         assert target in ids.tolist() and 3 <= len(words) <= 9
-        assert sum(w in organism.ANSWER_WORDS[q] for q in organism.ANSWER_WORDS for w in words) == 3
+        assert sum(w in data.ANSWER_WORDS[q] for q in data.ANSWER_WORDS for w in words) == 3
     ids, att, pos, y = task.batch(5)
     assert ids.shape == att.shape == pos.shape and y.shape == (5,)
     assert (ids[att == 0] == tok.pad_token_id).all() and (pos[:, -1] == att.sum(1) - 1).all()

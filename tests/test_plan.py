@@ -1,7 +1,8 @@
 """The paper-scale plan is checked without weights, and the `full` sweep validates as a dry run."""
 import pytest
 
-from headflow import plan, run
+from headflow.book import runner as run
+from headflow.scale import plan
 
 EXPECTED_IMAGE_TOKENS = {"llava": 576, "llava_next": 2340, "internvl": 13 * 256, "qwen2_vl": 391, "qwen2_5_vl": 391}
 

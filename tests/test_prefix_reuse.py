@@ -2,11 +2,12 @@
 import numpy as np
 import pytest
 import torch
-
-from headflow import coco, interventions as iv
-from headflow.prefix_reuse import PrefixReuse, position_ids
-from headflow.task import build_prompt, question_text
 from tiny_models import tiny_qwen2_vl
+
+from headflow.images import coco
+from headflow.mechanism import interventions as iv
+from headflow.mechanism.prefix_reuse import PrefixReuse, position_ids
+from headflow.task.prompt import build_prompt, question_text
 
 TOL = 1e-4
 
@@ -128,7 +129,9 @@ def _bf16_check(device):
     """The fast path in bfloat16 against the full forward in bfloat16, on the answer logit: a smoke
     test of the same code path at reduced precision (stated tolerance: 0.05 on a logit of order 1,
     and the per-mask values must rank alike)."""
-    from headflow import coco as _coco, experiment, tiny
+    from headflow.images import coco as _coco
+    from headflow.method import experiment
+    from headflow.models import tiny
 
     model, processor = tiny.build("llava")
     model = model.to(device=device, dtype=torch.bfloat16)

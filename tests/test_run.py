@@ -6,7 +6,7 @@ import nbformat
 import pytest
 import yaml
 
-from headflow import run
+from headflow.book import runner as run
 
 
 def _notebook(path, params_src, body):
@@ -73,7 +73,7 @@ def test_cli_unknown_notebook(tmp_path):
 def test_execute_writes_provenance(tmp_path, monkeypatch):
     src = tmp_path / "src"
     src.mkdir()
-    body = ("from headflow import outputs\n"
+    body = ("from headflow.book import outputs\n"
             "outputs.save_json('demo', {'n': n, 'twice': 2 * n})\n"
             "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([0, n])\n"
             "outputs.save_figure(fig, 'demo', show=False)\n")

@@ -1,12 +1,13 @@
 import pytest
 
-from headflow import data, organism
-from headflow.task import answer_token_ids, build_prompt, question_text
+from headflow.images import fashionscenes as data
+from headflow.models import llava_builder
+from headflow.task.prompt import answer_token_ids, build_prompt, question_text
 
 
 @pytest.fixture(scope="module")
 def processor():
-    return organism.build_processor()
+    return llava_builder.build_processor()
 
 
 def test_prompt_is_llava15_and_role_tokens_are_separate(processor):
@@ -17,7 +18,7 @@ def test_prompt_is_llava15_and_role_tokens_are_separate(processor):
 
 
 def test_every_answer_word_is_one_distinct_token(processor):
-    for words in organism.ANSWER_WORDS.values():
+    for words in data.ANSWER_WORDS.values():
         ids = answer_token_ids(processor, words, single_token=True)
         assert len(set(ids)) == len(words)
         assert processor.tokenizer.convert_ids_to_tokens(ids) == list(words)
@@ -47,4 +48,4 @@ def test_unknown_question_type():
 
 
 def test_classes_are_the_answer_words():
-    assert organism.ANSWER_WORDS["object"] == data.CLASSES
+    assert data.ANSWER_WORDS["object"] == data.CLASSES

@@ -4,8 +4,10 @@ import torch
 from PIL import Image
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaProcessor
 
-from headflow import coco, organism, tokens
-from headflow.task import build_prompt, question_text
+from headflow.images import coco
+from headflow.mechanism import tokens
+from headflow.models import llava_builder
+from headflow.task.prompt import build_prompt, question_text
 
 try:
     from transformers import CLIPImageProcessorPil as ImageProcessor
@@ -54,9 +56,9 @@ def test_object_tokens_are_patches_touched_by_the_mask(tiny_llava):
 def _llava15_like():
     """A tiny random LLaVA with LLaVA-1.5's image geometry: 336 px, patch 14 -> 576 image tokens,
     shortest-edge resize + centre crop, and a different chat template (with a system line)."""
-    tok = organism.build_tokenizer()
+    tok = llava_builder.build_tokenizer()
     ip = ImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_center_crop=True)
-    template = organism.CHAT_TEMPLATE.replace("{% for message in messages %}",
+    template = llava_builder.CHAT_TEMPLATE.replace("{% for message in messages %}",
                                               "A chat between a user and an assistant. {% for message in messages %}", 1)
     proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
                           num_additional_image_tokens=1, chat_template=template)

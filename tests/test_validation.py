@@ -2,7 +2,9 @@
 import numpy as np
 import torch
 
-from headflow import experiment, interventions as iv, validation
+from headflow.findings import validation
+from headflow.mechanism import interventions as iv
+from headflow.method import experiment
 
 
 def test_planted_sets_avoid_the_excluded_heads_and_have_the_sizes():
@@ -13,7 +15,7 @@ def test_planted_sets_avoid_the_excluded_heads_and_have_the_sizes():
 
 
 def _task(processor):
-    from headflow import coco
+    from headflow.images import coco
 
     f = coco.resolve_set("fashionscenes/eval")
     return experiment.prepare(processor, coco.load_set(f)[:1], coco.class_names(f),
@@ -51,7 +53,7 @@ def test_planted_redundancy_single_heads_do_nothing_the_pair_does_everything(tin
 def test_recover_scores_the_planted_model_with_every_ranker(tiny_llava):
     """The gradient and attention rankers read the planted model: attribution patching is 0 outside S,
     and attention weight differs from the organism's own for heads outside S (they read the baseline)."""
-    from headflow import rankings
+    from headflow.method import rankings
 
     model, processor = tiny_llava
     iv.install(model, "sdpa")

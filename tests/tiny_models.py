@@ -1,5 +1,5 @@
 """The tiny family models of :mod:`headflow.tiny`, as the older tests name them."""
-from headflow import tiny
+from headflow.models import tiny
 
 
 def tiny_qwen2_vl():

@@ -1,0 +1,314 @@
+"""Execute the book's notebooks with papermill and record their provenance.
+
+    python -m headflow.run --profile {ci,default,full,families} [--only NAME] [--out book] [-p NAME:KEY=VALUE]
+
+Each ``notebooks/NN-name.ipynb`` runs with its own ``parameters`` cell overridden by the
+profile (``notebooks/profiles.yml``) and by ``-p`` options; every given parameter must exist in
+that cell and have its type (a misspelled name is an error, not a warning).  The executed copy
+goes to ``<out>/NN-name.ipynb``, and ``<out>/_provenance/NN-name.json`` records the parameters,
+git commit, a hash of ``lib/``, package versions, seeds and the sha256 of every figure and
+results file the notebook wrote.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import papermill as pm
+import yaml
+
+from headflow.book import index
+from headflow.book.outputs import book_dir
+from headflow.util.hashing import sha256
+from headflow.util.paths import REPO_ROOT
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+PROFILE_FILE = NOTEBOOK_DIR / "profiles.yml"
+PROFILES = ("ci", "default", "full", "families")
+VERSIONED = ("headflow", "torch", "transformers", "numpy", "scikit-learn", "papermill", "nbformat",
+             "matplotlib", "seaborn", "pycocotools", "jupyter-book")
+
+
+class ParameterError(ValueError):
+    """A parameter that the notebook does not declare, or of the wrong type."""
+
+
+# ------------------------------------------------------------------------------------ notebooks
+def notebooks(only: str | None = None) -> list[Path]:
+    """Source notebooks in chapter order; ``only`` selects by name (with or without ``.ipynb``)."""
+    paths = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]-*.ipynb"))
+    if only is None:
+        return paths
+    names = [p.stem for p in paths]
+    chosen = [p for p in paths if p.stem == only.removesuffix(".ipynb") or p.stem.split("-", 1)[1] == only]
+    if not chosen:
+        hint = difflib.get_close_matches(only, names, n=1)
+        raise SystemExit(f"no notebook named {only!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                         + f" Notebooks: {', '.join(names)}")
+    return chosen
+
+
+def declared_parameters(path: Path) -> dict:
+    """``{name: default}`` from the cell tagged ``parameters`` (literal assignments only)."""
+    nb = json.loads(path.read_text())
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ParameterError(f"{path.name} must have exactly one cell tagged 'parameters', found {len(cells)}")
+    src = "".join(cells[0]["source"])
+    out = {}
+    for node in ast.parse(src).body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise ParameterError(f"{path.name}: the parameters cell may only hold `name = literal` lines")
+        out[node.targets[0].id] = ast.literal_eval(node.value)
+    return out
+
+
+def _type_ok(default, value) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if default is None:
+        return True
+    return isinstance(value, type(default))
+
+
+def validate(path: Path, params: dict) -> dict:
+    """Check ``params`` against the notebook's parameters cell; return the effective parameters."""
+    declared = declared_parameters(path)
+    for name, value in params.items():
+        if name not in declared:
+            hint = difflib.get_close_matches(name, declared, n=1)
+            raise ParameterError(f"{path.name} has no parameter {name!r}"
+                                 + (f"; did you mean {hint[0]!r}?" if hint else "")
+                                 + f" Its parameters: {', '.join(declared)}")
+        if not _type_ok(declared[name], value):
+            raise ParameterError(f"{path.name}: parameter {name!r} must be {type(declared[name]).__name__} "
+                                 f"(default {declared[name]!r}), got {type(value).__name__} {value!r}")
+    return {**declared, **params}
+
+
+def profile_parameters(profile: str, name: str, profile_file: Path = PROFILE_FILE) -> dict:
+    if profile not in PROFILES:
+        raise SystemExit(f"unknown profile {profile!r}; choose one of {PROFILES}")
+    profiles = yaml.safe_load(profile_file.read_text()) or {}
+    return dict((profiles.get(profile) or {}).get(name) or {})
+
+
+def sweep_of(profile: str, profile_file: Path = PROFILE_FILE) -> dict | None:
+    """The ``_sweep`` section of a profile (a list of models, each run into its own folder), or None."""
+
+    profiles = yaml.safe_load(profile_file.read_text()) or {}
+    return (profiles.get(profile) or {}).get("_sweep")
+
+
+def profile_notebooks(profile: str, profile_file: Path = PROFILE_FILE) -> list[str]:
+    profiles = yaml.safe_load(profile_file.read_text()) or {}
+    return [k for k in (profiles.get(profile) or {}) if not k.startswith("_")]
+
+
+def model_folder(model: str) -> str:
+    """The output folder name of one model of a sweep (``org/name`` -> ``org__name``,
+    ``tiny:family`` -> ``tiny_family``)."""
+    return model.replace("/", "__").replace(":", "_")
+
+
+def parse_override(text: str) -> tuple[str, str, object]:
+    """``NOTEBOOK:KEY=VALUE`` -> (notebook, key, literal value); strings need no quotes."""
+    if "=" not in text or ":" not in text.split("=", 1)[0]:
+        raise SystemExit(f"-p takes NOTEBOOK:KEY=VALUE (e.g. 03-head-attribution:n_masks=500), got {text!r}")
+    target, value = text.split("=", 1)
+    nb, key = target.split(":", 1)
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    return nb, key, parsed
+
+
+# ------------------------------------------------------------------------------------ provenance
+def lib_hash() -> str:
+    """sha256 over the package's source files (names and contents)."""
+    h = hashlib.sha256()
+    for p in sorted((REPO_ROOT / "lib" / "headflow").rglob("*.py")):
+        h.update(p.relative_to(REPO_ROOT).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def git_commit() -> dict:
+    def git(*args):
+        r = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+    status = git("status", "--porcelain", "--", "lib", "notebooks")
+    return {"commit": git("rev-parse", "HEAD"), "lib_or_notebooks_modified": bool(status)}
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _snapshot(out: Path) -> dict:
+    files = {}
+    for sub in ("figures", "results"):
+        for p in (out / sub).glob("*"):
+            if p.is_file():
+                files[p.relative_to(out).as_posix()] = p.stat().st_mtime_ns
+    return files
+
+
+def _stores_read(log: Path) -> list[dict]:
+    """The run stores a notebook opened: key (folder name), the parameters and fingerprint it is keyed
+    by, units found at opening (hits) and units computed during the run."""
+    seen: dict[str, dict] = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            rec = json.loads(line)
+            seen.setdefault(rec["store"], rec)
+        log.unlink()
+    out = []
+    for root, rec in seen.items():
+        root = Path(root)
+        n_now = len([p for p in root.glob("*.npz") if not p.name.startswith(".")])
+        params = json.loads((root / "params.json").read_text()) if (root / "params.json").exists() else {}
+        out.append({"key": root.name, "keyed_by": params, "units_hit": rec["units_found"],
+                    "units_computed": n_now - rec["units_found"]})
+    return out
+
+
+def collapse_code(executed: Path) -> None:
+    """Tag every code cell of an executed notebook ``hide-input`` (the injected parameters too), so
+    the rendered chapter reads like a paper: narrative, figures and tables in view, code one click away."""
+    nb = json.loads(executed.read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+            if "hide-input" not in tags:
+                tags.append("hide-input")
+    executed.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+# ------------------------------------------------------------------------------------ running
+def execute(path: Path, params: dict, out: Path, profile: str, timeout: int | None = None) -> dict:
+    """Run one notebook with papermill into ``out`` and write its provenance record."""
+
+    effective = validate(path, params)
+    out.mkdir(parents=True, exist_ok=True)
+    before = _snapshot(out)
+    os.environ["HEADFLOW_BOOK_DIR"] = str(out.resolve())
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    store_log = out / "_provenance" / f".{path.stem}.stores.jsonl"
+    store_log.parent.mkdir(parents=True, exist_ok=True)
+    store_log.unlink(missing_ok=True)
+    os.environ["HEADFLOW_STORE_LOG"] = str(store_log)
+    t0 = time.time()
+    pm.execute_notebook(str(path), str(out / path.name), parameters=params, kernel_name="python3",
+                        cwd=str(NOTEBOOK_DIR), progress_bar=False, execution_timeout=timeout)
+    wall = time.time() - t0
+    collapse_code(out / path.name)
+    os.environ.pop("HEADFLOW_STORE_LOG", None)
+    stores = _stores_read(store_log)
+    after = _snapshot(out)
+    written = sorted(k for k, v in after.items() if before.get(k) != v)
+    record = {"notebook": path.name, "profile": profile, "parameters": effective, "overrides": params,
+              "seeds": {k: v for k, v in effective.items() if "seed" in k},
+              "wall_seconds": round(wall, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "git": git_commit(), "lib_sha256": lib_hash(), "versions": versions(),
+              "run_stores": stores, "outputs": {k: sha256(out / k) for k in written}}
+    prov = out / "_provenance" / f"{path.stem}.json"
+    prov.parent.mkdir(parents=True, exist_ok=True)
+    prov.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return record
+
+
+def provenance_records(include_self: bool = False) -> list[dict]:
+    """The provenance records of ``book/_provenance``, in chapter order (without this appendix's own
+    unless ``include_self``)."""
+
+    return [json.loads(p.read_text()) for p in sorted((book_dir() / "_provenance").glob("*.json"))
+            if include_self or not p.stem.startswith("99-")]
+
+
+def provenance_table(records: list[dict]):
+    """One row per executed chapter: profile, wall seconds, commit, whether ``lib/`` or the notebooks
+    were modified, the ``lib/`` hash and the number of outputs."""
+
+    return pd.DataFrame([{"chapter": r["notebook"], "profile": r["profile"], "wall s": r["wall_seconds"],
+                          "finished": r["finished"], "commit": (r["git"]["commit"] or "")[:10],
+                          "modified": r["git"]["lib_or_notebooks_modified"], "lib sha256": r["lib_sha256"][:12],
+                          "outputs": len(r["outputs"])} for r in records])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="Execute the book's notebooks with papermill.")
+    ap.add_argument("--profile", choices=PROFILES, default="default")
+    ap.add_argument("--only", help="run only this notebook (e.g. 01-task-and-models)")
+    ap.add_argument("--out", type=Path, default=REPO_ROOT / "book")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="NOTEBOOK:KEY=VALUE",
+                    help="override one parameter of one notebook (repeatable)")
+    ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    ap.add_argument("--dry-run", action="store_true", help="validate every run and list them, run nothing")
+    a = ap.parse_args(argv)
+    paths = notebooks(a.only)
+    overrides: dict[str, dict] = {}
+    for text in a.param:
+        nb, key, value = parse_override(text)
+        notebooks(nb)  # the notebook must exist
+        overrides.setdefault(nb.removesuffix(".ipynb"), {})[key] = value
+    if a.profile == "families" and (REPO_ROOT / "book").resolve() in [a.out.resolve(), *a.out.resolve().parents]:
+        raise SystemExit("the families profile runs mechanics checks on random-weight models, never into book/: "
+                         "give --out a folder outside it (e.g. --out /tmp/families)")
+    sweep = sweep_of(a.profile)
+    if sweep:  # one run per model, each into its own folder, only the notebooks the profile names
+        listed = set(profile_notebooks(a.profile))
+        paths = [p for p in paths if p.stem in listed]
+        shared = {k: v for k, v in sweep.items() if k not in ("model", "workload")}  # image_set, image_size ...
+        runs = [(a.out / model_folder(m), {"model": m, **shared}) for m in sweep["model"]]
+    else:
+        runs = [(a.out, {})]
+    # validate everything before running anything
+    plans = []
+    for out, common in runs:
+        for p in paths:
+            declared = declared_parameters(p)
+            params = {**{k: v for k, v in common.items() if k in declared},
+                      **profile_parameters(a.profile, p.stem), **overrides.get(p.stem, {})}
+            try:
+                validate(p, params)
+            except ParameterError as e:
+                raise SystemExit(f"error: {e}") from None
+            plans.append((p, params, out))
+    if a.dry_run:
+        for p, params, out in plans:
+            print(f"[headflow.run] would run {p.name} ({a.profile}) into {out}: {params}")
+        print(f"[headflow.run] dry run: {len(plans)} runs validated")
+        return
+    for p, params, out in plans:
+        print(f"[headflow.run] {p.name} ({a.profile}) {params}", flush=True)
+        rec = execute(p, params, out, a.profile, a.timeout)
+        print(f"[headflow.run] {p.name} done in {rec['wall_seconds']} s; wrote {len(rec['outputs'])} files",
+              flush=True)
+    if (a.out / "index.md").exists():
+        index.write(a.out)
+        print(f"[headflow.run] status table of {a.out / 'index.md'} regenerated from {a.out / 'results'}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

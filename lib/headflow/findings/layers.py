@@ -1,0 +1,290 @@
+"""Where the heads are (chapter 5): how head attribution spreads over layers, and where the class
+becomes linearly decodable.
+
+Attribution maps are ``(n_layers, n_heads)``.  The rules, stated once:
+
+- **Normalised attribution** of an image: its attribution map divided by its *image effect*
+  ``y_clean - y_none`` (the logit lost when every head is ablated), so images with large logits
+  do not dominate.  Images whose effect is not positive are left out and counted.
+- **Class-equal mean**: the mean over an image set's classes of each class's mean map.
+- **Layer share**: the share of a map's *positive* attribution in each layer,
+  ``sum_h max(a_lh, 0) / sum_lh max(a_lh, 0)`` (heads whose ablation raises the logit carry no
+  flow to the answer; the denominator is a sum of positive parts, so it cannot be near zero
+  unless nothing carries flow, which is an error).
+- **Top heads at cut-off c**: the ``round(c * n_heads_total)`` (at least 1) heads of largest
+  class-equal mean normalised attribution.
+- Uncertainty: bootstrap over images, resampled within each class, recomputing exactly the
+  reported statistic (class-equal mean, then share or count).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import spearmanr
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from headflow.images import coco
+from headflow.mechanism import tokens
+from headflow.mechanism.evaluate import wilson_interval
+from headflow.method import experiment
+from headflow.method.stats import class_equal_mean
+from headflow.method.study import pick_per_class
+
+
+# ------------------------------------------------------------------------------------ attribution by layer
+def normalised_attribution(fits: dict, runs: dict, n_layers: int, n_heads: int) -> tuple[dict, list[str]]:
+    """Per image ``attribution / (y_clean - y_none)`` as ``(n_layers, n_heads)``; returns
+    ``(maps, left_out)`` where ``left_out`` lists the images with a non-positive image effect."""
+    maps, left_out = {}, []
+    for key, f in fits.items():
+        effect = float(runs[key]["y_clean"]) - float(runs[key]["y_none"])
+        if effect <= 0:
+            left_out.append(key)
+            continue
+        maps[key] = f.attribution.reshape(n_layers, n_heads) / effect
+    return maps, left_out
+
+
+def layer_share(m: np.ndarray) -> np.ndarray:
+    """Share of the positive attribution per layer, ``(n_layers,)``; see the module rules."""
+    pos = np.clip(np.asarray(m, float), 0, None)
+    total = pos.sum()
+    if total <= 0:
+        raise ValueError("no head has positive attribution: the map carries no flow to share out")
+    return pos.sum(axis=-1) / total
+
+
+def per_class_shares(maps: dict, classes: dict) -> dict:
+    """Layer share of each class's mean map: ``{class: (n_layers,)}`` (classes with no positive map left out)."""
+    by: dict[str, list] = {}
+    for key, m in maps.items():
+        by.setdefault(classes[key], []).append(m)
+    out = {}
+    for c, v in sorted(by.items()):
+        mean = np.mean(v, axis=0)
+        if (mean > 0).any():
+            out[c] = layer_share(mean)
+    return out
+
+
+def n_top(share: float, n_total: int) -> int:
+    return max(1, int(round(share * n_total)))
+
+
+def top_per_layer(m: np.ndarray, share: float) -> np.ndarray:
+    """How many of the top ``share`` of heads sit in each layer, ``(n_layers,)``."""
+    n_layers, n_heads = m.shape
+    top = np.argsort(-m.ravel(), kind="stable")[:n_top(share, m.size)]
+    return np.bincount(top // n_heads, minlength=n_layers)
+
+
+def bootstrap_maps(maps: dict, classes: dict, n_boot: int, seed: int) -> np.ndarray:
+    """``(n_boot, n_layers, n_heads)``: class-equal means of image sets resampled within classes."""
+    rng = np.random.default_rng(seed)
+    by: dict[str, list] = {}
+    for key, m in maps.items():
+        by.setdefault(classes[key], []).append(m)
+    stacks = [np.stack(v) for v in by.values()]
+    out = np.empty((n_boot,) + stacks[0].shape[1:])
+    for b in range(n_boot):
+        out[b] = np.mean([s[rng.integers(0, len(s), len(s))].mean(0) for s in stacks], axis=0)
+    return out
+
+
+def ci(draws: np.ndarray, level: float = 0.95) -> np.ndarray:
+    """Percentile interval over the first axis: ``(2, ...)``."""
+    a = (1 - level) / 2
+    return np.quantile(draws, [a, 1 - a], axis=0)
+
+
+def summarise(maps: dict, classes: dict, cutoffs: Sequence[float], n_boot: int, seed: int,
+              late_from: int | None = None) -> dict:
+    """Layer shares and top-head layers of one model, each with its bootstrap interval.
+
+    ``late_from``: first layer counted as "late" (default: the second half).  Returns a dict with
+    ``share_per_layer`` (+ ``_ci``), ``by_cutoff[c]`` = per-layer counts of the top heads, the share
+    of them in late layers and in layer 0, their mean layer (each + ``_ci``), and ``boot_draws``
+    (the bootstrap draws of the layer-0 share and of the top-10% mean layer, for contrasts)."""
+    m = class_equal_mean(maps, classes)
+    n_layers = m.shape[0]
+    late_from = n_layers // 2 if late_from is None else late_from
+    boots = bootstrap_maps(maps, classes, n_boot, seed)
+    shares = np.stack([layer_share(b) for b in boots])
+    out = {"n_images": len(maps), "n_classes": len(set(classes[k] for k in maps)), "n_boot": n_boot,
+           "late_from_layer": late_from, "class_mean_map": m,
+           "share_per_layer": layer_share(m), "share_per_layer_ci": ci(shares).T, "by_cutoff": {},
+           "per_class_share": per_class_shares(maps, classes)}
+
+    def stats(x, share):
+        counts = top_per_layer(x, share)
+        k = counts.sum()
+        return counts, counts[late_from:].sum() / k, counts[0] / k, float(np.arange(n_layers) @ counts / k)
+
+    draws = {}
+    for c in cutoffs:
+        counts, late, zero, mean_layer = stats(m, c)
+        b = np.array([stats(x, c)[1:] for x in boots])
+        draws[c] = b
+        out["by_cutoff"][str(c)] = {
+            "n_top": int(counts.sum()), "per_layer": counts, "late_share": late, "late_share_ci": ci(b[:, 0]),
+            "layer0_share": zero, "layer0_share_ci": ci(b[:, 1]), "mean_layer": mean_layer,
+            "mean_layer_ci": ci(b[:, 2])}
+    out["boot_draws"] = {"layer0_attribution_share": shares[:, 0],
+                         **{f"mean_layer_top{c}": d[:, 2] for c, d in draws.items()}}
+    return out
+
+
+def contrast(a: dict, b: dict, stat: str) -> dict:
+    """``a - b`` of one bootstrapped statistic of two independent :func:`summarise` results, with a
+    95% interval from differences of independent draws."""
+    da, db = np.asarray(a["boot_draws"][stat]), np.asarray(b["boot_draws"][stat])
+    n = min(len(da), len(db))
+    diff = da[:n] - db[:n]
+    return {"statistic": stat, "difference": float(np.median(diff)), "ci": ci(diff).tolist(),
+            "excludes_zero": bool((ci(diff) > 0).all() or (ci(diff) < 0).all())}
+
+
+# ------------------------------------------------------------------------------------ attention as a proxy
+def proxy_correlation(proxy: dict, maps: dict, classes: dict, n_boot: int, seed: int) -> dict:
+    """Spearman rho over heads between the class-equal mean of a per-image proxy (e.g. attention
+    weight, ``key -> (n_layers, n_heads)``) and the class-equal mean normalised attribution, with a
+    95% bootstrap interval (images resampled within classes, the same draws for both)."""
+
+    keys = [k for k in maps if k in proxy]
+    by: dict[str, list] = {}
+    for k in keys:
+        by.setdefault(classes[k], []).append(k)
+    groups = [np.array(v) for v in by.values()]
+
+    def rho(picks):
+        a = np.mean([np.mean([maps[k] for k in g], axis=0) for g in picks], axis=0).ravel()
+        b = np.mean([np.mean([proxy[k] for k in g], axis=0) for g in picks], axis=0).ravel()
+        return float(spearmanr(a, b)[0])
+
+    rng = np.random.default_rng(seed)
+    draws = np.array([rho([g[rng.integers(0, len(g), len(g))] for g in groups]) for _ in range(n_boot)])
+    return {"rho": rho(groups), "ci": ci(draws).tolist(), "n_images": len(keys), "n_boot": n_boot}
+
+
+# ------------------------------------------------------------------------------------ probes
+@torch.inference_mode()
+def residual_states(model, tasks, image_positions: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
+    """Language-model residual stream of each task's prompt (batch of 1 each), after the embedding
+    (layer 0) and after each decoder layer: ``final (N, L+1, D)``, ``image_mean (N, L+1, D)`` (the
+    mean over the image positions), ``image_tokens (N, n_image, D)`` at the input (layer 0)."""
+    final, mean, single = [], [], []
+    for t, pos in zip(tasks, image_positions):
+        hs = model(**t.inputs, output_hidden_states=True).hidden_states  # L+1 x (1, T, D)
+        h = torch.stack([x[0] for x in hs])  # (L+1, T, D)
+        final.append(h[:, -1].float().numpy())
+        mean.append(h[:, pos].mean(1).float().numpy())
+        single.append(h[0, pos].float().numpy())
+    return {"final": np.stack(final), "image_mean": np.stack(mean), "image_tokens": np.stack(single)}
+
+
+def probe_accuracy(X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> float:
+    """Cross-validated accuracy of a logistic-regression probe (features standardised), folds
+    stratified by class."""
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    pred = cross_val_predict(probe, X, y, cv=cv)
+    return float((pred == y).mean())
+
+
+def probes_by_layer(states: dict, labels: np.ndarray, folds: int = 5, seed: int = 0) -> dict:
+    """Class-probe accuracy per layer for the final token and the mean image token, and for single
+    image tokens at the language model's input (mean and max over image positions)."""
+
+    n = len(labels)
+    out = {"n_images": n, "folds": folds, "chance": float(np.bincount(labels).max() / n)}
+    for name in ("final", "image_mean"):
+        acc = [probe_accuracy(states[name][:, layer], labels, folds, seed) for layer in range(states[name].shape[1])]
+        out[name] = acc
+        out[name + "_ci"] = [wilson_interval(int(round(a * n)), n) for a in acc]
+    tokens = states["image_tokens"]
+    single = [probe_accuracy(tokens[:, p], labels, folds, seed) for p in range(tokens.shape[1])]
+    out["single_image_token_input"] = {"mean": float(np.mean(single)), "max": float(np.max(single)),
+                                       "per_position": single}
+    return out
+
+
+# ------------------------------------------------------------------------------------ one model, end to end
+def analyse(st, fits: dict, runs: dict, cutoffs: Sequence[float], n_boot: int, seed: int,
+            n_probe_per_class: int = 0, folds: int = 5) -> dict:
+    """Chapter 5's analyses of one study: :func:`summarise` of the normalised attribution of its
+    images, plus class probes by layer on ``n_probe_per_class`` images of each class of the set
+    (0: all), answered correctly or not (decodability does not need a correct answer)."""
+
+    maps, left_out = normalised_attribution(fits, runs, st.n_layers, st.n_heads)
+    classes = {t.key: t.class_name for t in st.tasks}
+    out = summarise(maps, classes, cutoffs, n_boot, seed)
+    out["left_out_non_positive_effect"] = left_out
+    examples = pick_per_class(coco.load_set(coco.resolve_set(st.meta["image_set"]),
+                                             size=tuple(st.meta.get("image_size") or ()) or None), n_probe_per_class)
+    tasks = experiment.prepare(st.processor, examples, st.words, st.question)
+    pos = [tokens.resolve(st.processor, st.model.config, st.question, t.inputs)["image"] for t in tasks]
+    labels = np.array([st.words.index(e.class_name) for e in examples])
+    out["probe_by_layer"] = probes_by_layer(residual_states(st.model, tasks, pos), labels, folds, seed)
+    return out
+
+
+# ------------------------------------------------------------------------------------ tables and results
+def cutoff_table(results: dict):
+    """A DataFrame: per model and cut-off, the share of the top heads in late layers and in layer 0,
+    and their mean layer, each with its 95% interval."""
+
+    rows = []
+    for name, r in results.items():
+        for c, d in r["by_cutoff"].items():
+            fmt = lambda v, lohi, pct=True: (f"{v:.0%} [{lohi[0]:.0%}, {lohi[1]:.0%}]" if pct  # noqa: E731
+                                             else f"{v:.2f} [{lohi[0]:.2f}, {lohi[1]:.2f}]")
+            rows.append({"model": name, "top heads": f"{float(c):.0%} ({d['n_top']})",
+                         f"in layers >= {r['late_from_layer']}": fmt(d["late_share"], d["late_share_ci"]),
+                         "in layer 0": fmt(d["layer0_share"], d["layer0_share_ci"]),
+                         "mean layer": fmt(d["mean_layer"], d["mean_layer_ci"], pct=False)})
+    return pd.DataFrame(rows).set_index(["model", "top heads"])
+
+
+def results_json(results: dict, default: str, contrast_model: str, contrast: dict, proxies: dict) -> dict:
+    """``book/results/where_heads.json``: the default model's numbers at the top level, every
+    model under ``by_organism``, the contrast, and the attention-weight comparison."""
+    def one(r):
+        top10 = r["by_cutoff"].get("0.1")
+        m = np.asarray(r["class_mean_map"])
+        order = np.argsort(-m.ravel(), kind="stable")
+        return {"n_images": r["n_images"], "n_boot": r["n_boot"], "late_from_layer": r["late_from_layer"],
+                "left_out_non_positive_effect": r["left_out_non_positive_effect"],
+                "share_per_layer": r["share_per_layer"], "share_per_layer_ci": r["share_per_layer_ci"],
+                "top10_layers": None if top10 is None else top10["per_layer"],
+                "top10_heads": [] if top10 is None else [[int(h // m.shape[1]), int(h % m.shape[1])]
+                                                          for h in order[:top10["n_top"]]],
+                "by_cutoff": r["by_cutoff"], "probe_by_layer": r["probe_by_layer"], "class_mean_map": m,
+                "per_class_share": r["per_class_share"]}
+
+    by = {name: one(r) for name, r in results.items()}
+    d = by[default]
+    return {"model": default, "share_per_layer": d["share_per_layer"], "top10_layers": d["top10_layers"],
+            "top_heads": d["top10_heads"], "by_cutoff": d["by_cutoff"], "probe_by_layer": d["probe_by_layer"],
+            "by_organism": by, "contrast_model": contrast_model, "contrast": contrast,
+            "attention_proxies": proxies}
+
+
+def probe_table(results: dict):
+    """A DataFrame of the headline probe accuracies per model (single and mean image tokens at the
+    language model's input, the final token after the first layer, chance)."""
+
+    def row(p):
+        single = p["single_image_token_input"]
+        return {"single image token at input (mean over positions)": single["mean"],
+                "single image token at input (best position)": single["max"],
+                "mean image token at input": p["image_mean"][0], "final token after layer 1": p["final"][1],
+                "chance": p["chance"]}
+
+    return pd.DataFrame({m: row(r["probe_by_layer"]) for m, r in results.items()})

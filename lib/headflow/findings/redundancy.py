@@ -1,0 +1,75 @@
+"""Single-head ablation is not enough (chapter 2): single-head effects against the all-heads
+effect, and random head sets ablated together against the sum of their single effects.
+
+Shares divide by an image's effect ``y_clean - y_none``; images whose effect is not positive are
+left out (and counted), so no share divides by a quantity near zero or negative.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from headflow.method import metrics, rankings
+from headflow.method.experiment import masks_y
+
+
+def single_and_joint(st) -> tuple[dict, dict]:
+    """Per image: single-head effects ``(n_layers, n_heads)`` and the all-heads effect."""
+    single, joint = {}, {}
+    ends = torch.stack([torch.ones(st.n_layers, st.n_heads, dtype=torch.bool),
+                        torch.zeros(st.n_layers, st.n_heads, dtype=torch.bool)])
+    for t in st.tasks:
+        single[t.key] = rankings.single_head(st.model, t, st.baseline, st.target)
+        y = masks_y(st.model, t, st.baseline, ends, st.target)
+        joint[t.key] = float(y[0] - y[1])
+    return single, joint
+
+
+def usable(joint: dict) -> tuple[list[str], list[str]]:
+    """``(keys with a positive image effect, keys left out)``."""
+    return [k for k, j in joint.items() if j > 0], [k for k, j in joint.items() if not j > 0]
+
+
+def random_sets(st, single: dict, joint: dict, n_random_sets: int, seed: int, n_k: int = 10):
+    """For random sets of k heads (``n_random_sets`` per k on a ``n_k``-point grid), per image with a
+    positive effect: the logit lost ablating the set together and the sum of its single effects, both
+    over the image effect.  Returns a DataFrame (image, k, sum_of_singles, joint)."""
+
+    rng = np.random.default_rng(seed)
+    H = st.n_layers * st.n_heads
+    ks = [k for k in metrics.k_grid(H, n_k) if k > 0]
+    keep_key = set(usable(joint)[0])
+    rows = []
+    for t in st.tasks:
+        masks, meta = [], []
+        for k in ks:
+            for _ in range(n_random_sets):
+                heads = rng.choice(H, k, replace=False)
+                keep = torch.ones(H, dtype=torch.bool)
+                keep[torch.as_tensor(heads)] = False
+                masks.append(keep.view(st.n_layers, st.n_heads))
+                meta.append((k, float(single[t.key].ravel()[heads].sum())))
+        if t.key not in keep_key:
+            continue
+        clean = torch.ones(1, st.n_layers, st.n_heads, dtype=torch.bool)
+        y = masks_y(st.model, t, st.baseline, torch.cat([torch.stack(masks), clean]), st.target)
+        for (k, s), yk in zip(meta, y[:-1]):
+            rows.append({"image": t.key, "k": k, "sum_of_singles": s / joint[t.key], "joint": (y[-1] - yk) / joint[t.key]})
+    return pd.DataFrame(rows)
+
+
+def summary_json(model: str, st, single: dict, joint: dict, red) -> dict:
+    """``book/results/single_head.json`` (medians over images with a positive effect)."""
+    keys, left = usable(joint)
+    S = np.stack([single[k].ravel() for k in keys])
+    J = np.array([joint[k] for k in keys])
+    by_k = red.groupby("k")[["sum_of_singles", "joint"]].median()
+    big = by_k.index[-2]
+    sums = by_k.loc[big, "sum_of_singles"]
+    return {"model": model, "n_images": len(keys), "n_asked": st.n_images, "left_out_non_positive_effect": left,
+            "median_max_single_share": float(np.median(S.max(1) / J)),
+            "median_sum_single_share": float(np.median(S.sum(1) / J)), "median_joint_effect": float(np.median(J)),
+            "redundancy_by_k": by_k.reset_index().to_dict("records"), "superadditivity_k": int(big),
+            # the ratio needs a positive sum of single effects; with none the sets are called super-additive (inf)
+            "superadditivity": float(by_k.loc[big, "joint"] / sums) if sums > 0 else float("inf")}

@@ -1,0 +1,275 @@
+"""Does head attribution find what is really there?  Models with planted ground truth.
+
+No real model says which heads truly carry the flow; a model built so that its answer is known
+does.  Both constructions below start from a trained organism and act only through the one
+intervention mechanism (head ablation of image keys/values, :mod:`headflow.mechanism.interventions`):
+
+**Planted flow** (:class:`PlantedFlow`): every head outside a planted set S is *always* ablated, so
+the image reaches the answer only through S; the other heads' image keys/values carry nothing
+(the dataset-mean baseline).  The model's y under a mask ``keep`` is the organism's y under
+``keep & S``.  A method recovers the truth if its top |S| heads are S (precision at |S|).
+
+**Planted redundancy** (:class:`PlantedRedundancy`): two heads A and B, each alone carrying image
+flow (all other heads ablated), behind a saturating unit that passes the flow as soon as either
+head is kept: ``y(keep) = y_none + J * min(1, keep_A + keep_B)`` with ``J = max(a, b, 0)``, where
+``a = y(only A kept) - y_none`` and ``b = y(only B kept) - y_none`` are measured on the organism.
+Either head alone is enough, so ablating one changes nothing: single-head ablation sees 0 for
+each, while the pair's joint effect is ``J``.  This is the paper's Fig. 1A argument, in a model whose
+truth is known.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from headflow.findings import layers
+from headflow.method import attribution, metrics, rankings, stats
+from headflow.method.experiment import masks_y
+
+
+@dataclass
+class PlantedFlow:
+    """The organism with image flow confined to ``heads`` (flat indices)."""
+
+    model: object
+    baseline: object
+    n_layers: int
+    n_heads: int
+    heads: np.ndarray
+    target: str = "logit"
+
+    @property
+    def keep_planted(self) -> torch.Tensor:
+        k = torch.zeros(self.n_layers * self.n_heads, dtype=torch.bool)
+        k[torch.as_tensor(self.heads, dtype=torch.long)] = True
+        return k.view(self.n_layers, self.n_heads)
+
+    def y(self, task, keep: torch.Tensor, batch_size: int = 128) -> np.ndarray:
+        """``keep (M, n_layers, n_heads)`` -> y ``(M,)`` of the planted model."""
+        return masks_y(self.model, task, self.baseline, keep & self.keep_planted, self.target, batch_size)
+
+    def attention_weight(self, task) -> np.ndarray:
+        """Value-weighted final-token attention to the image, ``(n_layers * n_heads,)``, read with the
+        heads outside S ablated (what the planted model's heads really read)."""
+        return rankings.attention_weight(self.model, task, "final", "value-norm", self.keep_planted,
+                                         self.baseline).ravel()
+
+    def attribution_patching(self, task) -> np.ndarray:
+        """Attribution patching of the planted model (heads outside S held at the baseline),
+        ``(n_layers * n_heads,)``."""
+        return rankings.attribution_patching(self.model, task, self.baseline, self.target, self.keep_planted).ravel()
+
+
+@dataclass
+class PlantedRedundancy:
+    """Two heads behind a saturating unit (see the module docstring); ``a``/``b`` per image."""
+
+    model: object
+    baseline: object
+    n_layers: int
+    n_heads: int
+    pair: tuple[int, int]
+    target: str = "logit"
+
+    def pieces(self, task) -> tuple[float, float, float]:
+        """``(y_none, a, b)`` of the organism on this image."""
+        H = self.n_layers * self.n_heads
+        keep = torch.zeros(3, H, dtype=torch.bool)
+        keep[1, self.pair[0]] = True
+        keep[2, self.pair[1]] = True
+        y = masks_y(self.model, task, self.baseline, keep.view(3, self.n_layers, self.n_heads), self.target)
+        return float(y[0]), float(y[1] - y[0]), float(y[2] - y[0])
+
+    def y(self, task, keep: torch.Tensor, pieces=None) -> np.ndarray:
+        y_none, a, b = pieces or self.pieces(task)
+        flat = torch.as_tensor(keep).reshape(len(keep), -1).numpy().astype(float)
+        return y_none + max(a, b, 0.0) * np.minimum(1.0, flat[:, self.pair[0]] + flat[:, self.pair[1]])
+
+
+def draw_planted_sets(sizes: Sequence[int], n_plantings: int, exclude: Sequence[int], n_total: int,
+                      seed: int) -> list[dict]:
+    """``n_plantings`` random sets of each size, drawn from heads not in ``exclude``."""
+    rng = np.random.default_rng(seed)
+    pool = np.array([h for h in range(n_total) if h not in set(int(x) for x in exclude)])
+    out = []
+    for s in sizes:
+        if s > len(pool):
+            raise ValueError(f"cannot plant {s} heads: only {len(pool)} heads lie outside the excluded set")
+        for r in range(n_plantings):
+            out.append({"size": int(s), "planting": r, "heads": np.sort(rng.choice(pool, s, replace=False))})
+    return out
+
+
+def precision_at(order: np.ndarray, truth: Sequence[int]) -> float:
+    """Share of the true heads among the top |truth| of ``order``."""
+    truth = set(int(t) for t in truth)
+    return len(truth & set(int(h) for h in order[:len(truth)])) / len(truth)
+
+
+def single_head_scores(fn, task, n_layers: int, n_heads: int) -> np.ndarray:
+    """``y(clean) - y(only h ablated)`` of a planted model's ``fn(task, keep)``, ``(n_layers * n_heads,)``."""
+    H = n_layers * n_heads
+    keep = torch.ones(H + 1, H, dtype=torch.bool)
+    keep[torch.arange(H), torch.arange(H)] = False
+    y = fn(task, keep.view(-1, n_layers, n_heads))
+    return y[-1] - y[:-1]
+
+
+def recover(fn, tasks, n_layers: int, n_heads: int, n_masks: int, rate: float, seed: int,
+            mask_counts: Sequence[int] = (), rankers: dict | None = None) -> dict:
+    """Attribution (OLS on ``n_masks`` random masks, and on the first m of them for each of
+    ``mask_counts``), single-head scores and each of ``rankers`` (``{name: f(task) -> scores (H,)}``,
+    e.g. :meth:`PlantedFlow.attention_weight`) of a planted model on every task, normalised by the
+    planted model's image effect: ``{"attribution": {key: scores}, "attribution@m": ..., "single_head": ...,
+    name: ..., "effects": {key: float}}``."""
+    H = n_layers * n_heads
+    rankers = rankers or {}
+    ends = torch.stack([torch.ones(n_layers, n_heads, dtype=torch.bool), torch.zeros(n_layers, n_heads, dtype=torch.bool)])
+    out = {"attribution": {}, "single_head": {}, "effects": {}, **{f"attribution@{m}": {} for m in mask_counts},
+           **{name: {} for name in rankers}}
+    for i, t in enumerate(tasks):
+        keep = attribution.sample_masks(n_masks, n_layers, n_heads, rate, seed * 1_000_003 + i)
+        y = fn(t, torch.cat([keep, ends]))
+        effect = float(y[-2] - y[-1])
+        out["effects"][t.key] = effect
+        scale = effect if effect > 0 else np.nan
+        out["attribution"][t.key] = attribution.fit(keep.numpy(), y[:-2]).attribution / scale
+        for m in mask_counts:  # ridge where the training masks are fewer than the parameters
+            reg = "ridge" if m - max(2, int(round(0.2 * m))) < H + 1 else "ols"
+            out[f"attribution@{m}"][t.key] = attribution.fit(keep[:m].numpy(), y[:m], reg, alpha=1.0).attribution / scale
+        out["single_head"][t.key] = single_head_scores(fn, t, n_layers, n_heads) / scale
+        for name, rank in rankers.items():
+            out[name][t.key] = np.asarray(rank(t), dtype=float) / scale
+    return out
+
+
+def precision_with_interval(scores: dict, classes: dict, truth: Sequence[int], n_boot: int, seed: int) -> dict:
+    """Precision at |S| of the class-equal mean ranking, with a 95% bootstrap interval (images
+    resampled within classes; images with a non-positive effect are left out)."""
+    maps = {k: v for k, v in scores.items() if np.all(np.isfinite(v))}
+    m = stats.class_equal_mean(maps, classes)
+    point = precision_at(attribution.ranking(m.ravel()), truth)
+    boots = layers.bootstrap_maps({k: v[None] for k, v in maps.items()}, classes, n_boot, seed)[:, 0]
+    draws = np.array([precision_at(attribution.ranking(b.ravel()), truth) for b in boots])
+    lo, hi = layers.ci(draws)
+    return {"precision": point, "ci": [float(lo), float(hi)], "n_images": len(maps), "draws": draws}
+
+
+# ------------------------------------------------------------------------------------ redundancy
+def most_balanced_pair(model, baseline, tasks, candidates: Sequence[int], n_layers: int, n_heads: int,
+                       target: str = "logit") -> tuple[tuple[int, int], dict]:
+    """Among ``candidates`` (flat head indices), the pair whose lone effects ``y(only h kept) - y_none``
+    are most alike (the largest ratio of the smaller to the larger, summed over images); returns the
+    pair and each candidate's summed lone effect."""
+    H = n_layers * n_heads
+    cand = [int(c) for c in candidates]
+    total = np.zeros(len(cand))
+    for t in tasks:
+        keep = torch.zeros(len(cand) + 1, H, dtype=torch.bool)
+        for i, h in enumerate(cand):
+            keep[i + 1, h] = True
+        y = masks_y(model, t, baseline, keep.view(-1, n_layers, n_heads), target)
+        total += y[1:] - y[0]
+    best, best_ratio = None, -np.inf
+    for i in range(len(cand)):
+        for j in range(i + 1, len(cand)):
+            lo, hi = sorted((total[i], total[j]))
+            ratio = lo / hi if hi > 0 else -np.inf
+            if ratio > best_ratio:
+                best, best_ratio = (cand[i], cand[j]), ratio
+    return best, {c: float(v) for c, v in zip(cand, total)}
+
+
+def redundancy_report(red: PlantedRedundancy, tasks, n_masks: int, rate: float, seed: int,
+                      min_images: int = 2) -> dict:
+    """Measured redundancy of the planted pair (single-head effect / joint effect, by the aggregation
+    rule), attribution and single-head scores of every head (class-equal mean, normalised), the
+    pair's ranks, and faithfulness/completeness of the pair."""
+
+    L, Hh = red.n_layers, red.n_heads
+    H = L * Hh
+    A, B = red.pair
+    classes = {t.key: t.class_name for t in tasks}
+    rows, attr, single = [], {}, {}
+    for i, t in enumerate(tasks):
+        pieces = red.pieces(t)
+        fn = lambda task, keep: red.y(task, keep, pieces)  # noqa: E731
+        allk = torch.ones(1, L, Hh, dtype=torch.bool)
+        y_clean = float(fn(t, allk)[0])
+        y_none = pieces[0]
+        joint = y_clean - y_none
+        s = single_head_scores(fn, t, L, Hh)
+        pair_only = torch.zeros(1, H, dtype=torch.bool)
+        pair_only[0, [A, B]] = True
+        pair_abl = ~pair_only
+        y_only = float(fn(t, pair_only.view(1, L, Hh))[0])
+        y_abl = float(fn(t, pair_abl.view(1, L, Hh))[0])
+        rows.append({"key": t.key, "class": t.class_name, "joint": joint, "single_A": float(s[A]),
+                     "single_B": float(s[B]), "faith_num": y_only - y_none, "compl_num": y_clean - y_abl})
+        keep = attribution.sample_masks(n_masks, L, Hh, rate, seed * 1_000_003 + i)
+        y = fn(t, keep)
+        scale = joint if joint > 0 else np.nan
+        attr[t.key] = (attribution.fit(keep.numpy(), y).attribution / scale).reshape(L, Hh)
+        single[t.key] = (s / scale).reshape(L, Hh)
+    eff = np.array([r["joint"] for r in rows])
+    cls = [r["class"] for r in rows]
+    agg = lambda col: float(metrics.aggregate(np.array([r[col] for r in rows]), eff, cls, min_images)["value"])  # noqa: E731
+    ok = {k: v for k, v in attr.items() if np.all(np.isfinite(v))}
+    a_map = stats.class_equal_mean(ok, classes).ravel()
+    s_map = stats.class_equal_mean({k: single[k] for k in ok}, classes).ravel()
+    rank = lambda m, h: int(np.where(attribution.ranking(m) == h)[0][0]) + 1  # noqa: E731
+    return {"pair": [[A // Hh, A % Hh], [B // Hh, B % Hh]], "n_images": len(ok), "n_masks": n_masks,
+            "single_over_joint": {"A": agg("single_A"), "B": agg("single_B")},
+            "redundant_by_rule": bool(agg("single_A") <= 0.1 and agg("single_B") <= 0.1),
+            "attribution_scores": {"A": float(a_map[A]), "B": float(a_map[B]),
+                                   "largest_other": float(np.delete(a_map, [A, B]).max())},
+            "single_head_scores": {"A": float(s_map[A]), "B": float(s_map[B]),
+                                   "largest_other": float(np.delete(s_map, [A, B]).max())},
+            "attribution_ranks": {"A": rank(a_map, A), "B": rank(a_map, B)},
+            "single_head_ranks": {"A": rank(s_map, A), "B": rank(s_map, B)},
+            "faithfulness_pair": agg("faith_num"), "completeness_pair": agg("compl_num"),
+            "attribution_map": a_map.reshape(L, Hh), "single_head_map": s_map.reshape(L, Hh)}
+
+
+# ------------------------------------------------------------------------------------ tables and results
+def precision_table(rows: list[dict], n_total: int):
+    """Per planted size and method: mean precision at |S| over plantings, the smallest lower and
+    largest upper end of the plantings' intervals, and the random expectation |S| / H."""
+
+    df = pd.DataFrame([{k: v for k, v in r.items() if k != "draws"} for r in rows])
+    df["ci_low"] = df.ci.map(lambda c: c[0])
+    df["ci_high"] = df.ci.map(lambda c: c[1])
+    out = df.groupby(["size", "method"]).agg(precision=("precision", "mean"), lowest_ci_low=("ci_low", "min"),
+                                             highest_ci_high=("ci_high", "max"), plantings=("planting", "count"))
+    out["random_expectation"] = [s / n_total for s, _ in out.index]
+    return out
+
+
+def _pooled(rows):
+    draws = np.mean([r["draws"] for r in rows], axis=0)
+    lo, hi = layers.ci(draws)
+    return [float(lo), float(hi)]
+
+
+def results_json(rows: list[dict], redundancy: dict, n_total: int, params: dict) -> dict:
+    """``book/results/validation.json``: per planted size and method the mean precision at |S| over
+    plantings with a pooled 95% interval (the mean over plantings of each bootstrap draw) and each
+    planting's own; masks attribution needs to reach a mean precision of 0.9; the redundancy report."""
+    planted: dict = {}
+    for size in sorted({r["size"] for r in rows}):
+        planted[str(size)] = {"random_expectation": size / n_total}
+        for method in sorted({r["method"] for r in rows if r["size"] == size}):
+            sel = [r for r in rows if r["size"] == size and r["method"] == method]
+            planted[str(size)][method] = {
+                "precision": float(np.mean([r["precision"] for r in sel])), "ci": _pooled(sel),
+                "per_planting": [{"planting": r["planting"], "precision": r["precision"], "ci": r["ci"]} for r in sel]}
+    needed = {}
+    for size, d in planted.items():
+        ms = sorted(int(k.split("@")[1]) for k in d if k.startswith("attribution@"))
+        reach = [m for m in ms if d[f"attribution@{m}"]["precision"] >= 0.9]
+        needed[size] = reach[0] if reach else None
+    return {**params, "planted_flow": planted, "masks_to_precision_0.9": needed, "redundancy": redundancy}

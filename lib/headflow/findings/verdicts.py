@@ -1,0 +1,258 @@
+"""Verdict rules, in one place.
+
+Each chapter states its rule in prose before its numbers, then calls the function here that
+applies it to the chapter's result (the same dict it saves to ``book/results/``).  Each function
+returns a *status*: ``{"chapter", "paper", "model", "finding", "verdict"}`` where ``finding`` is
+text whose every number is formatted from the result.  The chapter saves the status inside its
+result file, and :mod:`headflow.book.index` builds the book's status table from those files, so no
+number in the index is typed by hand.
+"""
+from __future__ import annotations
+
+REPRODUCED, PARTLY, NOT = "reproduced", "partly", "not reproduced"
+
+
+def status(chapter: str, paper: str, model: str, finding: str, verdict: str) -> dict:
+    return {"chapter": chapter, "paper": paper, "model": model, "finding": finding, "verdict": verdict}
+
+
+def _pct(ci) -> str:
+    return f"[{ci[0]:.1%}, {ci[1]:.1%}]"
+
+
+# ------------------------------------------------------------------------------------ chapters
+def organism(res: dict) -> dict:
+    """Chapter 0 (no verdict on the paper): the default organism's held-out accuracy, bars
+    object >= 78%, colour and position >= 95% (point estimates, training log's held-out seed)."""
+    acc, ci = res["accuracy"], res["accuracy_ci"]
+    bars = {"object": 0.78, "color": 0.95, "position": 0.95}
+    finding = (f"`{res['model']}` ({' > '.join(res['recipe'])}), held-out accuracy on {res['n_eval']:,} test-split "
+               f"scenes: " + ", ".join(f"{q} {acc[q]:.1%} {_pct(ci[q])}" for q in acc))
+    contrast = [n for n in res.get("by_organism", {}) if n != res["model"]]
+    for name in contrast:
+        o = res["by_organism"][name]["log_seed"]["accuracy"]
+        finding += f"; `{name}`: " + ", ".join(f"{q} {o[q]:.1%}" for q in o)
+    met = all(acc[q] >= b for q, b in bars.items())
+    return status("0-organism", "(our stand-in for LLaVA-1.5)", res["model"], finding,
+                  "bars met" if met else "bars missed")
+
+
+def task(res: dict) -> dict:
+    """Chapter 1 (no verdict): the token groups resolve and the clean accuracy."""
+    finding = (f"token groups from the processor and chat template ({res['group_sizes']['image']} image tokens); "
+               f"{res['accuracy']:.0%} of the {res['n_images']} evaluation images answered correctly")
+    return status("1-task-and-models", "task, prompt, token groups", res["model"], finding, "done")
+
+
+def single_head(res: dict) -> dict:
+    """Chapter 2.  Reproduced if the largest single head carries under 20% of the all-heads effect
+    (median over images) and the largest random sets below all heads lose at least 1.5x the sum of
+    their single-head effects together; partly if one of the two holds."""
+    small = res["median_max_single_share"] < 0.2
+    ratio = res["superadditivity"]
+    verdict = REPRODUCED if small and ratio >= 1.5 else PARTLY if small or ratio >= 1.5 else NOT
+    finding = (f"the largest single head carries {res['median_max_single_share']:.1%} of the all-heads effect "
+               f"(median, {res['n_images']} images); {res['superadditivity_k']} random heads together lose "
+               f"{ratio:.1f}x the sum of their single effects")
+    return status("2-single-head-ablation", "Fig. 1A", res["model"], finding, verdict)
+
+
+def head_attribution(res: dict) -> dict:
+    """Chapter 3.  Reproduced if the median held-out Pearson r of the per-image fits is at least
+    0.8, partly if at least 0.6."""
+    r = res["fit"]["pearson_r_median"]
+    verdict = REPRODUCED if r >= 0.8 else PARTLY if r >= 0.6 else NOT
+    finding = (f"median held-out r = {r:.2f}, R^2 = {res['fit']['r2_median']:.2f} ({res['n_masks']:,} masks per "
+               f"image, rate {res['ablation_rate']})")
+    return status("3-head-attribution", "Fig. 1B", res["model"], finding, verdict)
+
+
+def faithfulness(res: dict) -> dict:
+    """Chapter 4, on held-out images.  For each metric (faithfulness, completeness) and each other
+    method (single head, attention weight from the final token and from the text, attribution
+    patching, random), *attribution needs fewer heads* if the 95% paired-bootstrap interval of
+    k(method) - k(attribution) lies above 0.  Reproduced if it does for every pair; partly if for
+    at least half of the pairs; otherwise not reproduced."""
+    paired = res["paired_vs_attribution"]
+    wins = [v["attribution_needs_fewer"] for metric in paired.values() for v in metric.values()]
+    verdict = REPRODUCED if all(wins) else PARTLY if sum(wins) >= len(wins) / 2 else NOT
+    k = res["k_at_0.8_heldout"]
+    show = lambda d: ">all" if d["k"] is None else str(d["k"])  # noqa: E731
+    order = ["attribution", "single_head", "attribution_patching", "attention_weight", "random"]
+    fmt = lambda m: ", ".join(f"{n.replace('_', ' ')} {show(k[m][n])}" for n in order if n in k[m])  # noqa: E731
+    finding = (f"held-out images, heads to reach 0.8: faithfulness {fmt('faithfulness')}; completeness "
+               f"{fmt('completeness')}; attribution needs fewer (paired bootstrap) in {sum(wins)} of {len(wins)} "
+               "comparisons")
+    return status("4-faithfulness-completeness", "Sec. 4", res["model"], finding, verdict)
+
+
+def where_heads(res: dict) -> list[str]:
+    """Chapter 5, applied to ``where_heads.json``.  Paper: the top heads sit in the second half of
+    the layers: at least 60% of them at every cut-off -> reproduced; at least 40% at every cut-off,
+    or 60% at some -> partly; otherwise not reproduced.  Contrast of the organisms: layer 0's share
+    of the normalised attribution is lower in the default than in the contrast model and the 95%
+    interval of the difference excludes 0 -> text pretraining moves the flow out of layer 0.
+
+    Returns printable lines; :func:`where_heads_status` gives the status."""
+    return where_heads_status(res)["lines"]
+
+
+def where_heads_status(res: dict) -> dict:
+    d = res["by_organism"][res["model"]]
+    late = {c: v["late_share"] for c, v in d["by_cutoff"].items()}
+    if all(v >= 0.6 for v in late.values()):
+        verdict = REPRODUCED
+    elif all(v >= 0.4 for v in late.values()) or any(v >= 0.6 for v in late.values()):
+        verdict = PARTLY
+    else:
+        verdict = NOT
+    late_txt = ", ".join(f"top {float(c):.0%}: {v:.0%}" for c, v in late.items())
+    lines = []
+    finding = f"share of the top heads in layers >= {d['late_from_layer']}: {late_txt}"
+    top10 = d.get("top10_layers")
+    if top10 is not None:
+        finding += f"; top 10% by layer {[int(x) for x in top10]}"
+    c = res.get("contrast", {}).get("layer0_attribution_share")
+    if c:
+        other = res["contrast_model"]
+        moved = c["difference"] < 0 and c["excludes_zero"]
+        o = res["by_organism"][other]
+        line = (f"layer 0 holds {d['share_per_layer'][0]:.0%} of the normalised attribution in `{res['model']}` vs "
+                f"{o['share_per_layer'][0]:.0%} in `{other}` (difference {c['difference']:+.2f}, 95% CI "
+                f"[{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]) -> "
+                + ("text pretraining moves the flow out of layer 0" if moved else "no clear difference"))
+        lines.append(line)
+        finding += "; " + line.split(" -> ")[0]
+    lines.append(f"{res['model']}: {finding.split(';')[0]} -> {verdict}")
+    st = status("5-where-the-heads-are", "Sec. 4", res["model"], finding, verdict)
+    st["lines"] = lines
+    return st
+
+
+def validation(res: dict) -> dict:
+    """Validation appendix.  (a) Attribution recovers a planted size if its mean precision at |S|
+    over plantings is at least 0.9 and every planting's interval lies above the random expectation.
+    (b) The redundancy argument is shown if the pair is redundant (each single-head effect at most
+    0.1 of the joint effect), attribution ranks the pair first and second, and single-head ablation
+    gives each at most 0.1 of the joint effect.  Validated if (a) holds at every size and (b) holds;
+    partly if either does; otherwise not validated."""
+    recovered = {}
+    for size, d in res["planted_flow"].items():
+        a = d["attribution"]
+        recovered[size] = a["precision"] >= 0.9 and all(p["ci"][0] > d["random_expectation"] for p in a["per_planting"])
+    red = res["redundancy"]
+    shown = (red["redundant_by_rule"] and sorted(red["attribution_ranks"].values()) == [1, 2]
+             and max(red["single_over_joint"].values()) <= 0.1)
+    verdict = "validated" if all(recovered.values()) and shown else "partly" if any(recovered.values()) or shown \
+        else "not validated"
+    others = [m for m in ("single_head", "attribution_patching", "attention_weight_value")
+              if all(m in d for d in res["planted_flow"].values())]
+    prec = ", ".join(f"{s} heads: {d['attribution']['precision']:.2f} ("
+                     + ", ".join(f"{m.replace('_', ' ')} {d[m]['precision']:.2f}" for m in others) + ")"
+                     for s, d in res["planted_flow"].items())
+    finding = (f"precision at |S| of attribution on planted flow, {prec}; planted redundant pair: single-head effects "
+               f"{red['single_over_joint']['A']:.2f} / {red['single_over_joint']['B']:.2f} of the joint, attribution ranks "
+               f"{red['attribution_ranks']['A']} and {red['attribution_ranks']['B']}, single-head ranks "
+               f"{red['single_head_ranks']['A']} and {red['single_head_ranks']['B']}")
+    return status("91-validation", "(Fig. 1A argument, planted truth)", "organism", finding, verdict)
+
+
+def semantics(res: dict) -> dict:
+    """Chapter 6.  Three tests, each by its own rule:
+    (a) *similarity*: same-class pairs (different item and appearance) are more alike than
+        different-class pairs of one appearance: permutation p < 0.05 and the 95% bootstrap
+        interval of the difference of mean cosine above 0;
+    (b) *probe*: the class probe's Wilson interval lies above its chance level, and its gain over
+        chance exceeds the appearance probe's gain over its own chance;
+    (c) *transfer*: a class's head set keeps more of its own class's images than of other classes'
+        (95% interval of the faithfulness difference above 0).
+    Reproduced if all three hold; partly if one or two; not reproduced if none."""
+    sim, pc, pa, tr = res["similarity"], res["probe"]["class"], res["probe"]["appearance"], res["transfer"]
+    a = sim["permutation_p"] < 0.05 and sim["difference_ci"][0] > 0
+    b = pc["ci"][0] > pc["chance"] and pc["accuracy"] - pc["chance"] > pa["accuracy"] - pa["chance"]
+    c = tr["difference_ci"][0] is not None and tr["difference_ci"][0] > 0
+    held = sum([a, b, c])
+    verdict = REPRODUCED if held == 3 else PARTLY if held else NOT
+    finding = (f"cosine same class {sim['same_class']:.2f} vs same appearance {sim['same_appearance']:.2f} "
+               f"(permutation p = {sim['permutation_p']:.3f}, noise ceiling {sim['noise_ceiling']:.2f}); probe accuracy "
+               f"class {pc['accuracy']:.0%} (chance {pc['chance']:.0%}) vs appearance {pa['accuracy']:.0%} "
+               f"(chance {pa['chance']:.0%}); class head sets keep {tr['same']:.2f} of their own class vs "
+               f"{tr['other']:.2f} of others ({res['n_images']} images, {res['n_wrong']} wrong answers apart)")
+    return status("6-semantics", "Sec. 5", res["model"], finding, verdict)
+
+
+def knockout(res: dict) -> dict:
+    """Chapter 7.  For each question and each receiving group (role, final), question -> group is
+    *before* image -> group if the paired-bootstrap 95% interval of the difference of effect-weighted
+    mean layers (image minus question) lies above 0 (:func:`headflow.findings.flow.timing`).  Reproduced if
+    it does for both groups on the colour and position questions (where the question decides the
+    answer; the object question may leave question -> final without effect); not reproduced if any
+    comparison finds the question *later*; otherwise partly."""
+    answers = {q: {g: d["answer"] for g, d in v.items()} for q, v in res["timing"].items()}
+    decisive = [answers[q][g] for q in ("color", "position") if q in answers for g in ("role", "final")]
+    later = any(a == "no (later)" for v in answers.values() for a in v.values())
+    verdict = NOT if later else REPRODUCED if decisive and all(a == "yes" for a in decisive) else PARTLY
+    parts = []
+    for q, v in res["timing"].items():
+        d = v["final"]
+        diff = "n/a" if d["difference"] is None else f"{d['difference']:+.1f}"
+        parts.append(f"{q}: image->final {diff} layers after question->final ({d['answer']})")
+    peaks = res["peak_layer"].get("color", next(iter(res["peak_layer"].values())))
+    finding = "; ".join(parts) + "; peak layers (colour question): " + ", ".join(
+        f"{f} {p}" for f, p in peaks.items())
+    return status("7-token-flow", "Sec. 6", res["model"], finding, verdict)
+
+
+def tokens(res: dict, threshold: float = 0.05) -> dict:
+    """Chapter 8.  Image information sits in both object and background tokens if ablating each
+    group alone (within the top heads) loses more than ``threshold`` (5%) of the image effect, by
+    the lower end of its 95% interval.  Reproduced if both do; partly if one does; not reproduced
+    if neither."""
+    o, b = res["object_effect"], res["background_effect"]
+    both = [o["ci"][0] > threshold, b["ci"][0] > threshold]
+    verdict = REPRODUCED if all(both) else PARTLY if any(both) else NOT
+    finding = (f"within the top {res['k']} heads, ablating object tokens loses {o['value']:.2f} of the image effect "
+               f"[{o['ci'][0]:.2f}, {o['ci'][1]:.2f}], background {b['value']:.2f} [{b['ci'][0]:.2f}, {b['ci'][1]:.2f}], "
+               f"size-matched random {res['random_effect']['value']:.2f}; object tokens get "
+               f"{res['object_attribution_share']['value']:.0%} of the positive token attribution and are "
+               f"{res['object_area_share']:.0%} of the grid")
+    return status("8-object-background", "Sec. 6", res["model"], finding, verdict)
+
+
+def sensitivity(res: dict) -> dict:
+    """Chapter 9 (the paper leaves these choices open).  A factor leaves the top heads *robust* if,
+    for each of its values, the lower end of the 95% interval of the top-k overlap with the
+    reference is at least 0.5.  The linear model is *adequate* if the upper end of the interval of
+    the median held-out R^2 gain of the second-order fit is below 0.05."""
+    rows = [r for r in res["rows"] if r["factor"] != "reference"]
+    fragile = sorted({r["factor"] for r in rows if r["topk_overlap_ci"][0] < 0.5})
+    gain = res["interactions"]["pairwise_r2_gain"]
+    adequate = gain["ci"][1] < 0.05
+    verdict = ("robust" if not fragile else "sensitive to " + ", ".join(fragile)) + (
+        "; linear model adequate" if adequate else "; interactions matter")
+    finding = (f"top-{res['k']} overlap with the reference: " + ", ".join(
+        f"{r['factor']}={r['value']} {r['topk_overlap']:.2f}" for r in rows)
+        + f"; second-order fit gains {gain['median']:+.3f} held-out R^2 (median)")
+    return status("9-sensitivity", "(open choices)", res["model"], finding, verdict)
+
+
+def proxy(pr: dict) -> str:
+    """Chapter 5: a per-head proxy of attribution (rho with a 95% interval) is a *poor proxy* if the
+    interval's upper end is below 0.5, a *good proxy* if its lower end is above 0.5, else inconclusive."""
+    lo, hi = pr["ci"]
+    return "poor proxy" if hi < 0.5 else "good proxy" if lo > 0.5 else "inconclusive"
+
+
+def performance(res: dict) -> dict:
+    """Appendix (no verdict on the paper): the fast path against the batched full forward (like
+    for like), beside the FLOP ratio, at LLaVA-1.5-7B width and on the organism."""
+    g, o = res["llava15_7b_width"], res["organism"]
+    met = sum(bool(t["met"]) for t in res.get("targets", []))
+    finding = (f"fast path vs batched full forwards: LLaVA-1.5-7B width {g['fast_vs_batched']['median']:.1f}x (FLOP "
+               f"ratio {g['flop_ratio']:.1f}x), organism {o['fast_vs_batched']['median']:.1f}x (FLOP ratio "
+               f"{o['flop_ratio']:.1f}x); suffix pass at {g['fraction_of_matmul_peak']['median']:.0%} of the matmul peak")
+    if "scaling_efficiency_2_workers" in res:
+        finding += f"; Ray scaling efficiency {res['scaling_efficiency_2_workers']:.2f} (2 workers)"
+    targets = f"{met} of {len(res.get('targets', []))} targets met" if res.get("targets") else "no targets"
+    return status("90-performance", "-", "organism", finding,
+                  f"{targets}, {res['machine']['threads']} CPU threads")

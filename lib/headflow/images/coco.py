@@ -1,0 +1,193 @@
+"""Image sets in COCO format: FashionScenes and real COCO images share one loader.
+
+A set is a folder of image files plus an instances JSON (``images``, ``annotations`` with RLE or
+polygon masks, ``categories``).  Each image yields one :class:`Example`: its **main object**, the
+largest non-crowd instance whose area is at least ``min_area_share`` of the image.  FashionScenes
+annotations carry extra ``attributes`` (colour, position, style, variant links); COCO ones do not.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from pycocotools import mask as mask_utils
+
+from headflow.util.paths import REPO_ROOT
+
+
+@dataclass
+class Example:
+    """One image and its main object.  ``mask`` is ``(H, W) bool`` in the image's own pixels."""
+
+    image_id: int
+    path: Path
+    class_name: str
+    mask: np.ndarray
+    bbox: tuple
+    attributes: dict = field(default_factory=dict)
+    size: tuple[int, int] | None = None  # (width, height) the image is brought to (None: as stored)
+
+    def load_image(self) -> Image.Image:
+        image = load_image(self.path)
+        if self.size is None:
+            return image
+        box = _cover_crop(image.height, image.width, self.size)
+        return image.resize(tuple(self.size), Image.BICUBIC, box=box)
+
+    @property
+    def answers(self) -> dict[str, str]:
+        """Correct answers per question type known for this image (object always)."""
+        out = {"object": self.class_name}
+        for key in ("color", "position"):
+            if key in self.attributes:
+                out[key] = self.attributes[key]
+        return out
+
+
+def _cover_crop(height: int, width: int, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The centred region (left, top, right, bottom) of an image that, scaled, exactly covers ``size``
+    (width, height): the image is scaled to cover the size and the overhang cropped on both sides."""
+    W, H = size
+    s = max(W / width, H / height)
+    cw, ch = W / s, H / s
+    left, top = (width - cw) / 2, (height - ch) / 2
+    return (left, top, left + cw, top + ch)
+
+
+def at_size(examples, size) -> list[Example]:
+    """Every example brought to one size ``(width, height)``: scaled to cover it and centre-cropped,
+    its mask and box alike.  A per-position baseline (``dataset-mean``) needs every image to give
+    the same image positions, and families whose token count follows the image's size (LLaVA-NeXT,
+    Qwen2-VL, InternVL, Idefics3) give that only for images of one size."""
+    W, H = (int(v) for v in size)
+    if W <= 0 or H <= 0:
+        raise ValueError(f"image_size must be [width, height] in pixels, got {list(size)}")
+    out = []
+    for e in examples:
+        h, w = e.mask.shape
+        left, top, right, bottom = _cover_crop(h, w, (W, H))
+        m = Image.fromarray(e.mask.astype(np.uint8) * 255).resize((W, H), Image.BILINEAR, box=(left, top, right, bottom))
+        s = W / (right - left)
+        x, y, bw, bh = e.bbox
+        x0, y0 = max((x - left) * s, 0), max((y - top) * s, 0)
+        x1, y1 = min((x + bw - left) * s, W), min((y + bh - top) * s, H)
+        out.append(replace(e, mask=np.asarray(m) >= 128, bbox=(x0, y0, max(x1 - x0, 0), max(y1 - y0, 0)),
+                           size=(W, H)))
+    return out
+
+
+def load_image(path: Path | str) -> Image.Image:
+    """Open an image as RGB, or raise a ValueError that names the file and the fix."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"image file {path} does not exist; check the set's folder and file_name")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"{path} is not a readable image ({type(e).__name__}: {e}); replace the file or "
+                         "remove its entry from the instances JSON") from e
+
+
+# ------------------------------------------------------------------------------------ masks
+def encode_mask(mask: np.ndarray) -> dict:
+    """Compressed RLE of a ``(H, W) bool`` mask, JSON-ready (counts as str)."""
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def decode_segmentation(seg, height: int, width: int) -> np.ndarray:
+    """``(H, W) bool`` mask from a COCO segmentation (compressed/uncompressed RLE or polygons)."""
+
+    if isinstance(seg, list):  # polygons
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    elif isinstance(seg.get("counts"), list):  # uncompressed RLE
+        rle = mask_utils.frPyObjects(seg, height, width)
+    else:
+        rle = dict(seg, counts=seg["counts"].encode("ascii") if isinstance(seg["counts"], str) else seg["counts"])
+    return mask_utils.decode(rle).astype(bool)
+
+
+# ------------------------------------------------------------------------------------ reading
+def load_set(annotation_file: Path | str, image_dir: Path | str | None = None,
+             min_area_share: float = 0.05, size=None) -> list[Example]:
+    """The main object of every image in a COCO instances file, in ``images`` order.
+
+    Images with no instance reaching ``min_area_share`` of the image area are skipped.
+    ``image_dir`` defaults to the folder ``images/`` beside the annotation file.  ``size``
+    ``(width, height)``: bring every image to that size (:func:`at_size`); empty or None: as stored.
+    """
+    annotation_file = Path(annotation_file)
+    if not annotation_file.exists():
+        raise FileNotFoundError(f"annotation file {annotation_file} does not exist")
+    coco = json.loads(annotation_file.read_text())
+    missing = {"images", "annotations", "categories"} - set(coco)
+    if missing:
+        raise ValueError(f"{annotation_file} is not a COCO instances file: it lacks {sorted(missing)}")
+    image_dir = Path(image_dir) if image_dir is not None else annotation_file.parent / "images"
+    cats = {c["id"]: c["name"] for c in coco["categories"]}
+    by_image: dict[int, list[dict]] = {}
+    for ann in coco["annotations"]:
+        if not ann.get("iscrowd", 0):
+            by_image.setdefault(ann["image_id"], []).append(ann)
+    out = []
+    for img in coco["images"]:
+        anns = by_image.get(img["id"], [])
+        if not anns:
+            continue
+        main = max(anns, key=lambda a: a["area"])
+        if main["area"] < min_area_share * img["width"] * img["height"]:
+            continue
+        mask = decode_segmentation(main["segmentation"], img["height"], img["width"])
+        out.append(Example(image_id=img["id"], path=image_dir / img["file_name"], class_name=cats[main["category_id"]],
+                           mask=mask, bbox=tuple(main["bbox"]), attributes=dict(main.get("attributes", {}))))
+    return at_size(out, size) if size else out
+
+
+# ------------------------------------------------------------------------------------ writing
+def write_set(out_dir: Path | str, images: np.ndarray, masks: np.ndarray, class_names: list[str],
+              categories: list[str], attributes: list[dict], bboxes: list[tuple],
+              annotation_name: str = "instances.json") -> Path:
+    """Write ``images (N, H, W, 3) uint8`` as PNGs and one instance per image as COCO JSON."""
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    cat_id = {name: i + 1 for i, name in enumerate(categories)}
+    coco = {"info": {"description": "FashionScenes (headflow)", "version": "1"},
+            "licenses": [{"id": 1, "name": "MIT (Fashion-MNIST, Zalando); textures: scikit-image data (BSD-3-Clause)"}],
+            "categories": [{"id": i, "name": n, "supercategory": "fashion"} for n, i in cat_id.items()],
+            "images": [], "annotations": []}
+    for i, (img, mask) in enumerate(zip(images, masks)):
+        name = f"{i:05d}.png"
+        Image.fromarray(img).save(out_dir / "images" / name, optimize=True)
+        coco["images"].append({"id": i + 1, "file_name": name, "height": int(img.shape[0]),
+                               "width": int(img.shape[1]), "license": 1})
+        coco["annotations"].append({"id": i + 1, "image_id": i + 1, "category_id": cat_id[class_names[i]],
+                                    "segmentation": encode_mask(mask), "area": int(mask.sum()),
+                                    "bbox": [int(v) for v in bboxes[i]], "iscrowd": 0,
+                                    "attributes": attributes[i]})
+    path = out_dir / annotation_name
+    path.write_text(json.dumps(coco, separators=(",", ":")))
+    return path
+
+
+def resolve_set(name: str) -> Path:
+    """An instances JSON from a set name: ``"fashionscenes/eval"`` (under ``data/``), a folder
+    holding ``instances.json``, or the path of an instances JSON itself."""
+
+    for cand in (REPO_ROOT / "data" / name / "instances.json", Path(name) / "instances.json", Path(name)):
+        if cand.is_file():
+            return cand
+    raise FileNotFoundError(f"no image set {name!r}: give 'fashionscenes/eval', 'fashionscenes/variants', a folder "
+                            "with instances.json and images/, or the path of a COCO instances JSON")
+
+
+def class_names(annotation_file: Path | str) -> list[str]:
+    """The category names of a COCO instances file, in id order (the candidate answer words)."""
+    coco = json.loads(Path(annotation_file).read_text())
+    return [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]

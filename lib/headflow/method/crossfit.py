@@ -1,0 +1,306 @@
+"""Rankings found on some images, judged on others (chapter 4's causal test).
+
+Each method scores every head on every image (:func:`method_scores`, its cost counted by
+:mod:`headflow.method.cost`).  Images are split into ``n_folds`` folds, stratified by class; for each
+fold a **global** ranking is built from the *other* folds' images (class-equal mean of the
+scores, logit-valued scores first divided by the image effect ``y_clean - y_none``; images with a
+non-positive effect are not used to fit) and a **per-class** ranking from the other folds'
+images of the same class.  Each ranking is then judged on the fold's images: faithfulness and
+completeness at every k (:func:`judge`).  Every image is judged exactly once, by rankings that
+never saw it.  The per-image *in-sample* view (each image ranked by its own scores) is kept as a
+secondary, labelled result.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from headflow.method import attribution, cost, metrics, rankings, stats
+from headflow.method.experiment import masks_y
+from headflow.method.study import fits
+
+METHODS = ("attribution", "single_head", "attention_weight", "attention_weight_text", "attribution_patching")
+LOGIT_VALUED = {"attribution", "single_head", "attribution_patching"}  # divided by the image effect
+
+
+def folds(keys: Sequence[str], classes: Sequence[str], n_folds: int, seed: int) -> list[list[str]]:
+    """``n_folds`` disjoint lists of image keys, each class dealt round-robin after a seeded shuffle."""
+    if n_folds < 2:
+        raise ValueError("cross-fitting needs at least 2 folds")
+    rng = np.random.default_rng(seed)
+    out: list[list[str]] = [[] for _ in range(n_folds)]
+    start = 0
+    for c in sorted(set(classes)):
+        members = [k for k, cc in zip(keys, classes) if cc == c]
+        for j, k in enumerate(rng.permutation(members)):
+            out[(start + j) % n_folds].append(str(k))
+        start += len(members)
+    return out
+
+
+def method_scores(st, fits: dict, runs: dict, n_masks: int, batch_size: int = 128) -> tuple[dict, dict]:
+    """Per method and image, head scores ``(n_layers, n_heads)`` (higher = more important), and per
+    method the passes one image costs (mean over images; attribution counted on one image by
+    rerunning its ``n_masks + 2`` masks, since its runs come from the run store)."""
+    scores = {m: {} for m in METHODS}
+    spent = {m: [] for m in METHODS}
+    for t in tqdm(st.tasks, desc="baseline rankings"):
+        scores["attribution"][t.key] = fits[t.key].attribution.reshape(st.n_layers, st.n_heads)
+        for m, fn in (("single_head", lambda: rankings.single_head(st.model, t, st.baseline, st.target, batch_size)),
+                      ("attention_weight", lambda: rankings.attention_weight(st.model, t, "final")),
+                      ("attention_weight_text", lambda: rankings.attention_weight(st.model, t, "text")),
+                      ("attribution_patching", lambda: rankings.attribution_patching(st.model, t, st.baseline, st.target))):
+            with cost.count(st.model) as n:
+                scores[m][t.key] = fn()
+            spent[m].append(n.as_dict())
+    t = st.tasks[0]
+    keep = attribution.sample_masks(n_masks + 2, st.n_layers, st.n_heads, 0.5, 0)
+    with cost.count(st.model) as n:
+        masks_y(st.model, t, st.baseline, keep, st.target, batch_size)
+    spent["attribution"] = [n.as_dict()]
+    mean_cost = {m: {k: float(np.mean([d[k] for d in v])) for k in v[0]} for m, v in spent.items()}
+    return scores, mean_cost
+
+
+def build_ranking(scores: dict, runs: dict, classes: dict, keys: Sequence[str], method: str) -> np.ndarray:
+    """Head order (flat indices, best first) from the class-equal mean score over ``keys``."""
+    used = {}
+    for k in keys:
+        effect = float(runs[k]["y_clean"]) - float(runs[k]["y_none"])
+        if effect > 0:
+            s = np.asarray(scores[k], float)
+            used[k] = s / effect if method in LOGIT_VALUED else s
+    if not used:
+        raise ValueError("no fitting image with a positive image effect to build a ranking from")
+    return attribution.ranking(stats.class_equal_mean(used, classes).ravel())
+
+
+def judge(st, task, orders: dict, ks_of: dict, batch_size: int = 128) -> dict:
+    """y under the top-k heads of each ranking kept alone and ablated: ``{name: (2, len(ks))}``
+    (row 0: only top-k kept, row 1: top-k ablated)."""
+    masks, names = [], list(orders)
+    for name in names:
+        only, abl = metrics.topk_masks(orders[name], ks_of[name], st.n_layers, st.n_heads)
+        masks += [only, abl]
+    y = masks_y(st.model, task, st.baseline, torch.cat(masks), st.target, batch_size)
+    out, at = {}, 0
+    for name in names:
+        K = len(ks_of[name])
+        out[name] = np.stack([y[at:at + K], y[at + K:at + 2 * K]])
+        at += 2 * K
+    return out
+
+
+def run(st, scores: dict, runs: dict, n_folds: int, seed: int, n_random: int, n_k_random: int,
+        batch_size: int = 128) -> dict:
+    """Cross-fitted curves of every method (global and per class), random rankings, and the
+    in-sample per-image view.  Returns per ranking name the numerator arrays
+    ``faithfulness``/``completeness`` ``(n_images, len(ks))`` (image order = ``keys``), with
+    ``ks``, ``effects``, ``classes``, ``keys`` and the folds."""
+    H = st.n_layers * st.n_heads
+    keys = [t.key for t in st.tasks]
+    classes = {t.key: t.class_name for t in st.tasks}
+    all_k = list(range(H + 1))
+    k_random = metrics.k_grid(H, n_k_random)
+    fold_list = folds(keys, [classes[k] for k in keys], n_folds, seed)
+    task_of = {t.key: t for t in st.tasks}
+    y = {}
+    for f, held in enumerate(tqdm(fold_list, desc="cross-fitting folds")):
+        fit_keys = [k for k in keys if k not in set(held)]
+        glob = {m: build_ranking(scores[m], runs, classes, fit_keys, m) for m in METHODS}
+        for k in tqdm(held, desc=f"fold {f + 1}/{n_folds}: judging held-out images", leave=False):
+            c = classes[k]
+            same = [j for j in fit_keys if classes[j] == c
+                    and float(runs[j]["y_clean"]) - float(runs[j]["y_none"]) > 0]
+            orders = {f"{m}": glob[m] for m in METHODS}
+            if same:
+                orders.update({f"{m}/class": build_ranking(scores[m], runs, classes, same, m)
+                               for m in ("attribution", "single_head", "attribution_patching")})
+            orders.update({f"{m}/in-sample": attribution.ranking(np.asarray(scores[m][k]).ravel()) for m in METHODS})
+            for r in range(n_random):
+                orders[f"random/{r}"] = attribution.ranking(rankings.random_scores(st.n_layers, st.n_heads,
+                                                                                    seed * 1000 + r).ravel())
+            ks_of = {n: (k_random if n.startswith("random/") else all_k) for n in orders}
+            y[k] = judge(st, task_of[k], orders, ks_of, batch_size)
+    effects = np.array([float(runs[k]["y_clean"]) - float(runs[k]["y_none"]) for k in keys])
+    names = sorted({n for v in y.values() for n in v})
+    out = {"keys": keys, "classes": [classes[k] for k in keys], "effects": effects, "folds": fold_list,
+           "ks": {n: (k_random if n.startswith("random/") else all_k) for n in names}, "curves": {}}
+    for n in names:
+        K = len(out["ks"][n])
+        faith = np.full((len(keys), K), np.nan)
+        compl = np.full((len(keys), K), np.nan)
+        for i, k in enumerate(keys):
+            if n in y[k]:
+                y_clean, y_none = float(runs[k]["y_clean"]), float(runs[k]["y_none"])
+                faith[i] = y[k][n][0] - y_none
+                compl[i] = y_clean - y[k][n][1]
+        out["curves"][n] = {"faithfulness": faith, "completeness": compl}
+    return out
+
+
+# ------------------------------------------------------------------------------------ summaries
+ABOVE_ONE = ("A value above 1 is possible and means something: faithfulness above 1 says that keeping only "
+             "the top-k heads gives a *larger* answer logit than keeping every head, so the other heads' image "
+             "flow lowers the answer logit on net (suppressive heads); completeness above 1 says that ablating "
+             "the top-k heads lowers the logit *below* y_none, so without them the remaining heads' image flow "
+             "pushes away from the answer. Neither is an error of the ratio: each class's denominator is a sum "
+             "of positive image effects.")
+
+
+def _stack(cf: dict, names: Sequence[str], metric: str) -> np.ndarray:
+    return np.stack([cf["curves"][n][metric] for n in names], axis=1)  # (n_images, n_names, K)
+
+
+def summarise(cf: dict, n_boot: int, seed: int, min_images: int = 2, threshold: float = 0.8) -> dict:
+    """Aggregates (the rule of :mod:`headflow.method.metrics`), k at ``threshold`` with bootstrap intervals,
+    paired bootstrap differences of k against attribution, per-class curves, values above 1."""
+    eff, cls = cf["effects"], cf["classes"]
+    held = list(METHODS)
+    random_names = sorted(n for n in cf["curves"] if n.startswith("random/"))
+    ks_all, ks_rand = cf["ks"][held[0]], cf["ks"][random_names[0]]
+    out = {"n_boot": n_boot, "min_images": min_images, "threshold": threshold, "ks": ks_all, "ks_random": ks_rand,
+           "heldout": {}, "class_rankings": {}, "in_sample": {}, "paired_vs_attribution": {}, "above_one": []}
+    for metric in ("faithfulness", "completeness"):
+        main = _stack(cf, held, metric)  # (n, M, K)
+        rand = _stack(cf, random_names, metric)  # (n, R, Kr)
+        agg = metrics.aggregate(main, eff, cls, min_images)
+        draws = metrics.bootstrap_aggregate(main, eff, cls, n_boot, seed, min_images)  # (B, M, K)
+        r_each = np.stack([metrics.aggregate(rand[:, r], eff, cls, min_images)["value"] for r in range(rand.shape[1])])
+        r_mean = metrics.aggregate(rand.mean(1), eff, cls, min_images)
+        r_draws = metrics.bootstrap_aggregate(rand.mean(1), eff, cls, n_boot, seed, min_images)  # same resamples
+        k_draws = {m: metrics.k_at_draws(draws[:, i], ks_all, threshold) for i, m in enumerate(held)}
+        k_draws["random"] = metrics.k_at_draws(r_draws, ks_rand, threshold)
+        res = {}
+        for i, m in enumerate(held):
+            res[m] = {"curve": agg["value"][i], "per_class": {c: v[i] for c, v in agg["per_class"].items()},
+                      "k": metrics.k_at(agg["value"][i], ks_all, threshold), "ci": metrics.interval(k_draws[m])}
+        res["random"] = {"curve": r_mean["value"], "band": np.quantile(r_each, [0.025, 0.975], axis=0),
+                         "per_class": r_mean["per_class"], "k": metrics.k_at(r_mean["value"], ks_rand, threshold),
+                         "ci": metrics.interval(k_draws["random"])}
+        out["heldout"][metric] = res
+        out["left_out"] = {"images": [cf["keys"][i] for i in agg["images_left_out"]],
+                           "classes": agg["classes_left_out"], "n_images_used": agg["n_images_used"]}
+        out["paired_vs_attribution"][metric] = {}
+        for m in [x for x in held if x != "attribution"] + ["random"]:
+            d = metrics.paired_k_difference(k_draws[m], k_draws["attribution"])
+            lo, hi = metrics.interval(d)
+            out["paired_vs_attribution"][metric][m] = {
+                "median_difference": float(np.median(d)), "ci": [lo, hi],
+                "attribution_needs_fewer": bool(lo is not None and lo > 0)}
+        for suffix, key in (("/class", "class_rankings"), ("/in-sample", "in_sample")):
+            names = [m + suffix for m in held if m + suffix in cf["curves"]]
+            out[key][metric] = {}
+            for n in names:
+                num = cf["curves"][n][metric]
+                ok = np.isfinite(num).all(1)
+                a = metrics.aggregate(num[ok], eff[ok], [c for c, o in zip(cls, ok) if o], min_images)
+                out[key][metric][n.split("/")[0]] = {"curve": a["value"], "k": metrics.k_at(a["value"], ks_all, threshold),
+                                                    "n_images_used": a["n_images_used"]}
+        for m, r in res.items():
+            for k, v in zip(ks_rand if m == "random" else ks_all, r["curve"]):
+                if v > 1:
+                    out["above_one"].append({"metric": metric, "method": m, "k": int(k), "value": float(v)})
+    return out
+
+
+def k_table(summary: dict, cost_per_image: dict):
+    """A DataFrame: per method, k at the threshold (95% CI) for both metrics on held-out images, the
+    paired difference to attribution, and the passes one image costs."""
+
+    def show(v):
+        return "never" if v is None else f"{int(v):+d}" if v < 0 else str(int(v))
+
+    def fmt(d):
+        k, (lo, hi) = d["k"], d["ci"]
+        return f"{show(k)} [{show(lo)}, {show(hi)}]"
+
+    rows = {}
+    for m in list(METHODS) + ["random"]:
+        row = {}
+        for metric in ("faithfulness", "completeness"):
+            row[f"{metric} k"] = fmt(summary["heldout"][metric][m])
+            p = summary["paired_vs_attribution"][metric].get(m)
+            row[f"{metric}: k - k(attribution)"] = ("" if p is None else
+                                                    f"{p['median_difference']:+.0f} [{show(p['ci'][0])}, "
+                                                    f"{show(p['ci'][1])}]")
+        c = cost_per_image.get(m, {})
+        row["full passes / image"] = c.get("full_passes", 0)
+        row["suffix passes / image"] = c.get("suffix_passes", 0)
+        row["gradient passes / image"] = c.get("gradient_passes", 0)
+        rows[m] = row
+    return pd.DataFrame(rows).T
+
+
+def secondary_table(summary: dict):
+    """k at the threshold of the per-class rankings (held out) and of the in-sample view."""
+
+    rows = {}
+    for key, label in (("class_rankings", "per-class ranking, held out"), ("in_sample", "in-sample, per image")):
+        for metric, d in summary[key].items():
+            for m, r in d.items():
+                rows.setdefault(m, {})[f"{metric}: {label}"] = "never" if r["k"] is None else r["k"]
+    return pd.DataFrame(rows).T
+
+
+def results_json(summary: dict, cost_per_image: dict, model: str, n_heads_total: int, params: dict) -> dict:
+    """``book/results/attribution.json``."""
+    main = {m: {metric: summary["heldout"][metric][m] for metric in ("faithfulness", "completeness")}
+            for m in list(METHODS) + ["random"]}
+    out = {"model": model, "n_heads_total": n_heads_total, **params, "n_boot": summary["n_boot"],
+           "min_images": summary["min_images"], "left_out": summary["left_out"],
+           "k_at_0.8_heldout": {metric: {m: {"k": main[m][metric]["k"], "ci": main[m][metric]["ci"]}
+                                          for m in main} for metric in ("faithfulness", "completeness")},
+           "paired_vs_attribution": summary["paired_vs_attribution"],
+           "cost_forward_passes": {**cost_per_image, "random": {"full_passes": 0, "suffix_passes": 0,
+                                                                "gradient_passes": 0}},
+           "curves_heldout": {metric: {m: main[m][metric]["curve"] for m in main}
+                              for metric in ("faithfulness", "completeness")},
+           "random_band": {metric: summary["heldout"][metric]["random"]["band"]
+                           for metric in ("faithfulness", "completeness")},
+           "ks": summary["ks"], "ks_random": summary["ks_random"],
+           "k_at_0.8_class_rankings": {metric: {m: r["k"] for m, r in d.items()}
+                                       for metric, d in summary["class_rankings"].items()},
+           "k_at_0.8_in_sample": {metric: {m: r["k"] for m, r in d.items()} for metric, d in summary["in_sample"].items()}}
+    if summary["above_one"]:
+        out["above_one"] = {"cases": summary["above_one"], "explanation": ABOVE_ONE}
+    return out
+
+
+def top_heads(st, runs: dict, n_folds: int = 5, seed: int = 0, threshold: float = 0.8, min_images: int = 2,
+              batch_size: int = 128) -> dict:
+    """"The top heads" of chapters 6-9, from the study ``st`` (its fitting images) only.
+
+    The global attribution ranking (class-equal mean of effect-normalised attribution over every
+    fitting image) is cut at its *held-out* k at ``threshold``: k is read off the faithfulness curve
+    of rankings cross-fitted within the fitting images (each fold judged by a ranking built on the
+    other folds; the aggregation rule of :mod:`headflow.method.metrics`).  Chapters then use the heads on
+    images disjoint from ``st``'s.  Returns ``order`` (flat head indices, best first), ``k``,
+    ``heads`` (``order[:k]``), ``curve`` (faithfulness at k = 0..H) and ``n_images``."""
+    H = st.n_layers * st.n_heads
+
+    fitted = {k: f.attribution for k, f in fits({t.key: runs[t.key] for t in st.tasks}).items()}
+    keys = [t.key for t in st.tasks]
+    classes = {t.key: t.class_name for t in st.tasks}
+    task_of = {t.key: t for t in st.tasks}
+    all_k = list(range(H + 1))
+    num, eff = np.zeros((len(keys), H + 1)), np.zeros(len(keys))
+    for held in tqdm(folds(keys, [classes[k] for k in keys], n_folds, seed), desc="top heads: cross-fitting"):
+        fit_keys = [k for k in keys if k not in set(held)]
+        order = build_ranking(fitted, runs, classes, fit_keys, "attribution")
+        for k in held:
+            i = keys.index(k)
+            y_none = float(runs[k]["y_none"])
+            num[i] = judge(st, task_of[k], {"a": order}, {"a": all_k}, batch_size)["a"][0] - y_none
+            eff[i] = float(runs[k]["y_clean"]) - y_none
+    curve = metrics.aggregate(num, eff, [classes[k] for k in keys], min_images)["value"]
+    k = metrics.k_at(curve, all_k, threshold)
+    if k is None:
+        raise ValueError(f"the held-out faithfulness never reaches {threshold}; no top-head set can be cut")
+    order = build_ranking(fitted, runs, classes, keys, "attribution")
+    return {"order": order, "k": int(k), "heads": order[:k], "curve": curve, "n_images": len(keys)}
+

@@ -1,0 +1,182 @@
+"""The per-image experiment the chapters share: one image, one prompt, one target token.
+
+:func:`prepare` turns COCO examples into :class:`ImageTask` objects (processor inputs and the
+answer's token ids); :func:`run_attribution` runs the random-mask ablations of every image
+through the prefix-reusing fast path, writing each image to a :class:`RunStore` as it finishes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from headflow.mechanism import interventions as iv
+from headflow.mechanism.prefix_reuse import PrefixReuse
+from headflow.method import attribution
+from headflow.models import families
+from headflow.store.runstore import RunStore
+from headflow.task.prompt import answer_token_ids, build_prompt
+
+TARGETS = ("logit", "logit-diff")
+
+
+@dataclass
+class ImageTask:
+    """One image: its processor inputs (batch of 1), the correct answer's first token and the
+    other answer words' first tokens (for the logit-difference target)."""
+
+    key: str
+    example: object
+    inputs: dict
+    target_id: int
+    other_ids: list[int]
+
+    @property
+    def class_name(self) -> str:
+        return self.example.class_name
+
+
+def prepare(processor, examples: Sequence, words: Sequence[str], question: str,
+            answers: Sequence[str] | None = None) -> list[ImageTask]:
+    """An :class:`ImageTask` per example (answer = ``answers[i]``, by default its class name, among ``words``)."""
+    prompt = build_prompt(processor, question)
+    ids = answer_token_ids(processor, words, prompt=prompt)
+    answers = [ex.class_name for ex in examples] if answers is None else list(answers)
+    tasks = []
+    for ex, answer in zip(examples, answers):
+        if answer not in words:
+            raise ValueError(f"image {ex.image_id}: answer {answer!r} is not among the answer words {list(words)}")
+        t = words.index(answer)
+        inputs = processor(images=[ex.load_image()], text=[prompt], return_tensors="pt")
+        tasks.append(ImageTask(key=f"img{ex.image_id:06d}", example=ex, inputs=inputs, target_id=ids[t],
+                               other_ids=[i for j, i in enumerate(ids) if j != t]))
+    return tasks
+
+
+def target_values(logits: torch.Tensor, task: ImageTask, target: str = "logit") -> np.ndarray:
+    """``y`` per row of ``logits (M, vocab)``: the answer's logit, or its difference to the best
+    other answer word."""
+    y = logits[:, task.target_id]
+    if target == "logit-diff":
+        y = y - logits[:, task.other_ids].max(-1).values
+    elif target != "logit":
+        raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
+    return y.double().cpu().numpy()
+
+
+def reference_baseline(model, tasks: Sequence[ImageTask], kind: str, batch_size: int = 16) -> iv.Baseline:
+    """The ablation baseline: ``dataset-mean`` over the given reference images, or ``image-mean``/``zero``."""
+    if kind != "dataset-mean":
+        return iv.Baseline(kind)
+    batches = []
+    for s in range(0, len(tasks), batch_size):
+        group = tasks[s:s + batch_size]
+        batches.append({k: torch.cat([t.inputs[k] for t in group]) for k in group[0].inputs})
+    return iv.dataset_mean_baseline(model, batches)
+
+
+def masks_y(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tensor, target: str = "logit",
+            batch_size: int = 128, reuse: PrefixReuse | None = None, scope: str = "text") -> np.ndarray:
+    """``y`` under each keep-mask ``(M, n_layers, n_heads)``: through the fast path for scope
+    ``text``; by batched full forwards for scope ``all`` (image queries see the baseline too, so
+    the image prefix changes and cannot be reused) and where the family makes prefix reuse invalid
+    (:func:`headflow.models.families.prefix_reuse_problem`: PaliGemma's prefix-LM mask, short sliding windows)."""
+    if scope == "all":
+        return target_values(full_logits(model, task, baseline, keep, "all", min(batch_size, 32)), task, target)
+    if scope != "text":
+        raise ValueError(f"unknown ablation scope {scope!r}; choose one of {iv.SCOPES}")
+    if reuse is None and families.prefix_reuse_problem(model, task.inputs["input_ids"].shape[1]):
+        return target_values(full_logits(model, task, baseline, keep, "text", min(batch_size, 32)), task, target)
+    reuse = reuse or PrefixReuse(model, task.inputs, baseline)
+    return target_values(reuse.final_logits(keep, batch_size), task, target)
+
+
+def repeat_inputs(inputs: dict, B: int) -> dict:
+    """One prompt's processor inputs as a batch of ``B`` copies: image tensors (``pixel_*``,
+    ``image_*``) repeated along dim 0, as Qwen2-VL's flattened patches and ``image_grid_thw`` and
+    Idefics3's ``pixel_attention_mask`` need; the per-position ones expanded without copying."""
+    return {k: v.repeat(B, *[1] * (v.dim() - 1)) if k.startswith(("pixel_", "image_")) else
+            v.expand(B, *v.shape[1:]) for k, v in inputs.items()}
+
+
+@torch.inference_mode()
+def full_logits(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tensor, scope: str = "text",
+                batch_size: int = 32) -> torch.Tensor:
+    """Final-position logits ``(M, vocab)`` under each keep-mask, by full forwards (batches of
+    ``batch_size`` copies of the image and prompt)."""
+    out = []
+    for s in range(0, len(keep), batch_size):
+        chunk = keep[s:s + batch_size]
+        B = len(chunk)
+        inputs = {k: v.to(model.device) for k, v in repeat_inputs(task.inputs, B).items()}
+        abl = iv.HeadAblation(chunk, iv.image_mask(model, inputs["input_ids"]), baseline, scope)
+        with iv.intervene(model, ablation=abl):
+            out.append(model(**inputs, logits_to_keep=1).logits[:, -1].float())
+    return torch.cat(out)
+
+
+def run_attribution(model, tasks: Sequence[ImageTask], baseline: iv.Baseline, store: RunStore, n_masks: int,
+                    ablation_rate: float, seed: int, target: str = "logit", batch_size: int = 128,
+                    progress: bool = True, scope: str = "text") -> dict[str, dict]:
+    """Random-mask ablations of every image: per image ``keep (S, L, H)``, ``y (S,)``,
+    ``y_clean`` and ``y_none``.  Finished images are read back from ``store``; each image is one
+    :func:`attribution_unit` (resumable inside itself)."""
+    for task in tqdm(tasks, desc="head attribution", disable=not progress):
+        attribution_unit(model, task, baseline, store, n_masks, ablation_rate, seed, target, batch_size, scope=scope)
+    return {t.key: load_run(store, t.key) for t in tasks}
+
+
+def unit_masks(n_layers: int, n_heads: int, n_masks: int, ablation_rate: float, seed: int,
+               image_id: int) -> torch.Tensor:
+    """The masks of one image's unit: ``n_masks`` random keep-masks (seeded by ``seed`` and the
+    image), then all kept (``y_clean``) and none kept (``y_none``): ``(n_masks + 2, L, H)``."""
+    keep = attribution.sample_masks(n_masks, n_layers, n_heads, ablation_rate, seed * 1_000_003 + int(image_id))
+    ends = torch.stack([torch.ones(n_layers, n_heads, dtype=torch.bool), torch.zeros(n_layers, n_heads, dtype=torch.bool)])
+    return torch.cat([keep, ends])
+
+
+def attribution_unit(model, task: ImageTask, baseline: iv.Baseline, store: RunStore, n_masks: int,
+                     ablation_rate: float, seed: int, target: str = "logit", batch_size: int = 128,
+                     part_batches: int = 4, scope: str = "text", after_part=None) -> None:
+    """One image's random-mask ablations into ``store`` under ``task.key``.
+
+    The masks are written in parts of ``part_batches * batch_size`` masks as they finish; a unit
+    interrupted anywhere (even ``kill -9``) restarts at its first missing part, and is merged into
+    one entry when every part exists.  Parts are whole batches, so the values equal those of an
+    uninterrupted run with the same batch size and threads, bit for bit.  ``after_part(key, index)``
+    is called after each part is written (a test's fault hook)."""
+    if store.done(task.key):
+        return
+    n_layers, n_heads = iv.text_layers_and_heads(model)
+    keep = unit_masks(n_layers, n_heads, n_masks, ablation_rate, seed, task.example.image_id)
+    step = part_batches * batch_size
+    starts = list(range(0, len(keep), step))
+    reuse = None
+    fast = scope == "text" and not families.prefix_reuse_problem(model, task.inputs["input_ids"].shape[1])
+    for index, s in enumerate(starts):
+        if store.part_done(task.key, index):
+            continue
+        if reuse is None and fast:  # the image prefix, once per unit (and once more after a restart)
+            reuse = PrefixReuse(model, task.inputs, baseline)
+        y = masks_y(model, task, baseline, keep[s:s + step], target, batch_size, reuse=reuse, scope=scope)
+        store.save_part(task.key, index, y=y)
+        if after_part is not None:
+            after_part(task.key, index)
+    if store.done(task.key):  # another worker merged it meanwhile
+        return
+    y = np.concatenate([store.load_part(task.key, i)["y"] for i in range(len(starts))])
+    mask_keep = keep[:-2]
+    store.save(task.key, keep=np.packbits(mask_keep.numpy(), axis=-1), shape=np.array(mask_keep.shape), y=y[:-2],
+               y_clean=y[-2], y_none=y[-1])
+    store.drop_parts(task.key)
+
+
+def load_run(store: RunStore, key: str) -> dict:
+    """One image of a run store, with ``keep`` unpacked to ``(S, L, H)`` bool."""
+    z = store.load(key)
+    S, L, H = z["shape"].tolist()
+    z["keep"] = np.unpackbits(z["keep"], axis=-1, count=H).astype(bool).reshape(S, L, H)
+    return z

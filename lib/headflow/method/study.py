@@ -1,0 +1,213 @@
+"""What the chapters share: the model, the correctly answered images, the baseline, the run.
+
+    st = study.setup("organism", "fashionscenes/eval", "object", per_class=10)
+    runs = study.attribution_runs(st, n_masks=1000, ablation_rate=0.5, seed=0)
+    fits = study.fits(runs, regression="ols")
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from headflow.images import coco
+from headflow.images.fashionscenes import ANSWER_WORDS
+from headflow.mechanism import evaluate
+from headflow.mechanism import interventions as iv
+from headflow.method import attribution, experiment
+from headflow.models import loading as models
+from headflow.models.families import blocking_problem
+from headflow.store.fingerprint import code_sha256, fingerprint
+from headflow.store.runstore import RunStore
+from headflow.task.prompt import question_text
+from headflow.util.paths import REPO_ROOT
+
+RUN_DIR = REPO_ROOT / ".cache" / "runs"
+
+
+@dataclass
+class Study:
+    model_name: str
+    model: object
+    processor: object
+    words: list[str]
+    question: str
+    tasks: list  # ImageTask of the correctly answered images
+    n_images: int  # images asked (before keeping the correct ones)
+    clean_accuracy: float
+    baseline: iv.Baseline
+    baseline_kind: str
+    target: str
+    n_layers: int
+    n_heads: int
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        return [t.class_name for t in self.tasks]
+
+
+def pick_per_class(examples, per_class: int, offset: int = 0) -> list:
+    """The ``per_class`` examples of every class that follow its first ``offset``, in file order
+    (all after the offset if ``per_class`` is 0)."""
+    out, seen = [], {}
+    for ex in examples:
+        n = seen.get(ex.class_name, 0)
+        if n >= offset and (per_class <= 0 or n < offset + per_class):
+            out.append(ex)
+        seen[ex.class_name] = n + 1
+    return out
+
+
+def answer_words(question: str, set_file) -> list[str]:
+    """The answer vocabulary of a question: the set's class names for ``object``; the organism's
+    colour or position words for ``color``/``position`` (FashionScenes sets only)."""
+    if question == "object":
+        return coco.class_names(set_file)
+
+    question_text(question)  # a clear error for an unknown question type
+    return list(ANSWER_WORDS[question])
+
+
+def answer_of(example, question: str) -> str:
+    """The correct answer word of ``example`` for ``question``."""
+    got = example.answers.get(question)
+    if got is None:
+        raise ValueError(f"image {example.image_id} has no {question!r} answer: the colour and position questions "
+                         "need a FashionScenes set (COCO annotations carry classes only); use question='object'")
+    return got
+
+
+KEEP = ("correct", "all")
+
+
+def setup(model: str = "organism", image_set: str = "fashionscenes/eval", question: str = "object",
+          per_class: int = 10, n_reference: int = 50, baseline: str = "dataset-mean", target: str = "logit",
+          base: str = "sdpa", batch_size: int = 32, offset: int = 0, keep: str = "correct",
+          image_size=(), device: str | None = None, dtype: str | None = None) -> Study:
+    """Load the model, ask the question about ``per_class`` images of each class (after the first
+    ``offset`` of each class, so that chapters can take images disjoint from another study's), keep
+    the correctly answered ones, and build the ablation baseline from ``n_reference`` other images
+    of the set.
+
+    ``keep="all"`` keeps every chosen image, answered correctly or not: a *mechanics run* (a
+    random-weight model, such as :mod:`headflow.models.tiny`'s, answers nothing correctly); its numbers
+    say that the code runs on the model, never what the model does.  ``image_size`` ``[width,
+    height]`` brings every image to one size (:func:`headflow.images.coco.at_size`), which the
+    per-position ``dataset-mean`` baseline needs where the token count follows the image's size.
+    ``device``/``dtype``: where and in what precision the model runs (e.g. ``"cuda"``, ``"bfloat16"``)."""
+    if keep not in KEEP:
+        raise ValueError(f"unknown keep {keep!r}; choose 'correct' (the study) or 'all' (a mechanics run)")
+    if baseline not in iv.BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; choose one of {iv.BASELINES}")
+    if target not in experiment.TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {experiment.TARGETS}")
+    net, processor = models.load(model, device=device, dtype=dtype)
+    iv.install(net, base)
+
+    problem = blocking_problem(net)
+    if problem:
+        raise ValueError(f"{problem}: head ablation cannot block all image-to-text flow in this family, so y_none and "
+                         "head attributions would not mean what the study says; headflow refuses to run it")
+    set_file = coco.resolve_set(image_set)
+    all_examples = coco.load_set(set_file, size=tuple(image_size) or None)
+    words = answer_words(question, set_file)
+    chosen = pick_per_class(all_examples, per_class, offset)
+    q = question_text(question)
+    res = evaluate.evaluate(net, processor, [e.load_image() for e in chosen], words,
+                            [words.index(answer_of(e, question)) for e in chosen], q, batch_size=batch_size)
+    correct = [e for e, ok in zip(chosen, res["correct"]) if ok or keep == "all"]
+    if not correct:
+        raise ValueError("the model answered none of the chosen images correctly; nothing to analyse (for a "
+                         "mechanics run of a random-weight model, keep='all' keeps every image)")
+    if keep == "all":
+        print(f"mechanics run: all {len(chosen)} images kept, {int(np.sum(res['correct']))} answered correctly; "
+              "these numbers test the code path, not the model")
+    tasks = experiment.prepare(processor, correct, words, q, [answer_of(e, question) for e in correct])
+    chosen_ids = {e.image_id for e in chosen}
+    reference = [e for e in all_examples if e.image_id not in chosen_ids][:n_reference] or chosen[:n_reference]
+    ref_tasks = experiment.prepare(processor, reference, words, q, [answer_of(e, question) for e in reference])
+    n_layers, n_heads = iv.text_layers_and_heads(net)
+    if baseline == "dataset-mean":
+        counts = {int(iv.image_mask(net, t.inputs["input_ids"]).sum()) for t in tasks + ref_tasks}
+        if len(counts) > 1:
+            raise ValueError(f"the images give different numbers of image positions ({sorted(counts)}), so a "
+                             "per-position dataset-mean baseline is undefined: process every image at one size "
+                             "(see the definitions of chapter 2) or use baseline='image-mean' or 'zero'")
+    bl = experiment.reference_baseline(net, ref_tasks, baseline)
+    meta = {"model": model, "image_set": image_set, "question": question, "per_class": per_class, "offset": offset,
+            "keep": keep, "image_size": list(image_size), "device": device, "dtype": dtype,
+            "n_reference": len(reference), "baseline": baseline, "target": target, "base": base,
+            "fingerprint": fingerprint(models.resolve_path(model), [e.path for e in chosen + reference])}
+    return Study(model, net, processor, words, q, tasks, len(chosen), float(res["accuracy"]), bl, baseline, target,
+                 n_layers, n_heads, meta)
+
+
+def store_for(st: Study, kind: str, computed_by: str | None = None, **params) -> RunStore:
+    """A run store keyed by everything that determines its contents: the study's parameters, the
+    run's parameters and the fingerprint (model files, images, code of the computing layers,
+    versions; :mod:`headflow.store.fingerprint`).  ``computed_by``: the module of a higher layer
+    (a finding) whose own code computes what the store holds; its source joins the key."""
+    extra = {"computed_by": {computed_by: code_sha256([computed_by])[:16]}} if computed_by else {}
+    full = {"kind": kind, **st.meta, **params, **extra}
+    digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:12]
+    return RunStore(RUN_DIR / f"{kind}-{digest}", full)
+
+
+def attribution_runs(st: Study, n_masks: int, ablation_rate: float, seed: int, tasks=None,
+                     batch_size: int = 128) -> dict[str, dict]:
+    """Random-mask runs of every image (resumable; see :mod:`headflow.store.runstore`)."""
+    store = store_for(st, "attribution", n_masks=n_masks, ablation_rate=ablation_rate, seed=seed)
+    return experiment.run_attribution(st.model, tasks or st.tasks, st.baseline, store, n_masks, ablation_rate, seed,
+                                      st.target, batch_size)
+
+
+def fits(runs: dict[str, dict], regression: str = "ols", alpha: float = 1e-3, seed: int = 0,
+         n_masks: int | None = None) -> dict[str, attribution.Fit]:
+    """One fit per image (on the first ``n_masks`` masks, if given)."""
+    out = {}
+    for key, r in runs.items():
+        keep, y = r["keep"], r["y"]
+        if n_masks is not None:
+            keep, y = keep[:n_masks], y[:n_masks]
+        out[key] = attribution.fit(keep, y, regression, alpha, seed)
+    return out
+
+
+def class_mean(st: Study, per_image: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Mean of a per-image array over each class's (correctly answered) images."""
+    out: dict[str, list] = {}
+    for t in st.tasks:
+        out.setdefault(t.class_name, []).append(per_image[t.key])
+    return {c: np.mean(v, axis=0) for c, v in out.items()}
+
+
+def fit_quality(st: Study, runs: dict, mask_counts, rates, n_masks: int, seed: int, tasks, regression: str = "ols",
+                ridge_alpha: float = 1.0):
+    """Held-out fit quality (median Pearson r and R^2 over ``tasks``) vs the number of masks (the
+    first m masks of ``runs``) and vs the ablation rate (new runs of ``n_masks``), on the same images.
+    Where the training masks (four fifths of m) are fewer than the parameters (heads + 1), OLS is
+    under-determined: ridge (``ridge_alpha``) is used there and the row says so."""
+
+    n_params = st.n_layers * st.n_heads + 1
+    keys = [t.key for t in tasks]
+    rows = []
+    for m in [m for m in mask_counts if m <= n_masks]:
+        n_train = m - max(2, int(round(m * 0.2)))
+        under = n_train < n_params
+        reg = "ridge" if under and regression == "ols" else regression
+        f = fits({k: runs[k] for k in keys}, reg, alpha=ridge_alpha if reg == "ridge" else 1e-3, n_masks=m)
+        rows.append({"panel": "masks", "masks": m, "rate": None, "n_train": n_train, "under_determined": under,
+                     "regression": reg, "r": float(np.median([x.heldout_r for x in f.values()])),
+                     "R2": float(np.median([x.heldout_r2 for x in f.values()]))})
+    for a in rates:
+        rr = attribution_runs(st, n_masks, a, seed, tasks=tasks)
+        f = fits(rr, regression)
+        rows.append({"panel": "rate", "masks": n_masks, "rate": a, "n_train": next(iter(f.values())).n_train,
+                     "under_determined": next(iter(f.values())).n_train < n_params, "regression": regression,
+                     "r": float(np.median([x.heldout_r for x in f.values()])),
+                     "R2": float(np.median([x.heldout_r2 for x in f.values()]))})
+    return pd.DataFrame(rows)

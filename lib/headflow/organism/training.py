@@ -1,0 +1,534 @@
+"""The model organism: a small LLaVA trained in this repository.
+
+It is transformers' own ``LlavaForConditionalGeneration`` (CLIP vision tower, MLP projector,
+LLaMA language model) with the LLaVA-1.5 chat template ``USER: <image>\\n{question} ASSISTANT:``
+and a word-level tokenizer built offline, in which every answer word, "ASSISTANT" and ":" are
+single tokens.  Training is a list of stages (``Recipe.stages``), each logged:
+
+``vision``
+    the vision tower alone learns the object's class and colour from a linear head on its mean
+    patch feature (the layer the projector reads): our stand-in for a pretrained CLIP;
+``text``
+    the language model alone (no image) learns in-context retrieval over its own vocabulary:
+    ``USER: <context words> <question> ASSISTANT:`` -> the context word of the asked type (one
+    class, one colour and one position word hidden among filler words, shuffled, a context of
+    random length).  It teaches attention heads to find a word of a requested kind anywhere
+    earlier in the sequence and move it to the final position: our stand-in for text pretraining;
+``align``
+    the projector only, language model and tower frozen (LLaVA's stage 1);
+``llava``
+    projector and language model (tower frozen) answer the three image questions (LLaVA's
+    stage 2; the loss is on the one answer token at the final position, teacher forced).
+
+Two recipes are committed: ``organism`` (the default: vision tower taken from
+``organism-scratch``, then ``text``, ``align``, ``llava``) and ``organism-scratch`` (``vision``
+then ``llava``: the language model learns to read the image from scratch).  Run
+``python -m headflow.organism --out data/models/organism`` (``make organism``); add
+``--train-tower`` to train the vision tower too instead of taking the committed one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import transformers
+from PIL import Image
+from tqdm.auto import tqdm
+
+from headflow.images import fashionscenes as data
+from headflow.images.fashionscenes import ANSWER_WORDS
+from headflow.models import loading as models
+from headflow.models.llava_builder import IMAGE_MEAN, IMAGE_STD, SPECIAL_TOKENS, LlavaArch, build_model, build_processor
+from headflow.task.prompt import QUESTION_TYPES, QUESTIONS, answer_token_ids, build_prompt
+from headflow.util.hashing import sha256
+
+STAGES = ("vision", "text", "align", "llava")
+
+
+@dataclass
+class Recipe(LlavaArch):
+    """Architecture (:class:`headflow.models.llava_builder.LlavaArch`) and training schedule of the
+    organism (all recorded in the training log).
+
+    The defaults are the default organism; :func:`scratch_recipe` gives ``organism-scratch``."""
+
+    stages: tuple = ("text", "align", "llava")
+    tower_from: str = "organism-scratch"  # the pretrained vision tower, when "vision" is not a stage
+    # vision: the tower with class and colour heads
+    vision_steps: int = 4000
+    vision_batch: int = 128
+    vision_lr: float = 2e-3
+    # text: in-context retrieval, language model alone
+    text_steps: int = 300
+    text_batch: int = 128
+    text_lr: float = 1.5e-3
+    text_min_fillers: int = 3
+    text_max_fillers: int = 24
+    # align: the projector only
+    align_steps: int = 400
+    align_batch: int = 64
+    align_lr: float = 2e-3
+    # llava: projector + language model
+    llava_steps: int = 1000
+    llava_batch: int = 64
+    llava_lr: float = 1.5e-3
+    tower_lr_scale: float = 0.0  # the pretrained tower moves slower in the llava stage (0: frozen)
+    llava_question_offset: int = 32  # seed offset of the llava stage's question types (organism-scratch: 2)
+    question_probs: tuple = (0.5, 0.25, 0.25)  # object, color, position
+    warmup: int = 100
+    weight_decay: float = 0.05
+    bf16: bool = True
+    eval_every: int = 200
+    n_eval_during: int = 600
+    monitor_seed: int = 2000  # the scenes progress is monitored on (no checkpoint is selected on them)
+    eval_seed: int = 1000  # the held-out scenes of the final evaluation, which no training step sees
+    n_eval_final: int = 3000
+    threads: int = 2
+
+    def __post_init__(self):
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad or not self.stages:
+            raise ValueError(f"unknown training stage(s) {bad}; stages are drawn from {STAGES}")
+        if self.text_min_fillers < 0 or self.text_max_fillers < self.text_min_fillers:
+            raise ValueError("need 0 <= text_min_fillers <= text_max_fillers")
+
+
+def scratch_recipe(**overrides) -> Recipe:
+    """``organism-scratch``: the tower first, then the whole LLaVA at once, with no text pretraining.
+    (Its committed checkpoint monitored training on the first 600 scenes of the final evaluation's
+    seed; chapter 0 therefore also evaluates it on a fresh seed.)"""
+    return Recipe(**{"stages": ("vision", "llava"), "monitor_seed": 1000, "llava_steps": 850,
+                     "llava_question_offset": 2, **overrides})
+
+
+# ------------------------------------------------------------------------------------ fast batches
+_MEAN = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+_STD = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+
+
+def to_pixels(images_u8: np.ndarray) -> torch.Tensor:
+    """``(B, H, W, 3) uint8`` -> normalised ``(B, 3, H, W) float32`` (what the processor computes)."""
+    x = torch.from_numpy(np.ascontiguousarray(images_u8)).permute(0, 3, 1, 2).float() / 255.0
+    return (x - _MEAN) / _STD
+
+
+class PromptCache:
+    """Token ids of each question's prompt, built once with the real processor and chat template,
+    so training batches skip the processor.  Checks the fast pixel path against the processor."""
+
+    def __init__(self, processor, sample_image: np.ndarray):
+        self.ids = []
+        for q in QUESTION_TYPES:
+            enc = processor(images=Image.fromarray(sample_image), text=build_prompt(processor, QUESTIONS[q]),
+                            return_tensors="pt")
+            self.ids.append(enc["input_ids"][0])
+            diff = (to_pixels(sample_image[None]) - enc["pixel_values"]).abs().max().item()
+            if diff > 1e-4:
+                raise RuntimeError(f"fast pixel normalisation differs from the processor by {diff:.2e}")
+        self.pad_id = processor.tokenizer.pad_token_id
+        self.answer_ids = [torch.tensor(answer_token_ids(processor, ANSWER_WORDS[q], single_token=True))
+                           for q in QUESTION_TYPES]
+
+    def batch(self, qtypes: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded ``input_ids``, ``attention_mask`` and ``position_ids``, each ``(B, L)``."""
+        L = max(len(self.ids[q]) for q in qtypes)
+        ids = torch.full((len(qtypes), L), self.pad_id, dtype=torch.long)
+        att = torch.zeros((len(qtypes), L), dtype=torch.long)
+        for row, q in enumerate(qtypes):
+            n = len(self.ids[q])
+            ids[row, L - n:] = self.ids[q]
+            att[row, L - n:] = 1
+        return ids, att, (att.cumsum(1) - 1).clamp(min=0)
+
+
+def final_logits(model, prompts: PromptCache, images_u8: np.ndarray, qtypes: list[int], bf16: bool) -> torch.Tensor:
+    """Logits ``(B, vocab)`` at the final prompt position."""
+    ids, att, pos = prompts.batch(qtypes)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = model(input_ids=ids, attention_mask=att, position_ids=pos, pixel_values=to_pixels(images_u8),
+                    logits_to_keep=1)
+    return out.logits[:, -1].float()
+
+
+@torch.inference_mode()
+def quick_accuracy(model, prompts: PromptCache, images, labels, bf16: bool, batch: int = 250) -> dict:
+    """Unrestricted-argmax accuracy per question type; ``labels`` is ``(N, 3)`` (class, colour, position)."""
+    was_training = model.training
+    model.eval()
+    acc = {}
+    for q, name in enumerate(QUESTION_TYPES):
+        correct = 0
+        for s in range(0, len(images), batch):
+            logits = final_logits(model, prompts, images[s:s + batch], [q] * len(images[s:s + batch]), bf16)
+            target = prompts.answer_ids[q][torch.from_numpy(labels[s:s + batch, q])]
+            correct += int((logits.argmax(-1) == target).sum())
+        acc[name] = correct / len(images)
+    model.train(was_training)
+    return acc
+
+
+# ------------------------------------------------------------------------------------ training
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10%."""
+    return min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / total)))
+
+
+def _labels(specs) -> np.ndarray:
+    return np.array([(s.label, s.color, s.position) for s in specs], np.int64)
+
+
+class SceneStream:
+    """Endless, seeded batches of freshly rendered training scenes (Fashion-MNIST train split)."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.n_items = len(data.load_fashion_mnist("train")[1])
+
+    def next(self, n: int):
+        items = self.rng.integers(0, self.n_items, n)
+        specs = data.sample_specs("train", n, int(self.rng.integers(2**31)), items=items)
+        images, _ = data.render_many(specs)
+        return images, _labels(specs)
+
+
+def train_vision(model, recipe: Recipe, stream: SceneStream, probe_images, probe_labels, log: dict) -> None:
+    """Stage ``vision``: the tower with linear class and colour heads on its mean patch feature."""
+    tower = model.model.vision_tower
+    heads = torch.nn.ModuleDict({"class": torch.nn.Linear(recipe.vision_hidden, len(data.CLASSES)),
+                                 "color": torch.nn.Linear(recipe.vision_hidden, len(data.COLORS))})
+    params = list(tower.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=recipe.vision_lr, betas=(0.9, 0.98), weight_decay=recipe.weight_decay)
+
+    def features(images_u8):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
+            hidden = tower(to_pixels(images_u8), output_hidden_states=True).hidden_states[-1][:, 1:]
+            return hidden.mean(1)
+
+    t0 = time.perf_counter()
+    bar = tqdm(range(recipe.vision_steps), desc="stage vision: tower", mininterval=5)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = recipe.vision_lr * _lr_factor(step, recipe.vision_steps, recipe.warmup)
+        images, labels = stream.next(recipe.vision_batch)
+        f = features(images)
+        y = torch.from_numpy(labels)
+        loss = F.cross_entropy(heads["class"](f).float(), y[:, 0]) + F.cross_entropy(heads["color"](f).float(), y[:, 1])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if (step + 1) % recipe.eval_every == 0 or step + 1 == recipe.vision_steps:
+            with torch.inference_mode():
+                f = torch.cat([features(probe_images[s:s + 500]) for s in range(0, len(probe_images), 500)])
+                acc_c = float((heads["class"](f).argmax(-1).numpy() == probe_labels[:, 0]).mean())
+                acc_k = float((heads["color"](f).argmax(-1).numpy() == probe_labels[:, 1]).mean())
+            row = {"step": step + 1, "minutes": round((time.perf_counter() - t0) / 60, 2),
+                   "loss": round(loss.item(), 4), "probe_object": acc_c, "probe_color": acc_k}
+            log.setdefault("vision_stage", []).append(row)
+            bar.set_postfix(loss=f"{loss.item():.3f}", probe_object=f"{acc_c:.3f}")
+            tqdm.write(f"[vision] {row}")
+    log["vision_minutes"] = round((time.perf_counter() - t0) / 60, 2)
+
+
+class TextRetrieval:
+    """Seeded batches of the text-only retrieval task (stage ``text``).
+
+    One example: ``<s> USER: w_1 ... w_n <question> ASSISTANT:`` where the context words are one
+    class word, one colour word and one position word among ``n - 3`` filler words (the
+    vocabulary's other plain words), shuffled, ``n - 3`` uniform in ``[min_fillers, max_fillers]``;
+    the target is the context word of the asked type.  Token ids are assembled from pieces the
+    tokenizer produced once (``check`` compares them with the tokenizer on real strings)."""
+
+    def __init__(self, tokenizer, seed: int, min_fillers: int = 3, max_fillers: int = 30,
+                 question_probs=(0.5, 0.25, 0.25)):
+        self.tok = tokenizer
+        self.rng = np.random.default_rng(seed)
+        self.min_fillers, self.max_fillers = min_fillers, max_fillers
+        self.question_probs = np.asarray(question_probs, float)
+        answers = set(sum(ANSWER_WORDS.values(), []))
+        vocab = tokenizer.get_vocab()
+        self.fillers = np.array(sorted(i for w, i in vocab.items() if w not in answers and w not in SPECIAL_TOKENS
+                                       and w not in ("USER", "ASSISTANT", ":")))
+        self.answer_ids = [np.array([vocab[w] for w in ANSWER_WORDS[q]]) for q in QUESTION_TYPES]
+        self.head = np.array(tokenizer("USER:")["input_ids"])  # <s> USER :
+        self.tails = [np.array(tokenizer(QUESTIONS[q] + " ASSISTANT:", add_special_tokens=False)["input_ids"])
+                      for q in QUESTION_TYPES]
+        self.pad_id = tokenizer.pad_token_id
+
+    def sample(self) -> tuple[np.ndarray, int, list[str]]:
+        """One example: ``(token ids, target id, context words)``."""
+        labels = [int(self.rng.integers(len(a))) for a in self.answer_ids]
+        n_fill = int(self.rng.integers(self.min_fillers, self.max_fillers + 1))
+        context = np.concatenate([[a[l] for a, l in zip(self.answer_ids, labels)],
+                                  self.rng.choice(self.fillers, n_fill)])
+        self.rng.shuffle(context)
+        q = int(self.rng.choice(len(QUESTION_TYPES), p=self.question_probs))
+        ids = np.concatenate([self.head, context, self.tails[q]])
+        return ids, int(self.answer_ids[q][labels[q]]), self.tok.convert_ids_to_tokens(context.tolist())
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded ``input_ids``, ``attention_mask``, ``position_ids`` ``(n, L)`` and targets ``(n,)``."""
+        rows, targets = zip(*[self.sample()[:2] for _ in range(n)])
+        L = max(len(r) for r in rows)
+        ids = np.full((n, L), self.pad_id, np.int64)
+        att = np.zeros((n, L), np.int64)
+        for i, r in enumerate(rows):
+            ids[i, L - len(r):] = r
+            att[i, L - len(r):] = 1
+        att = torch.from_numpy(att)
+        return torch.from_numpy(ids), att, (att.cumsum(1) - 1).clamp(min=0), torch.tensor(targets)
+
+    def check(self, n: int = 5) -> None:
+        """Raise if the assembled ids differ from the tokenizer's ids of the same text."""
+        for _ in range(n):
+            ids, _, words = self.sample()
+            q = next(i for i, t in enumerate(self.tails) if np.array_equal(ids[-len(t):], t))
+            text = "USER: " + " ".join(words) + "\n" + QUESTIONS[QUESTION_TYPES[q]] + " ASSISTANT:"
+            if self.tok(text)["input_ids"] != ids.tolist():
+                raise RuntimeError(f"text-task ids differ from the tokenizer's for {text!r}")
+
+
+def _optimizer(groups: list[dict], lr: float, recipe: Recipe):
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), weight_decay=recipe.weight_decay)
+
+
+def _set_lr(opt, lr: float, step: int, total: int, recipe: Recipe) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr * g.get("scale", 1.0) * _lr_factor(step, total, recipe.warmup)
+
+
+def train_text(model, recipe: Recipe, processor, log: dict) -> None:
+    """Stage ``text``: the language model alone learns in-context retrieval (no image, no projector)."""
+    task = TextRetrieval(processor.tokenizer, recipe.seed + 3, recipe.text_min_fillers, recipe.text_max_fillers,
+                         recipe.question_probs)
+    task.check()
+    monitor = TextRetrieval(processor.tokenizer, recipe.seed + 4, recipe.text_min_fillers, recipe.text_max_fillers,
+                            recipe.question_probs).batch(512)
+    params = list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
+    opt = _optimizer(params, recipe.text_lr, recipe)
+    rows, t0 = log.setdefault("text_stage", []), time.perf_counter()
+    model.train()
+    bar = tqdm(range(recipe.text_steps), desc="stage text: in-context retrieval", mininterval=5)
+    for step in bar:
+        _set_lr(opt, recipe.text_lr, step, recipe.text_steps, recipe)
+        ids, att, pos, y = task.batch(recipe.text_batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
+            logits = model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=1).logits[:, -1]
+        loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if (step + 1) % recipe.eval_every == 0 or step + 1 == recipe.text_steps:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
+                ids, att, pos, y = monitor
+                pred = model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=1).logits[:, -1]
+            row = {"step": step + 1, "minutes": round((time.perf_counter() - t0) / 60, 2), "loss": round(loss.item(), 4),
+                   "retrieval": float((pred.argmax(-1) == y).float().mean())}
+            rows.append(row)
+            bar.set_postfix(loss=f"{loss.item():.3f}", retrieval=f"{row['retrieval']:.3f}")
+            tqdm.write(f"[text] {row}")
+    log["text_minutes"] = round((time.perf_counter() - t0) / 60, 2)
+
+
+def train_answers(model, recipe: Recipe, stage: str, stream: SceneStream, prompts: PromptCache, eval_images,
+                  eval_labels, log: dict) -> None:
+    """Stage ``align`` (projector only) or ``llava`` (projector + language model): answer the three
+    question types, loss on the one answer token.  The vision tower is frozen unless
+    ``tower_lr_scale > 0`` (``llava`` only)."""
+    projector = list(model.model.multi_modal_projector.parameters())
+    lm = list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
+    tower = list(model.model.vision_tower.parameters())
+    if stage == "align":
+        groups = [{"params": projector, "scale": 1.0}]
+        steps, batch, lr = recipe.align_steps, recipe.align_batch, recipe.align_lr
+    elif stage == "llava":
+        groups, steps, batch, lr = ([{"params": projector + lm, "scale": 1.0}], recipe.llava_steps, recipe.llava_batch,
+                                    recipe.llava_lr)
+        if recipe.tower_lr_scale > 0:
+            groups.append({"params": tower, "scale": recipe.tower_lr_scale})
+    else:
+        raise ValueError(f"train_answers trains 'align' or 'llava', not {stage!r}")
+    trained = {id(p) for g in groups for p in g["params"]}
+    for p in model.parameters():  # frozen parameters get no gradient at all
+        p.requires_grad_(id(p) in trained)
+    opt = _optimizer(groups, lr, recipe)
+    rng = np.random.default_rng(recipe.seed + (recipe.llava_question_offset if stage == "llava" else 22))
+    rows, t0 = log.setdefault(f"{stage}_stage", []), time.perf_counter()
+    model.train()
+    bar = tqdm(range(steps), desc=f"stage {stage}", mininterval=5)
+    for step in bar:
+        _set_lr(opt, lr, step, steps, recipe)
+        images, labels = stream.next(batch)
+        qtypes = rng.choice(3, batch, p=list(recipe.question_probs)).tolist()
+        targets = torch.stack([prompts.answer_ids[q][labels[i, q]] for i, q in enumerate(qtypes)])
+        loss = F.cross_entropy(final_logits(model, prompts, images, qtypes, recipe.bf16), targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if (step + 1) % recipe.eval_every == 0 or step + 1 == steps:
+            acc = quick_accuracy(model, prompts, eval_images, eval_labels, recipe.bf16)
+            row = {"step": step + 1, "minutes": round((time.perf_counter() - t0) / 60, 2),
+                   "loss": round(loss.item(), 4), **acc}
+            rows.append(row)
+            bar.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.3f}" for k, v in acc.items()})
+            tqdm.write(f"[{stage}] {row}")
+    for p in model.parameters():
+        p.requires_grad_(True)
+    log[f"{stage}_minutes"] = round((time.perf_counter() - t0) / 60, 2)
+
+
+def load_tower(model, source: str, log: dict) -> None:
+    """Copy a committed organism's vision tower into ``model`` (the shared "pretrained encoder"),
+    and its ``vision`` stage log, marked as inherited."""
+
+    folder = Path(models.resolve_path(source))
+    src, _ = models.load(str(folder))
+    model.model.vision_tower.load_state_dict(src.model.vision_tower.state_dict())
+    src_log_path = folder / "training_log.json"
+    src_log = json.loads(src_log_path.read_text()) if src_log_path.exists() else {}
+    log["vision_stage"] = src_log.get("vision_stage", [])
+    log["vision_minutes"] = src_log.get("vision_minutes")
+    log["vision_inherited_from"] = {"model": source, "sha256": sha256(folder / "model.safetensors")}
+
+
+def train(out: Path, recipe: Recipe) -> dict:
+    """Train the organism by ``recipe.stages`` and save model, processor and ``training_log.json`` in ``out``."""
+
+    torch.manual_seed(recipe.seed)
+    torch.set_num_threads(recipe.threads)
+    t0 = time.perf_counter()
+    processor = build_processor()
+    model = build_model(processor, recipe)
+    monitor_specs = data.sample_specs("test", recipe.n_eval_during, seed=recipe.monitor_seed)
+    monitor_images, _ = data.render_many(monitor_specs)
+    monitor_labels = _labels(monitor_specs)
+    prompts = PromptCache(processor, monitor_images[0])
+    stream = SceneStream(recipe.seed + 1)
+    log = {"recipe": asdict(recipe), "n_parameters": sum(p.numel() for p in model.parameters()),
+           "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                        "python": platform.python_version()},
+           "machine": {"processor": platform.processor() or platform.machine(), "threads": recipe.threads},
+           "monitor": {"split": "test", "seed": recipe.monitor_seed, "n": recipe.n_eval_during,
+                       "checkpoint_selected": False}}
+    if "vision" not in recipe.stages:
+        load_tower(model, recipe.tower_from, log)
+    for stage in recipe.stages:
+        if stage == "vision":
+            train_vision(model, recipe, stream, monitor_images, monitor_labels, log)
+        elif stage == "text":
+            train_text(model, recipe, processor, log)
+        else:
+            train_answers(model, recipe, stage, stream, prompts, monitor_images, monitor_labels, log)
+    model.eval()
+    eval_specs = data.sample_specs("test", recipe.n_eval_final, seed=recipe.eval_seed)
+    eval_images, _ = data.render_many(eval_specs)
+    log["final"] = {"n_eval": recipe.n_eval_final, "split": "test", "seed": recipe.eval_seed,
+                    **quick_accuracy(model, prompts, eval_images, _labels(eval_specs), bf16=False)}
+    log["wall_minutes"] = round((time.perf_counter() - t0) / 60, 2)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "training_log.json").write_text(json.dumps(log, indent=1))
+    print(json.dumps(log["final"]), f"wall {log['wall_minutes']} min")
+    return log
+
+
+# ------------------------------------------------------------------------------------ reporting (chapter 0)
+STAGE_TRAINS = {"vision": "vision tower + linear probes", "text": "language model (text only)",
+                "align": "projector only", "llava": "projector + language model"}
+
+
+def stage_table(log: dict) -> dict:
+    """``{row label: value}`` describing a training log's stages (for a side-by-side table)."""
+    r = log["recipe"]
+    stages = list(r.get("stages", ("vision", "llava")))
+    out = {}
+    if "vision" not in stages and log.get("vision_inherited_from"):
+        out["vision tower"] = f"inherited from {log['vision_inherited_from']['model']}"
+    for i, st in enumerate(stages):
+        steps, batch = r.get(f"{st}_steps"), r.get(f"{st}_batch")
+        out[f"stage {i + 1}"] = (f"{st}: {STAGE_TRAINS[st]}, {steps} steps x {batch}, "
+                                 f"{log.get(f'{st}_minutes')} min")
+    out["parameters"] = f"{log['n_parameters']:,}"
+    out["wall minutes (all stages)"] = log["wall_minutes"]
+    mon = log.get("monitor", {"seed": 1000 + r["seed"], "n": r["n_eval_during"]})
+    out["monitored on"] = f"test split, seed {mon['seed']}, first {mon['n']} scenes"
+    fin = log["final"]
+    out["final evaluation"] = f"test split, seed {fin.get('seed', 1000 + r['seed'])}, {fin['n_eval']} scenes"
+    return out
+
+
+def accuracy_table(runs: dict):
+    """A DataFrame: per organism and evaluation set, accuracy and 95% interval per question."""
+
+    rows = []
+    for name, sets in runs.items():
+        for set_name, res in sets.items():
+            row = {"organism": name, "set": f"{set_name} ({res['seed']}, n={res['n_eval']})"}
+            for q in QUESTION_TYPES:
+                lo, hi = res["ci"][q]
+                row[q] = f"{res['accuracy'][q]:.1%} [{lo:.1%}, {hi:.1%}]"
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["organism", "set"])
+
+
+def accuracy_summary(runs: dict, logs: dict, default: str) -> dict:
+    """``book/results/organism.json``: the default organism's held-out accuracy (``accuracy``, on the
+    training log's held-out seed; ``accuracy_fresh`` on the fresh seed), its recipe, and per organism
+    both sets with intervals."""
+    def compact(res):
+        return {k: res[k] for k in ("accuracy", "ci", "n_eval", "seed", "split")}
+
+    by = {}
+    for name, sets in runs.items():
+        log = logs.get(name, {})
+        obj = sets["fresh seed"]
+        per_class = {c: float(obj["correct"]["object"][obj["labels"]["object"] == i].mean())
+                     for i, c in enumerate(data.CLASSES)}
+        by[name] = {"log_seed": compact(sets["log seed"]), "fresh_seed": compact(sets["fresh seed"]),
+                    "per_class_object_fresh": per_class,
+                    "recipe": list(log.get("recipe", {}).get("stages", ("vision", "llava"))),
+                    "wall_minutes": log.get("wall_minutes"), "training_log_final": log.get("final"),
+                    "monitor": log.get("monitor")}
+    d = by[default]
+    return {"model": default, "accuracy": d["log_seed"]["accuracy"], "accuracy_ci": d["log_seed"]["ci"],
+            "accuracy_fresh": d["fresh_seed"]["accuracy"], "n_eval": d["log_seed"]["n_eval"],
+            "eval_seed": d["log_seed"]["seed"], "split": "test", "recipe": d["recipe"], "by_organism": by}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="Train the model organism (the default: about 45 min on 2 cores "
+                                             "from the committed vision tower).")
+    ap.add_argument("--out", type=Path, default=Path("data/models/organism"))
+    ap.add_argument("--scratch", action="store_true",
+                    help="the organism-scratch recipe: vision tower, then the whole LLaVA, no text pretraining")
+    ap.add_argument("--train-tower", action="store_true",
+                    help="train the vision tower too (stage 'vision' first) instead of taking it from --tower-from")
+    ap.add_argument("--tower-from", default=Recipe.tower_from)
+    for f in Recipe.__dataclass_fields__.values():  # every int/float field of the recipe is an option
+        if type(f.default) in (int, float):
+            ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None)
+    args = vars(ap.parse_args(argv))
+    out, scratch, train_tower = args.pop("out"), args.pop("scratch"), args.pop("train_tower")
+    overrides = {k: v for k, v in args.items() if v is not None}
+    recipe = scratch_recipe(**overrides) if scratch else Recipe(**overrides)
+    if train_tower and "vision" not in recipe.stages:
+        recipe.stages = ("vision",) + tuple(recipe.stages)
+    train(out, recipe)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()

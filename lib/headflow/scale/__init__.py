@@ -1,0 +1,1 @@
+"""Scale-out: head attribution on Ray, the paper-scale plan, the performance benchmark."""

@@ -1,0 +1,1 @@
+"""Utilities at the bottom of the package: the repository's root and file hashes."""
