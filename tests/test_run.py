@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -89,3 +90,22 @@ def test_execute_writes_provenance(tmp_path, monkeypatch):
     assert prov["versions"]["torch"] and len(prov["lib_sha256"]) == 64
     executed = nbformat.read(out / "07-demo.ipynb", as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+
+
+def test_a_sweep_key_a_listed_notebook_does_not_declare_is_an_error(tmp_path):
+    """The runner used to drop such a key silently (a sweep's image_size never reaching a chapter)."""
+    prof = tmp_path / "profiles.yml"
+    prof.write_text(yaml.safe_dump({"full": {"_sweep": {"model": ["m/a"], "image_set": "fashionscenes/eval",
+                                                        "not_declared": 1},
+                                             "01-task-and-models": {"n_images": 4}}}))
+    with pytest.raises(run.ParameterError, match=r"\['not_declared'\].*01-task-and-models"):
+        run.plan_runs("full", run.notebooks(), tmp_path, {}, prof)
+    prof.write_text(yaml.safe_dump({"full": {"_sweep": {"model": ["m/a", "m/b"], "image_set": "fashionscenes/eval"},
+                                             "01-task-and-models": {"n_images": 4}}}))
+    plans = run.plan_runs("full", run.notebooks(), tmp_path, {}, prof)
+    assert [(p.stem, params["model"], out.name) for p, params, out in plans] == [
+        ("01-task-and-models", "m/a", "m__a"), ("01-task-and-models", "m/b", "m__b")]
+
+
+def test_the_full_profile_plans_every_run():
+    assert len(run.plan_runs("full", run.notebooks(), Path("/tmp/full"), {})) == 50

@@ -256,6 +256,34 @@ def provenance_table(records: list[dict]):
                           "outputs": len(r["outputs"])} for r in records])
 
 
+def plan_runs(profile: str, paths: list[Path], out: Path, overrides: dict, profile_file: Path = PROFILE_FILE) -> list:
+    """Every ``(notebook, parameters, out folder)`` the profile asks for, validated before anything
+    runs: one folder per model of a ``_sweep`` (only the notebooks the profile names), every sweep key
+    declared by every notebook it reaches (never dropped silently), every parameter declared and
+    of its type."""
+    sweep = sweep_of(profile, profile_file)
+    if sweep:  # one run per model, each into its own folder, only the notebooks the profile names
+        listed = set(profile_notebooks(profile, profile_file))
+        paths = [p for p in paths if p.stem in listed]
+        shared = {k: v for k, v in sweep.items() if k not in ("model", "workload")}  # image_set, image_size ...
+        runs = [(out / model_folder(m), {"model": m, **shared}) for m in sweep["model"]]
+    else:
+        runs = [(out, {})]
+    plans = []
+    for folder, common in runs:
+        for p in paths:
+            declared = declared_parameters(p)
+            missing = sorted(set(common) - set(declared))
+            if missing:
+                raise ParameterError(f"the {profile} profile's _sweep sets {missing}, which {p.name} does not declare "
+                                     "in its parameters cell: add the parameter there or drop it from _sweep (a sweep "
+                                     "key is never dropped silently)")
+            params = {**common, **profile_parameters(profile, p.stem, profile_file), **overrides.get(p.stem, {})}
+            validate(p, params)
+            plans.append((p, params, folder))
+    return plans
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Execute the book's notebooks with papermill.")
     ap.add_argument("--profile", choices=PROFILES, default="default")
@@ -275,26 +303,10 @@ def main(argv=None) -> None:
     if a.profile == "families" and (REPO_ROOT / "book").resolve() in [a.out.resolve(), *a.out.resolve().parents]:
         raise SystemExit("the families profile runs mechanics checks on random-weight models, never into book/: "
                          "give --out a folder outside it (e.g. --out /tmp/families)")
-    sweep = sweep_of(a.profile)
-    if sweep:  # one run per model, each into its own folder, only the notebooks the profile names
-        listed = set(profile_notebooks(a.profile))
-        paths = [p for p in paths if p.stem in listed]
-        shared = {k: v for k, v in sweep.items() if k not in ("model", "workload")}  # image_set, image_size ...
-        runs = [(a.out / model_folder(m), {"model": m, **shared}) for m in sweep["model"]]
-    else:
-        runs = [(a.out, {})]
-    # validate everything before running anything
-    plans = []
-    for out, common in runs:
-        for p in paths:
-            declared = declared_parameters(p)
-            params = {**{k: v for k, v in common.items() if k in declared},
-                      **profile_parameters(a.profile, p.stem), **overrides.get(p.stem, {})}
-            try:
-                validate(p, params)
-            except ParameterError as e:
-                raise SystemExit(f"error: {e}") from None
-            plans.append((p, params, out))
+    try:
+        plans = plan_runs(a.profile, paths, a.out, overrides)
+    except ParameterError as e:
+        raise SystemExit(f"error: {e}") from None
     if a.dry_run:
         for p, params, out in plans:
             print(f"[headflow.run] would run {p.name} ({a.profile}) into {out}: {params}")

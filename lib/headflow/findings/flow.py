@@ -55,7 +55,7 @@ def centres(wins: Sequence[Sequence[int]]) -> np.ndarray:
 def group_masks(st, task: ImageTask) -> dict[str, torch.Tensor]:
     """``{group: (L,) bool}`` of the prompt's token groups (from the processor's output); ``image`` is
     the image span, separators included (:func:`headflow.models.families.image_span`)."""
-    g = tokens.resolve(st.processor, st.model.config, st.question, task.inputs)
+    g = tokens.resolve(st.processor, st.model.config, st.question, task.inputs, n_forced=task.n_forced)
     L = task.inputs["input_ids"].shape[1]
     out = {"image": iv.image_mask(st.model, task.inputs["input_ids"])[0]}  # the whole image span
     for name in ("question", "role", "final"):

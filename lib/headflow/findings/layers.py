@@ -229,7 +229,8 @@ def analyse(st, fits: dict, runs: dict, cutoffs: Sequence[float], n_boot: int, s
     examples = pick_per_class(coco.load_set(coco.resolve_set(st.meta["image_set"]),
                                              size=tuple(st.meta.get("image_size") or ()) or None), n_probe_per_class)
     tasks = experiment.prepare(st.processor, examples, st.words, st.question)
-    pos = [tokens.resolve(st.processor, st.model.config, st.question, t.inputs)["image"] for t in tasks]
+    pos = [tokens.resolve(st.processor, st.model.config, st.question, t.inputs, n_forced=t.n_forced)["image"]
+           for t in tasks]
     labels = np.array([st.words.index(e.class_name) for e in examples])
     out["probe_by_layer"] = probes_by_layer(residual_states(st.model, tasks, pos), labels, folds, seed)
     return out

@@ -36,7 +36,8 @@ def object_slots(st, task: ImageTask) -> dict:
     """``object``: ``(n_span,)`` bool over the image span's positions in order (a position is an
     object token if its patch overlaps the object mask; separators are neither), ``fraction``:
     ``(rows, cols)`` mask share per token, ``grid``: ``(rows, cols)``; from the processor's own output."""
-    g = tokens.resolve(st.processor, st.model.config, st.question, task.inputs, mask=task.example.mask)
+    g = tokens.resolve(st.processor, st.model.config, st.question, task.inputs, mask=task.example.mask,
+                       n_forced=task.n_forced)
     span = iv.image_mask(st.model, task.inputs["input_ids"])[0].nonzero().flatten()  # the slots ablation indexes
     obj = torch.isin(span, g["object"]).numpy()
     return {"object": obj, "fraction": g.object_fraction, "grid": g.grid}

@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from headflow.images import fashionscenes as data
 from headflow.images.fashionscenes import ANSWER_WORDS
-from headflow.task.prompt import QUESTION_TYPES, answer_token_ids, build_prompt, question_text
+from headflow.task.answers import answers, matches, normalise
+from headflow.task.prompt import QUESTION_TYPES, build_prompt, question_text
 
 
 def _as_pil(img) -> Image.Image:
@@ -34,18 +35,17 @@ def final_logits(model, processor, images: Sequence, question: str, batch_size: 
     out = []
     steps = range(0, len(images), batch_size)
     for s in tqdm(steps, desc="clean forward", disable=not progress):
-        chunk = [_as_pil(im) for im in images[s:s + batch_size]]
-        inputs = processor(images=[[im] for im in chunk], text=[prompt] * len(chunk), return_tensors="pt",
-                           padding=True)  # one image per prompt (Gemma 3's processor needs the nesting)
-        inputs = inputs.to(model.device)
+        inputs = {k: v.to(model.device) if torch.is_tensor(v) else v
+                  for k, v in _inputs(processor, images[s:s + batch_size], prompt).items()}
         logits = model(**inputs, logits_to_keep=1).logits[:, -1]
         out.append(logits.float().cpu())
     return torch.cat(out)
 
 
 def answer_logits(logits: torch.Tensor, answer_ids: Sequence[int], targets: Sequence[int]) -> dict:
-    """Per image: the target logit ``y`` (logit of the correct answer's first token), the
-    logit difference to the best wrong answer word, and whether the unrestricted argmax is right.
+    """Per image, for answers decided by their first token: the target logit ``y`` (logit of the
+    correct answer's first token), the logit difference to the best wrong answer word, whether the
+    unrestricted argmax is right, and the best answer word by its first-token logit.
 
     ``answer_ids``: first-token id of each candidate answer word; ``targets``: index of the
     correct word for each image.
@@ -61,12 +61,107 @@ def answer_logits(logits: torch.Tensor, answer_ids: Sequence[int], targets: Sequ
             "predicted_word_index": cand.argmax(-1).numpy()}
 
 
+def _inputs(processor, images: Sequence, prompt: str, forced: Sequence[int] = ()) -> dict:
+    """Processor inputs of ``prompt`` with each image, then the ``forced`` answer tokens appended."""
+    inputs = processor(images=[[_as_pil(im)] for im in images], text=[prompt] * len(images), return_tensors="pt",
+                       padding=True)  # one image per prompt (Gemma 3's processor needs the nesting)
+    return dict(append_tokens(dict(inputs), forced))
+
+
+def append_tokens(inputs: dict, forced: Sequence[int]) -> dict:
+    """``inputs`` with the token ids ``forced`` appended to every row; every other per-position input
+    (attention mask, token type ids) takes the value of the row's last prompt position (text)."""
+    if not len(forced):
+        return inputs
+    ids = inputs["input_ids"]
+    B, L = ids.shape
+    extra = torch.as_tensor(list(forced), dtype=ids.dtype).expand(B, -1)
+    out = {}
+    for k, v in inputs.items():
+        if torch.is_tensor(v) and v.dim() == 2 and v.shape == (B, L) and not k.startswith(("pixel_", "image_")):
+            out[k] = torch.cat([v, extra if k == "input_ids" else v[:, -1:].expand(B, len(forced))], 1)
+        else:
+            out[k] = v
+    return out
+
+
+@torch.inference_mode()
+def decision_logits(model, processor, images: Sequence, question: str, answers: Sequence,
+                    targets: Sequence[int], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """``y`` and the logit difference of each image whose correct answer is decided after its first
+    token: one teacher-forced forward (prompt + the answer's forced tokens), images grouped by class."""
+    prompt = build_prompt(processor, question)
+    y, diff = np.full(len(images), np.nan), np.full(len(images), np.nan)
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(targets):
+        if answers[t].decision > 0:
+            by_class.setdefault(t, []).append(i)
+    for t, rows in by_class.items():
+        a = answers[t]
+        for s in range(0, len(rows), batch_size):
+            chunk = rows[s:s + batch_size]
+            inputs = {k: v.to(model.device) if torch.is_tensor(v) else v
+                      for k, v in _inputs(processor, [images[i] for i in chunk], prompt, a.forced).items()}
+            logits = model(**inputs, logits_to_keep=1).logits[:, -1].float().cpu()
+            y[chunk] = logits[:, a.target_id].double().numpy()
+            diff[chunk] = (logits[:, a.target_id] - logits[:, list(a.competitor_ids)].max(-1).values).double().numpy()
+    return y, diff
+
+
+@torch.inference_mode()
+def greedy_answers(model, processor, images: Sequence, question: str, max_new_tokens: int, batch_size: int = 64,
+                   progress: bool = False) -> tuple[torch.Tensor, list[list[int]]]:
+    """What the model says: a greedy decode of ``max_new_tokens`` tokens per image with the stock
+    ``generate``.  Returns the final-position logits ``(N, vocab)`` of the prompt (the decode's first
+    step, raw) and the generated ids of each image."""
+    prompt = build_prompt(processor, question)
+    tok = getattr(processor, "tokenizer", processor)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    first, out = [], []
+    for s in tqdm(range(0, len(images), batch_size), desc="greedy answers", disable=not progress):
+        inputs = {k: v.to(model.device) if torch.is_tensor(v) else v
+                  for k, v in _inputs(processor, images[s:s + batch_size], prompt).items()}
+        n = inputs["input_ids"].shape[1]
+        gen = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad,
+                             output_logits=True, return_dict_in_generate=True)
+        first.append(gen.logits[0].float().cpu())
+        out.extend(gen.sequences[:, n:].cpu().tolist())
+    return torch.cat(first), out
+
+
+def said(tokenizer, ids: Sequence[int], end_ids: Sequence[int] = ()) -> str:
+    """The normalised text of a decoded answer, cut at the first end-of-answer or special token."""
+    stop = set(end_ids) | set(tokenizer.all_special_ids)
+    kept = []
+    for i in ids:
+        if i in stop:
+            break
+        kept.append(i)
+    return normalise(tokenizer.decode(kept))
+
+
 def evaluate(model, processor, images: Sequence, words: Sequence[str], targets: Sequence[int], question: str,
-             batch_size: int = 64, progress: bool = False) -> dict:
-    """Clean accuracy (unrestricted argmax over the whole vocabulary) and answer logits."""
-    ids = answer_token_ids(processor, words, prompt=build_prompt(processor, question))
-    logits = final_logits(model, processor, images, question, batch_size, progress)
-    res = answer_logits(logits, ids, targets)
+             batch_size: int = 64, progress: bool = False, case: str = "as-labelled") -> dict:
+    """Clean answers of every image (:mod:`headflow.task.answers`): ``y`` and ``logit_diff`` of the
+    correct answer's decision token (the final position's logits are those of the decode's first
+    step, which equal a plain forward's: a test checks it on the organism), ``correct`` (the greedy
+    answer says the class), ``said`` (the normalised greedy answer), ``predicted_word_index`` (the
+    class the answer says, else the best class by its first-token logit) and ``accuracy``."""
+    ans = answers(processor, words, question, case)
+    logits, generated = greedy_answers(model, processor, images, question, max(len(a.tokens) for a in ans),
+                                       batch_size, progress)
+    res = answer_logits(logits, [a.tokens[0] for a in ans], targets)
+    late_y, late_diff = decision_logits(model, processor, images, question, ans, targets, batch_size)
+    late = ~np.isnan(late_y)
+    res["y"] = np.where(late, late_y.astype(res["y"].dtype), res["y"])
+    res["logit_diff"] = np.where(late, late_diff.astype(res["logit_diff"].dtype), res["logit_diff"])
+    tok = getattr(processor, "tokenizer", processor)
+    ends = {a.tokens[-1] for a in ans}
+    spoken = [said(tok, ids, ends) for ids in generated]
+    res["said"] = spoken
+    res["correct"] = np.array([matches(text, words[t]) for text, t in zip(spoken, targets)], dtype=bool)
+    named = [next((j for j, w in enumerate(words) if matches(text, w)), -1) for text in spoken]
+    res["predicted_word_index"] = np.where(np.array(named) >= 0, named, res["predicted_word_index"])
     res["accuracy"] = float(res["correct"].mean())
     return res
 

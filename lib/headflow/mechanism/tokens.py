@@ -6,7 +6,11 @@ Groups (STUDY.md section 2):
 - ``object`` / ``background``: image tokens whose patch overlaps the object mask, or not;
 - ``question``: tokens of the user's question text;
 - ``role``: tokens the chat template adds before the answer (the generation prompt, e.g.
-  "ASSISTANT" and ":" for LLaVA-1.5);
+  "ASSISTANT" and ":" for LLaVA-1.5; for a template without a generation-prompt branch, such as
+  LLaVA-NeXT-Mistral's ``[INST] ... [/INST]``, the template's text between the question and
+  where the answer begins, ``[/INST]``);
+- ``answer``: the teacher-forced tokens of an answer decided after its first token
+  (:mod:`headflow.task.answers`; empty for one-token answers);
 - ``final``: the last input position, which predicts the answer (for LLaVA-1.5 it is the ":" of
   the role tokens, so the two groups overlap there);
 - ``system``: every other position (BOS, "USER", ":", template separators ...).
@@ -25,9 +29,10 @@ import numpy as np
 import torch
 
 from headflow.models import families
+from headflow.task.answers import answer_form
 from headflow.task.prompt import build_prompt, chat_messages
 
-GROUPS = ("image", "object", "background", "question", "role", "final", "system")
+GROUPS = ("image", "object", "background", "question", "role", "answer", "final", "system")
 
 
 @dataclass
@@ -64,7 +69,7 @@ class TokenGroups:
         """One group name per position (the most specific: final > role > question > object/background > image > system)."""
         n = len(self.tokens)
         labels = ["system"] * n
-        for name in ("image", "background", "object", "question", "role", "final"):
+        for name in ("image", "background", "object", "question", "role", "answer", "final"):
             for p in self.positions.get(name, torch.empty(0, dtype=torch.long)).tolist():
                 labels[p] = name
         return labels
@@ -103,8 +108,29 @@ def _span_positions(offsets, mapping, start: int, end: int) -> list[int]:
     return pos
 
 
+def role_span(processor, question: str, prompt: str) -> tuple[int, int]:
+    """Character span ``[start, end)`` of the role tokens in ``prompt``: what the generation prompt
+    adds to the user turn; for a template with no generation-prompt branch (the prompt equals the
+    user turn), the template's text after the question, where the answer begins once an assistant
+    turn is rendered (:func:`headflow.task.answers.answer_form`), leading white space left out."""
+    no_gen = processor.apply_chat_template(chat_messages(question), add_generation_prompt=False, tokenize=False)
+    if prompt.startswith(no_gen) and len(no_gen) < len(prompt):
+        return len(no_gen), len(prompt)
+    answer_form(processor, question)  # the answer must continue this prompt (a clear error otherwise)
+    start = prompt.rfind(question)
+    if start < 0:
+        raise ValueError(f"the question {question!r} does not occur in the prompt {prompt!r}")
+    start += len(question)
+    while start < len(prompt) and prompt[start].isspace():
+        start += 1
+    if start == len(prompt):
+        raise ValueError("cannot find the role tokens: the chat template adds nothing between the question and "
+                         "the answer, with or without a generation prompt")
+    return start, len(prompt)
+
+
 def resolve(processor, model, question: str, inputs, mask: np.ndarray | None = None,
-            prompt: str | None = None) -> TokenGroups:
+            prompt: str | None = None, n_forced: int = 0) -> TokenGroups:
     """Token groups of one prompt (batch of 1, unpadded).
 
     ``model``: the model or its config (which says the family); ``inputs``: the processor's output for
@@ -112,7 +138,8 @@ def resolve(processor, model, question: str, inputs, mask: np.ndarray | None = N
     ``mask``: the object mask ``(H, W) bool`` in the image's pixels, needed for
     ``object``/``background``: an image token is an object token if the region of the image its
     patch encodes (:func:`headflow.models.families.patch_layout`) overlaps the mask; slots that are no
-    patch (LLaVA-NeXT newlines) are in neither group.
+    patch (LLaVA-NeXT newlines) are in neither group.  ``n_forced``: teacher-forced answer tokens
+    at the end of ``input_ids`` (:class:`headflow.method.experiment.ImageTask`), the ``answer`` group.
     """
 
     model = model if hasattr(model, "config") else SimpleNamespace(config=model)
@@ -124,9 +151,10 @@ def resolve(processor, model, question: str, inputs, mask: np.ndarray | None = N
             raise ValueError(f"resolve() takes one prompt, got a batch of {ids.shape[0]}")
         ids = ids[0]
     expanded = ids.tolist()
+    n_prompt = len(expanded) - n_forced
     image_id = families.image_token_id(model.config)
     enc = tok(prompt, return_offsets_mapping=True)
-    mapping = _align(enc["input_ids"], expanded)
+    mapping = _align(enc["input_ids"], expanded[:n_prompt])
     offsets = enc["offset_mapping"]
 
     image = [i for i, t in enumerate(expanded) if t == image_id]
@@ -134,17 +162,14 @@ def resolve(processor, model, question: str, inputs, mask: np.ndarray | None = N
     if q0 < 0:
         raise ValueError(f"the question {question!r} does not occur in the prompt {prompt!r}")
     question_pos = _span_positions(offsets, mapping, q0, q0 + len(question))
-    no_gen = processor.apply_chat_template(chat_messages(question), add_generation_prompt=False)
-    if not prompt.startswith(no_gen) or len(no_gen) == len(prompt):
-        raise ValueError("cannot find the generation prompt (role tokens): the chat template with "
-                         "add_generation_prompt=True does not extend the one without it")
-    role = _span_positions(offsets, mapping, len(no_gen), len(prompt))
+    role = _span_positions(offsets, mapping, *role_span(processor, question, prompt))
     final = [len(expanded) - 1]
-    taken = set(image) | set(question_pos) | set(role) | set(final)
+    answer = list(range(n_prompt, len(expanded)))
+    taken = set(image) | set(question_pos) | set(role) | set(answer) | set(final)
     system = [i for i in range(len(expanded)) if i not in taken]
     as_t = lambda xs: torch.tensor(sorted(set(xs)), dtype=torch.long)  # noqa: E731
     positions = {"image": as_t(image), "question": as_t(question_pos), "role": as_t(role),
-                 "final": as_t(final), "system": as_t(system)}
+                 "answer": as_t(answer), "final": as_t(final), "system": as_t(system)}
     grid, frac, shares = None, None, None
     if mask is not None:
         mask = np.asarray(mask, bool)

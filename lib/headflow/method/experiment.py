@@ -14,45 +14,58 @@ import torch
 from tqdm.auto import tqdm
 
 from headflow.mechanism import interventions as iv
+from headflow.mechanism.evaluate import append_tokens
 from headflow.mechanism.prefix_reuse import PrefixReuse
 from headflow.method import attribution
 from headflow.models import families
 from headflow.store.runstore import RunStore
-from headflow.task.prompt import answer_token_ids, build_prompt
+from headflow.task.answers import answers as answer_targets
+from headflow.task.prompt import build_prompt
 
 TARGETS = ("logit", "logit-diff")
 
 
 @dataclass
 class ImageTask:
-    """One image: its processor inputs (batch of 1), the correct answer's first token and the
-    other answer words' first tokens (for the logit-difference target)."""
+    """One image: its processor inputs (batch of 1: the prompt, then the correct answer's
+    teacher-forced tokens, :mod:`headflow.task.answers`), the answer's decision token and the
+    competitors' tokens at that position (for the logit-difference target)."""
 
     key: str
     example: object
     inputs: dict
     target_id: int
     other_ids: list[int]
+    n_forced: int = 0  # teacher-forced answer tokens at the end of input_ids (0: decided by the first token)
 
     @property
     def class_name(self) -> str:
         return self.example.class_name
 
+    @property
+    def prompt_inputs(self) -> dict:
+        """The inputs without the teacher-forced answer tokens (what the baseline is built from)."""
+        if not self.n_forced:
+            return self.inputs
+        L = self.inputs["input_ids"].shape[1]
+        return {k: v[:, :L - self.n_forced] if torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == L
+                and not k.startswith(("pixel_", "image_")) else v for k, v in self.inputs.items()}
+
 
 def prepare(processor, examples: Sequence, words: Sequence[str], question: str,
-            answers: Sequence[str] | None = None) -> list[ImageTask]:
+            answers: Sequence[str] | None = None, case: str = "as-labelled") -> list[ImageTask]:
     """An :class:`ImageTask` per example (answer = ``answers[i]``, by default its class name, among ``words``)."""
     prompt = build_prompt(processor, question)
-    ids = answer_token_ids(processor, words, prompt=prompt)
+    targets = answer_targets(processor, words, question, case)
     answers = [ex.class_name for ex in examples] if answers is None else list(answers)
     tasks = []
     for ex, answer in zip(examples, answers):
         if answer not in words:
             raise ValueError(f"image {ex.image_id}: answer {answer!r} is not among the answer words {list(words)}")
-        t = words.index(answer)
-        inputs = processor(images=[ex.load_image()], text=[prompt], return_tensors="pt")
-        tasks.append(ImageTask(key=f"img{ex.image_id:06d}", example=ex, inputs=inputs, target_id=ids[t],
-                               other_ids=[i for j, i in enumerate(ids) if j != t]))
+        a = targets[words.index(answer)]
+        inputs = append_tokens(dict(processor(images=[ex.load_image()], text=[prompt], return_tensors="pt")), a.forced)
+        tasks.append(ImageTask(key=f"img{ex.image_id:06d}", example=ex, inputs=inputs, target_id=a.target_id,
+                               other_ids=list(a.competitor_ids), n_forced=a.decision))
     return tasks
 
 
@@ -74,7 +87,7 @@ def reference_baseline(model, tasks: Sequence[ImageTask], kind: str, batch_size:
     batches = []
     for s in range(0, len(tasks), batch_size):
         group = tasks[s:s + batch_size]
-        batches.append({k: torch.cat([t.inputs[k] for t in group]) for k in group[0].inputs})
+        batches.append({k: torch.cat([t.prompt_inputs[k] for t in group]) for k in group[0].inputs})
     return iv.dataset_mean_baseline(model, batches)
 
 

