@@ -28,14 +28,16 @@ import pandas as pd
 import papermill as pm
 import yaml
 
-from headflow.book import index
+from headflow.book import index, realpath
 from headflow.book.outputs import book_dir
+from headflow.models import shadow
 from headflow.util.hashing import sha256
 from headflow.util.paths import REPO_ROOT
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PROFILE_FILE = NOTEBOOK_DIR / "profiles.yml"
-PROFILES = ("ci", "default", "full", "families")
+PROFILES = ("ci", "default", "full", "families", "shadows")
+MECHANICS = ("families", "shadows")  # random-weight models: never into book/
 VERSIONED = ("headflow", "torch", "transformers", "numpy", "scikit-learn", "papermill", "nbformat",
              "matplotlib", "seaborn", "pycocotools", "jupyter-book")
 
@@ -256,22 +258,30 @@ def provenance_table(records: list[dict]):
                           "outputs": len(r["outputs"])} for r in records])
 
 
-def plan_runs(profile: str, paths: list[Path], out: Path, overrides: dict, profile_file: Path = PROFILE_FILE) -> list:
+def plan_runs(profile: str, paths: list[Path], out: Path, overrides: dict, profile_file: Path = PROFILE_FILE,
+              models: list[str] | None = None) -> list:
     """Every ``(notebook, parameters, out folder)`` the profile asks for, validated before anything
     runs: one folder per model of a ``_sweep`` (only the notebooks the profile names), every sweep key
     declared by every notebook it reaches (never dropped silently), every parameter declared and
     of its type."""
     sweep = sweep_of(profile, profile_file)
+    only: dict = {}
     if sweep:  # one run per model, each into its own folder, only the notebooks the profile names
         listed = set(profile_notebooks(profile, profile_file))
         paths = [p for p in paths if p.stem in listed]
-        shared = {k: v for k, v in sweep.items() if k not in ("model", "workload")}  # image_set, image_size ...
-        runs = [(out / model_folder(m), {"model": m, **shared}) for m in sweep["model"]]
+        shared = {k: v for k, v in sweep.items() if k not in ("model", "workload", "only")}  # image_set, image_size ...
+        only = sweep.get("only", {})  # {notebook: [models]}: a notebook that runs for some models of the sweep
+        unknown = sorted(set(models or ()) - set(sweep["model"]))
+        if unknown:
+            raise ParameterError(f"the {profile} profile's sweep has no model {unknown}; it has {sweep['model']}")
+        runs = [(out / model_folder(m), {"model": m, **shared}) for m in sweep["model"] if not models or m in models]
     else:
         runs = [(out, {})]
     plans = []
     for folder, common in runs:
         for p in paths:
+            if p.stem in only and common["model"] not in only[p.stem]:
+                continue
             declared = declared_parameters(p)
             missing = sorted(set(common) - set(declared))
             if missing:
@@ -293,6 +303,10 @@ def main(argv=None) -> None:
                     help="override one parameter of one notebook (repeatable)")
     ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     ap.add_argument("--dry-run", action="store_true", help="validate every run and list them, run nothing")
+    ap.add_argument("--sweep-model", action="append", default=[], metavar="MODEL",
+                    help="of a sweep, run only this model (repeatable)")
+    ap.add_argument("--results", type=Path, default=REPO_ROOT / "book" / "results",
+                    help="where a shadows sweep writes realpath.json (default book/results)")
     a = ap.parse_args(argv)
     paths = notebooks(a.only)
     overrides: dict[str, dict] = {}
@@ -300,23 +314,35 @@ def main(argv=None) -> None:
         nb, key, value = parse_override(text)
         notebooks(nb)  # the notebook must exist
         overrides.setdefault(nb.removesuffix(".ipynb"), {})[key] = value
-    if a.profile == "families" and (REPO_ROOT / "book").resolve() in [a.out.resolve(), *a.out.resolve().parents]:
-        raise SystemExit("the families profile runs mechanics checks on random-weight models, never into book/: "
-                         "give --out a folder outside it (e.g. --out /tmp/families)")
+    if a.profile in MECHANICS and (REPO_ROOT / "book").resolve() in [a.out.resolve(), *a.out.resolve().parents]:
+        raise SystemExit(f"the {a.profile} profile runs mechanics checks on random-weight models, never into book/: "
+                         f"give --out a folder outside it (e.g. --out /tmp/{a.profile})")
     try:
-        plans = plan_runs(a.profile, paths, a.out, overrides)
+        plans = plan_runs(a.profile, paths, a.out, overrides, models=a.sweep_model or None)
     except ParameterError as e:
         raise SystemExit(f"error: {e}") from None
     if a.dry_run:
         for p, params, out in plans:
             print(f"[headflow.run] would run {p.name} ({a.profile}) into {out}: {params}")
         print(f"[headflow.run] dry run: {len(plans)} runs validated")
+        sweep = sweep_of(a.profile) or {}
+        known = shadow.checkpoints()
+        for m in [m for m in sweep.get("model", []) if m.removeprefix(shadow.PREFIX) in known]:
+            r = realpath.resolve(m.removeprefix(shadow.PREFIX))  # offline, through the checkpoint's shadow
+            print(f"[headflow.run] {r['model']}: {r['tokenizer']['vocabulary']} vocabulary, template {r['template']}, "
+                  f"{r['classes_scored']} classes scored ({r['classes_decided_after_the_first_token']} after the first "
+                  f"token), role tokens {r['role_tokens']}, {r['image_tokens']} image tokens at 640x480")
         return
     for p, params, out in plans:
         print(f"[headflow.run] {p.name} ({a.profile}) {params}", flush=True)
         rec = execute(p, params, out, a.profile, a.timeout)
         print(f"[headflow.run] {p.name} done in {rec['wall_seconds']} s; wrote {len(rec['outputs'])} files",
               flush=True)
+    if a.profile == "shadows":
+        folders = {m.removeprefix(shadow.PREFIX): a.out / model_folder(m) for m in sweep_of(a.profile)["model"]
+                   if not a.sweep_model or m in a.sweep_model}
+        path = realpath.write(a.results, folders, lib_hash())
+        print(f"[headflow.run] {path} written from the shadows' runs in {a.out}", flush=True)
     if (a.out / "index.md").exists():
         index.write(a.out)
         print(f"[headflow.run] status table of {a.out / 'index.md'} regenerated from {a.out / 'results'}", flush=True)

@@ -29,7 +29,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from headflow.images import coco
+from headflow.images import coco, sets
 from headflow.mechanism import tokens
 from headflow.mechanism.evaluate import wilson_interval
 from headflow.method import experiment
@@ -190,10 +190,13 @@ def residual_states(model, tasks, image_positions: Sequence[torch.Tensor]) -> di
 
 def probe_accuracy(X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> float:
     """Cross-validated accuracy of a logistic-regression probe (features standardised), folds
-    stratified by class."""
-
+    stratified by class: ``folds``, or as many as the smallest class has images (at least 2)."""
+    smallest = int(np.unique(y, return_counts=True)[1].min())
+    if smallest < 2:
+        raise ValueError(f"a probe needs at least 2 images of every class (the smallest has {smallest}); "
+                         "raise n_probe_per_class")
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
-    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    cv = StratifiedKFold(n_splits=min(folds, smallest), shuffle=True, random_state=seed)
     pred = cross_val_predict(probe, X, y, cv=cv)
     return float((pred == y).mean())
 
@@ -226,7 +229,7 @@ def analyse(st, fits: dict, runs: dict, cutoffs: Sequence[float], n_boot: int, s
     classes = {t.key: t.class_name for t in st.tasks}
     out = summarise(maps, classes, cutoffs, n_boot, seed)
     out["left_out_non_positive_effect"] = left_out
-    examples = pick_per_class(coco.load_set(coco.resolve_set(st.meta["image_set"]),
+    examples = pick_per_class(coco.load_set(sets.resolve(st.meta["image_set"]),
                                              size=tuple(st.meta.get("image_size") or ()) or None), n_probe_per_class)
     tasks = experiment.prepare(st.processor, examples, st.words, st.question)
     pos = [tokens.resolve(st.processor, st.model.config, st.question, t.inputs, n_forced=t.n_forced)["image"]

@@ -34,7 +34,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from headflow.images import coco
+from headflow.images import coco, sets
 from headflow.mechanism import evaluate
 from headflow.method import attribution, experiment, metrics, stats
 from headflow.method.study import pick_per_class, store_for
@@ -67,7 +67,7 @@ def items(st, per_class: int, offset: int = 0, variants: str = "fashionscenes/va
     by_item: dict[int, list] = {}
     for ex in var_examples:
         by_item.setdefault(int(ex.attributes["variant_of"]), []).append(ex)
-    originals = [e for e in coco.load_set(coco.resolve_set(st.meta["image_set"])) if e.image_id in by_item]
+    originals = [e for e in coco.load_set(sets.resolve(st.meta["image_set"])) if e.image_id in by_item]
 
     chosen = pick_per_class(originals, per_class, offset)
     out: list[Image] = []

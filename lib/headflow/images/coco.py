@@ -192,7 +192,8 @@ def write_set(out_dir: Path | str, images: np.ndarray, masks: np.ndarray, class_
 
 def resolve_set(name: str) -> Path:
     """An instances JSON from a set name: ``"fashionscenes/eval"`` (under ``data/``), a folder
-    holding ``instances.json``, or the path of an instances JSON itself."""
+    holding ``instances.json``, or the path of an instances JSON itself.  (``"mechanics:coco80"``
+    is resolved by :func:`headflow.images.mechanics.resolve`.)"""
 
     for cand in (REPO_ROOT / "data" / name / "instances.json", Path(name) / "instances.json", Path(name)):
         if cand.is_file():

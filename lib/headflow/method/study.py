@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from headflow.images import coco
+from headflow.images import coco, sets
 from headflow.images.fashionscenes import ANSWER_WORDS
 from headflow.mechanism import evaluate
 from headflow.mechanism import interventions as iv
@@ -87,7 +87,7 @@ KEEP = ("correct", "all")
 def setup(model: str = "organism", image_set: str = "fashionscenes/eval", question: str = "object",
           per_class: int = 10, n_reference: int = 50, baseline: str = "dataset-mean", target: str = "logit",
           base: str = "sdpa", batch_size: int = 32, offset: int = 0, keep: str = "correct",
-          image_size=(), device: str | None = None, dtype: str | None = None) -> Study:
+          image_size=(), device: str | None = None, dtype: str | None = None, answer_case: str = "as-labelled") -> Study:
     """Load the model, ask the question about ``per_class`` images of each class (after the first
     ``offset`` of each class, so that chapters can take images disjoint from another study's), keep
     the correctly answered ones, and build the ablation baseline from ``n_reference`` other images
@@ -98,7 +98,9 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
     say that the code runs on the model, never what the model does.  ``image_size`` ``[width,
     height]`` brings every image to one size (:func:`headflow.images.coco.at_size`), which the
     per-position ``dataset-mean`` baseline needs where the token count follows the image's size.
-    ``device``/``dtype``: where and in what precision the model runs (e.g. ``"cuda"``, ``"bfloat16"``)."""
+    ``device``/``dtype``: where and in what precision the model runs (e.g. ``"cuda"``, ``"bfloat16"``).
+    ``answer_case``: how the answer words are spelt in the target (:data:`headflow.task.answers.CASES`:
+    as the label set writes them, or capitalised for checkpoints that answer so)."""
     if keep not in KEEP:
         raise ValueError(f"unknown keep {keep!r}; choose 'correct' (the study) or 'all' (a mechanics run)")
     if baseline not in iv.BASELINES:
@@ -112,13 +114,14 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
     if problem:
         raise ValueError(f"{problem}: head ablation cannot block all image-to-text flow in this family, so y_none and "
                          "head attributions would not mean what the study says; headflow refuses to run it")
-    set_file = coco.resolve_set(image_set)
+    set_file = sets.resolve(image_set)
     all_examples = coco.load_set(set_file, size=tuple(image_size) or None)
     words = answer_words(question, set_file)
     chosen = pick_per_class(all_examples, per_class, offset)
     q = question_text(question)
     res = evaluate.evaluate(net, processor, [e.load_image() for e in chosen], words,
-                            [words.index(answer_of(e, question)) for e in chosen], q, batch_size=batch_size)
+                            [words.index(answer_of(e, question)) for e in chosen], q, batch_size=batch_size,
+                            case=answer_case)
     correct = [e for e, ok in zip(chosen, res["correct"]) if ok or keep == "all"]
     if not correct:
         raise ValueError("the model answered none of the chosen images correctly; nothing to analyse (for a "
@@ -126,10 +129,11 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
     if keep == "all":
         print(f"mechanics run: all {len(chosen)} images kept, {int(np.sum(res['correct']))} answered correctly; "
               "these numbers test the code path, not the model")
-    tasks = experiment.prepare(processor, correct, words, q, [answer_of(e, question) for e in correct])
+    tasks = experiment.prepare(processor, correct, words, q, [answer_of(e, question) for e in correct], answer_case)
     chosen_ids = {e.image_id for e in chosen}
     reference = [e for e in all_examples if e.image_id not in chosen_ids][:n_reference] or chosen[:n_reference]
-    ref_tasks = experiment.prepare(processor, reference, words, q, [answer_of(e, question) for e in reference])
+    ref_tasks = experiment.prepare(processor, reference, words, q, [answer_of(e, question) for e in reference],
+                                   answer_case)
     n_layers, n_heads = iv.text_layers_and_heads(net)
     if baseline == "dataset-mean":
         counts = {int(iv.image_mask(net, t.inputs["input_ids"]).sum()) for t in tasks + ref_tasks}
@@ -140,7 +144,7 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
     bl = experiment.reference_baseline(net, ref_tasks, baseline)
     meta = {"model": model, "image_set": image_set, "question": question, "per_class": per_class, "offset": offset,
             "keep": keep, "image_size": list(image_size), "device": device, "dtype": dtype,
-            "n_reference": len(reference), "baseline": baseline, "target": target, "base": base,
+            "n_reference": len(reference), "baseline": baseline, "target": target, "base": base, "answer_case": answer_case,
             "fingerprint": fingerprint(models.resolve_path(model), [e.path for e in chosen + reference])}
     return Study(model, net, processor, words, q, tasks, len(chosen), float(res["accuracy"]), bl, baseline, target,
                  n_layers, n_heads, meta)

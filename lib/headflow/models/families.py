@@ -250,6 +250,14 @@ def _layout_anyres(model, processor, inputs, hw, n):
                        _grid_slots(0, p, p) + _grid_slots(1, rows, cols, newline=True))
 
 
+def _image_setting(processor, name: str, default):
+    """What the processor will use for image setting ``name``: its call-time defaults (a processor
+    class may override the image processor's own attribute, as InternVL's sets ``crop_to_patches``),
+    else the image processor's attribute."""
+    merged = processor._merge_kwargs()["images_kwargs"] if hasattr(processor, "_merge_kwargs") else {}
+    return merged.get(name, getattr(processor.image_processor, name, default))
+
+
 def _layout_tiles(model, processor, inputs, hw, n):
     """InternVL: tiles of the image resized to the best tile canvas, row-major, each an s x s grid
     after pixel shuffle, then a thumbnail (the whole image) when there are several tiles."""
@@ -258,8 +266,9 @@ def _layout_tiles(model, processor, inputs, hw, n):
     s = math.isqrt(int(processor.image_seq_length))
     th, tw = _size(ip.size, "height", "width")
     cols, rows = (1, 1)
-    if getattr(ip, "crop_to_patches", False):
-        cols, rows = get_optimal_tiled_canvas(tuple(hw), (th, tw), ip.min_patches, ip.max_patches)
+    if _image_setting(processor, "crop_to_patches", False):
+        cols, rows = get_optimal_tiled_canvas(tuple(hw), (th, tw), _image_setting(processor, "min_patches", 1),
+                                              _image_setting(processor, "max_patches", 12))
     views = [View(f"tile {r},{c}", s, s, (r / rows, (r + 1) / rows, c / cols, (c + 1) / cols))
              for r in range(rows) for c in range(cols)]
     if len(views) > 1 and getattr(ip, "use_thumbnail", True):

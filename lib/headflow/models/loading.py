@@ -14,7 +14,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from headflow.models import families, llava_builder, tiny
+from headflow.models import families, llava_builder, shadow, tiny
 from headflow.util.hashing import files_sha256
 from headflow.util.paths import REPO_ROOT
 
@@ -31,12 +31,22 @@ TESTED_FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "internvl", 
 
 TINY_PREFIX = "tiny:"
 TINY_DIR = REPO_ROOT / ".cache" / "tiny"
+SHADOW_DIR = REPO_ROOT / ".cache" / "shadows"
 
 
 def resolve_path(name_or_path: str) -> str:
     """``"organism"`` / ``"organism-scratch"`` -> its folder; ``"tiny:<family>"`` -> the folder of
     that family's tiny random-weight model (:mod:`headflow.models.tiny`, saved on first use, keyed
-    by the code that builds it); a path or hub id is returned unchanged."""
+    by the code that builds it); ``"shadow:<hub id>"`` -> the folder of that checkpoint's shadow
+    (:mod:`headflow.models.shadow`, saved on first use, keyed by its sources); a path or hub id is
+    returned unchanged."""
+    if name_or_path.startswith(shadow.PREFIX):
+        checkpoint = name_or_path[len(shadow.PREFIX):]
+        shadow.entry(checkpoint)  # a clear error for a checkpoint data/checkpoints.yml does not list
+        folder = SHADOW_DIR / f"{checkpoint.replace('/', '__')}-{files_sha256(shadow.sources(checkpoint))[:10]}"
+        if not (folder / "config.json").exists():
+            shadow.save(checkpoint, folder)
+        return str(folder)
     if name_or_path.startswith(TINY_PREFIX):
         family = name_or_path[len(TINY_PREFIX):]
         if family not in tiny.FAMILIES:

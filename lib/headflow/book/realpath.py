@@ -1,0 +1,88 @@
+"""The real path: what each paper-scale checkpoint's own tokenizer, template and processor do to the
+study, resolved offline through its shadow (:mod:`headflow.models.shadow`), and which chapters ran
+on that shadow as mechanics runs.
+
+``book/results/realpath.json`` holds one record per checkpoint: ``model``, ``tokenizer`` (npm
+package, file and sha256), ``template_sha256``, ``classes_scored`` (COCO's 80 classes, each with a
+target), ``first_token_collisions_resolved`` (the groups of classes that share a first token, each
+told apart by a teacher-forced decision token), ``role_tokens``, ``image_tokens`` (at the full
+profile's 640x480) and ``mechanics_chapters_passed`` (read from the executed notebooks of a
+``shadows`` run), with the library's hash.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from headflow.book import outputs
+from headflow.images.coco import COCO_CLASSES
+from headflow.mechanism import tokens
+from headflow.models import loading, shadow, vocabularies
+from headflow.task import answers
+from headflow.task.prompt import build_prompt, question_text
+from headflow.util.hashing import file_sha256
+from headflow.util.paths import REPO_ROOT
+
+IMAGE_SIZE = (640, 480)
+
+
+def resolve(checkpoint: str) -> dict:
+    """One checkpoint's record without the chapters: tokenizer, template, answers, token groups."""
+    e = shadow.entry(checkpoint)
+    tok_file = vocabularies.tokenizer_file(e["vocabulary"])
+    model, processor = loading.load(shadow.PREFIX + checkpoint)
+    q = question_text("object")
+    got = answers.answers(processor, COCO_CLASSES, q)
+    by_first: dict[int, list[str]] = {}
+    for a in got:
+        by_first.setdefault(a.tokens[0], []).append(a.word)
+    collisions = sorted(v for v in by_first.values() if len(v) > 1)
+    prompt = build_prompt(processor, q)
+    inputs = processor(images=[Image.new("RGB", IMAGE_SIZE, "gray")], text=[prompt], return_tensors="pt")
+    g = tokens.resolve(processor, model.config, q, inputs)
+    ids = inputs["input_ids"][0]
+    tok = processor.tokenizer
+    return {"model": checkpoint, "family": e["family"],
+            "tokenizer": {"vocabulary": e["vocabulary"], "package": vocabularies.PACKAGES[e["vocabulary"]],
+                          "file": tok_file.relative_to(REPO_ROOT).as_posix() if tok_file.is_relative_to(REPO_ROOT)
+                          else str(tok_file), "sha256": file_sha256(vocabularies.source_file(e["vocabulary"]))},
+            "template": e["template"],
+            "template_sha256": file_sha256(shadow.TEMPLATE_DIR / f"{e['template']}.jinja"),
+            "answer_separator": answers.answer_form(processor, q).separator,
+            "classes_scored": len({(a.forced, a.target_id) for a in got}),
+            "classes_decided_after_the_first_token": sum(a.decision > 0 for a in got),
+            "first_token_collisions_resolved": collisions,
+            "role_tokens": tok.convert_ids_to_tokens(ids[g["role"]].tolist()),
+            "image_tokens": int(g["image"].numel()),
+            "text_heads": {"layers": e["text"]["layers"], "heads": e["text"]["heads"], "kv_heads": e["text"]["kv_heads"]},
+            "local_snapshot_differences": shadow.snapshot_differences(checkpoint)}
+
+
+def chapters_passed(folder: Path | None) -> list[str]:
+    """The notebooks of one checkpoint's ``shadows`` run (its folder) that executed to the end: those
+    with a provenance record (the runner writes it only after the last cell ran)."""
+    if folder is None:
+        return []
+    return sorted(p.stem for p in (Path(folder) / "_provenance").glob("[0-9][0-9]-*.json"))
+
+
+def write(results: Path, folders: dict, lib_sha256: str = "") -> Path:
+    """``<results>/realpath.json``: a record per checkpoint of ``folders`` (``{hub id: the folder of
+    its shadows run, or None}``)."""
+    records = []
+    for c, folder in folders.items():
+        rec = resolve(c)
+        rec["mechanics_chapters_passed"] = chapters_passed(folder)
+        records.append(rec)
+    path = Path(results) / "realpath.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(outputs.as_json({"library_sha256": lib_sha256, "image_size": list(IMAGE_SIZE),
+                                                "records": records}), indent=1, sort_keys=True))
+    return path
+
+
+def load(book: Path | None = None) -> dict:
+    """The records of ``<book>/results/realpath.json``."""
+    return json.loads(((book or outputs.book_dir()) / "results" / "realpath.json").read_text())
