@@ -15,7 +15,7 @@ from headflow.task.prompt import answer_token_ids, build_prompt, question_text
 
 @pytest.fixture(scope="module")
 def scenes():
-    specs = data.sample_specs("test", 48, seed=11)
+    specs = data.sample_specs("test", 24, seed=11)
     images, _ = data.render_many(specs)
     return specs, images
 

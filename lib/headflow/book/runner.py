@@ -333,9 +333,18 @@ def main(argv=None) -> None:
                   f"{r['classes_scored']} classes scored ({r['classes_decided_after_the_first_token']} after the first "
                   f"token), role tokens {r['role_tokens']}, {r['image_tokens']} image tokens at 640x480")
         return
+    failed = []
     for p, params, out in plans:
         print(f"[headflow.run] {p.name} ({a.profile}) {params}", flush=True)
-        rec = execute(p, params, out, a.profile, a.timeout)
+        try:
+            rec = execute(p, params, out, a.profile, a.timeout)
+        except pm.PapermillExecutionError as e:
+            if a.profile not in MECHANICS:
+                raise
+            # a mechanics sweep goes on: the failure is reported (no provenance record) and counted
+            failed.append(f"{out.name}/{p.name}")
+            print(f"[headflow.run] {p.name} FAILED for {params.get('model')}: {e.ename}: {e.evalue}", flush=True)
+            continue
         print(f"[headflow.run] {p.name} done in {rec['wall_seconds']} s; wrote {len(rec['outputs'])} files",
               flush=True)
     if a.profile == "shadows":
@@ -343,6 +352,8 @@ def main(argv=None) -> None:
                    if not a.sweep_model or m in a.sweep_model}
         path = realpath.write(a.results, folders, lib_hash())
         print(f"[headflow.run] {path} written from the shadows' runs in {a.out}", flush=True)
+    if failed:
+        raise SystemExit(f"[headflow.run] {len(failed)} of {len(plans)} runs failed: {failed}")
     if (a.out / "index.md").exists():
         index.write(a.out)
         print(f"[headflow.run] status table of {a.out / 'index.md'} regenerated from {a.out / 'results'}", flush=True)

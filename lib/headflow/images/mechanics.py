@@ -25,7 +25,7 @@ CACHE = REPO_ROOT / ".cache" / "mechanics"
 HARD = ("car", "carrot", "skis", "skateboard", "baseball bat", "toilet", "tv", "dog")
 
 
-def build(out_dir: Path, classes=HARD, per_class: int = 3, size=(640, 480), seed: int = 0) -> Path:
+def build(out_dir: Path, classes=HARD, per_class: int = 1, size=(640, 480), seed: int = 0) -> Path:
     """Write ``per_class`` scenes per class of ``classes`` at ``size`` (width, height), class by class in
     turn; categories: COCO's 80."""
     classes = [c for _ in range(per_class) for c in classes]
@@ -42,13 +42,17 @@ def build(out_dir: Path, classes=HARD, per_class: int = 3, size=(640, 480), seed
                           [{} for _ in classes], boxes)
 
 
+SETS = {"coco80": 1, "coco80x3": 3}  # name -> scenes per class (x3: enough for chapter 5's probes)
+
+
 def resolve(name: str) -> Path:
-    """``"mechanics:coco80"`` -> its instances file, built on first use (keyed by this module and
-    the scene renderer)."""
-    if name != PREFIX + "coco80":
-        raise ValueError(f"unknown mechanics set {name!r}; the one there is is {PREFIX}coco80")
+    """``"mechanics:coco80"`` (one scene per class) or ``"mechanics:coco80x3"`` (three) -> its
+    instances file, built on first use (keyed by this module and the scene renderer)."""
+    set_name = name.removeprefix(PREFIX)
+    if not name.startswith(PREFIX) or set_name not in SETS:
+        raise ValueError(f"unknown mechanics set {name!r}; choose one of {[PREFIX + s for s in SETS]}")
     key = hashlib.sha256(Path(__file__).read_bytes() + Path(scenes.__file__).read_bytes()).hexdigest()[:10]
-    folder = CACHE / f"coco80-{key}"
+    folder = CACHE / f"{set_name}-{key}"
     if not (folder / "instances.json").exists():
-        build(folder)
+        build(folder, per_class=SETS[set_name])
     return folder / "instances.json"
