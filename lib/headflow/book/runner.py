@@ -240,6 +240,21 @@ def execute(path: Path, params: dict, out: Path, profile: str, timeout: int | No
     return record
 
 
+def sweep_provenance(book: Path, result: Path, parameters: dict, wall: float, commit: dict | None = None,
+                     lib_sha256: str | None = None) -> Path:
+    """``<book>/_provenance/<result stem>.json`` for a results file the runner itself writes after a sweep
+    (``realpath.json``): the same fields as a notebook's record."""
+    record = {"notebook": f"(runner) {result.name}", "profile": parameters.get("profile"), "parameters": parameters,
+              "overrides": {}, "seeds": {}, "wall_seconds": round(wall, 1),
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git": commit or git_commit(),
+              "lib_sha256": lib_sha256 or lib_hash(), "versions": versions(), "run_stores": [],
+              "outputs": {result.relative_to(book).as_posix(): sha256(result)}}
+    path = book / "_provenance" / f"{result.stem}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return path
+
+
 def provenance_records(include_self: bool = False) -> list[dict]:
     """The provenance records of ``book/_provenance``, in chapter order (without this appendix's own
     unless ``include_self``)."""
@@ -333,7 +348,7 @@ def main(argv=None) -> None:
                   f"{r['classes_scored']} classes scored ({r['classes_decided_after_the_first_token']} after the first "
                   f"token), role tokens {r['role_tokens']}, {r['image_tokens']} image tokens at 640x480")
         return
-    failed = []
+    failed, t_start = [], time.time()
     for p, params, out in plans:
         print(f"[headflow.run] {p.name} ({a.profile}) {params}", flush=True)
         try:
@@ -351,6 +366,8 @@ def main(argv=None) -> None:
         folders = {m.removeprefix(shadow.PREFIX): a.out / model_folder(m) for m in sweep_of(a.profile)["model"]
                    if not a.sweep_model or m in a.sweep_model}
         path = realpath.write(a.results, folders, lib_hash())
+        sweep_provenance(a.results.parent, path, {"profile": a.profile, "models": list(folders), "out": str(a.out)},
+                         time.time() - t_start)
         print(f"[headflow.run] {path} written from the shadows' runs in {a.out}", flush=True)
     if failed:
         raise SystemExit(f"[headflow.run] {len(failed)} of {len(plans)} runs failed: {failed}")
