@@ -167,3 +167,31 @@ def test_run_store_survives_kill_9(tmp_path):
         assert ra["keep"].shape == (600, 2, 4)
         for name in ("keep", "y", "y_clean", "y_none"):
             assert np.array_equal(ra[name], rb[name]), (k, name)
+
+
+def test_ols_refuses_an_under_determined_fit_and_auto_uses_ridge():
+    """1,600 heads and 2,000 masks (a fifth held out) leave 1,600 training rows for 1,601
+    parameters: OLS would interpolate the noise.  Here 8 x 8 heads and 60 masks (48 rows, 65 parameters)."""
+    rng = np.random.default_rng(0)
+    keep = attribution.sample_masks(60, 8, 8, 0.5, seed=4).numpy()
+    true = np.zeros(64)
+    true[[5, 20, 41]] = [2.0, 1.5, 1.0]
+    y = 3.0 - (~keep).reshape(60, -1) @ true + rng.normal(0, 0.2, 60)
+    with pytest.raises(ValueError, match="under-determined.*48 training masks for 65 parameters.*mask_count"):
+        attribution.fit(keep, y, "ols")
+    f = attribution.fit(keep, y)  # auto
+    assert f.method == "ridge" and f.alpha is not None and f.n_train == 48
+    assert set(attribution.ranking(f.attribution)[:3].tolist()) == {5, 20, 41}
+    lo, hi = attribution.bootstrap(keep, y, n_boot=20)  # auto there too
+    assert lo.shape == (64,) and (hi >= lo).all()
+
+
+def test_auto_uses_ols_from_two_rows_per_parameter():
+    assert attribution.choose(130, 64) == "ols" and attribution.choose(129, 64) == "ridge"
+    keep = attribution.sample_masks(200, 8, 8, 0.5, seed=5).numpy()  # 160 training rows >= 2 x 65
+    y = np.random.default_rng(2).normal(size=200)
+    assert attribution.fit(keep, y).method == "ols" and attribution.fit(keep, y).alpha is None
+    assert attribution.n_train_of(200) == 160
+    # the full profile's rule: 4 masks per head, so a 13B's 1,600 heads get 6,400 masks (5,120 rows, OLS)
+    assert attribution.mask_count(1600, 2000, 4) == 6400 and attribution.mask_count(64, 2000, 4) == 2000
+    assert attribution.choose(attribution.n_train_of(attribution.mask_count(1600, 2000, 4)), 1600) == "ols"

@@ -34,7 +34,7 @@ from headflow.findings import layers
 from headflow.method import attribution, experiment, stats
 from headflow.method.study import Study, store_for
 
-REFERENCE = {"baseline": "dataset-mean", "scope": "text", "target": "logit", "rate": 0.5, "regression": "ols",
+REFERENCE = {"baseline": "dataset-mean", "scope": "text", "target": "logit", "rate": 0.5, "regression": "auto",
              "masks": None, "seed": 0}
 FACTORS = {"baseline": ["image-mean", "zero"], "scope": ["all"], "target": ["logit-diff"], "rate": [0.25, 0.75],
            "regression": ["ridge", "lasso"], "masks": ["half"], "seed": [1]}

@@ -56,10 +56,15 @@ def prefix_attention(module, query, key, value, state: PrefixState, scaling: flo
     """Attention of the suffix queries over [prefix | suffix].
 
     ``query``: ``(B, H, S, D)``; ``key``/``value``: ``(B, H_kv, S, D)`` (the suffix's own);
-    returns ``(B, S, H, D)``.  For each kv head, the rows (batch, group, position) whose query
-    head is kept attend to the clean prefix, the others to the ablated prefix.
+    returns ``(B, S, H, D)`` in ``query``'s dtype.  For each kv head, the rows (batch, group,
+    position) whose query head is kept attend to the clean prefix, the others to the ablated prefix.
+    The softmax pieces and their merge accumulate in float32 (or the inputs' dtype if wider), so a
+    bf16 model's fast path is as precise as its stock sdpa attention.
     """
     layer = module.layer_idx
+    out_dtype = query.dtype
+    acc = torch.promote_types(query.dtype, torch.float32)
+    query, key, value = query.to(acc), key.to(acc), value.to(acc)
     B, H, S, D = query.shape
     Hkv = key.shape[1]
     G = H // Hkv
@@ -82,12 +87,12 @@ def prefix_attention(module, query, key, value, state: PrefixState, scaling: flo
             parts.append((kept.nonzero()[:, 0], False))
             parts.append(((~kept).nonzero()[:, 0], True))
         for rows, ablated in parts:
-            k = (state.keys_ablated if ablated else state.keys)[layer][j]
-            v = (state.values_ablated if ablated else state.values)[layer][j]
+            k = (state.keys_ablated if ablated else state.keys)[layer][j].to(acc)
+            v = (state.values_ablated if ablated else state.values)[layer][j].to(acc)
             if ablated and state.slots is not None:  # position-level ablation
                 batch_row = torch.arange(B * G * S, device=query.device)[rows] // (G * S)
-                m, l, o = _partial_softmax_mixed(q_rows[j][rows], state.keys[layer][j], state.values[layer][j], k, v,
-                                                 state.slots[batch_row], scaling)
+                m, l, o = _partial_softmax_mixed(q_rows[j][rows], state.keys[layer][j].to(acc),
+                                                 state.values[layer][j].to(acc), k, v, state.slots[batch_row], scaling)
             else:
                 m, l, o = _partial_softmax(q_rows[j][rows], k, v, scaling)
             m_pre[j, rows], l_pre[j, rows], o_pre[j, rows] = m, l, o
@@ -105,4 +110,4 @@ def prefix_attention(module, query, key, value, state: PrefixState, scaling: flo
     w_pre = (m_pre - m).exp_()
     out = o_pre * w_pre[..., None] + torch.matmul(e, v_suf)
     out /= (l_pre * w_pre + e.sum(-1))[..., None]
-    return out.transpose(1, 2)
+    return out.transpose(1, 2).to(out_dtype)

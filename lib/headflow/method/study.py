@@ -2,7 +2,7 @@
 
     st = study.setup("organism", "fashionscenes/eval", "object", per_class=10)
     runs = study.attribution_runs(st, n_masks=1000, ablation_rate=0.5, seed=0)
-    fits = study.fits(runs, regression="ols")
+    fits = study.fits(runs)                      # regression "auto": OLS where well posed
 """
 from __future__ import annotations
 
@@ -169,9 +169,10 @@ def attribution_runs(st: Study, n_masks: int, ablation_rate: float, seed: int, t
                                       st.target, batch_size)
 
 
-def fits(runs: dict[str, dict], regression: str = "ols", alpha: float = 1e-3, seed: int = 0,
+def fits(runs: dict[str, dict], regression: str = "auto", alpha: float = 1e-3, seed: int = 0,
          n_masks: int | None = None) -> dict[str, attribution.Fit]:
-    """One fit per image (on the first ``n_masks`` masks, if given)."""
+    """One fit per image (on the first ``n_masks`` masks, if given); ``regression`` as
+    :func:`headflow.method.attribution.fit` (``auto``: OLS where well posed, cross-validated ridge below)."""
     out = {}
     for key, r in runs.items():
         keep, y = r["keep"], r["y"]
@@ -189,29 +190,28 @@ def class_mean(st: Study, per_image: dict[str, np.ndarray]) -> dict[str, np.ndar
     return {c: np.mean(v, axis=0) for c, v in out.items()}
 
 
-def fit_quality(st: Study, runs: dict, mask_counts, rates, n_masks: int, seed: int, tasks, regression: str = "ols",
-                ridge_alpha: float = 1.0):
+def fit_quality(st: Study, runs: dict, mask_counts, rates, n_masks: int, seed: int, tasks, regression: str = "auto"):
     """Held-out fit quality (median Pearson r and R^2 over ``tasks``) vs the number of masks (the
     first m masks of ``runs``) and vs the ablation rate (new runs of ``n_masks``), on the same images.
-    Where the training masks (four fifths of m) are fewer than the parameters (heads + 1), OLS is
-    under-determined: ridge (``ridge_alpha``) is used there and the row says so."""
+    Each row names the regression used: with ``auto`` (or ``ols``, which would be refused there),
+    cross-validated ridge where the training masks are too few per parameter
+    (:func:`headflow.method.attribution.choose`); ``under_determined``: fewer training masks than
+    parameters (heads + 1)."""
 
     n_params = st.n_layers * st.n_heads + 1
     keys = [t.key for t in tasks]
+    asked = "auto" if regression == "ols" else regression
     rows = []
+
+    def row(panel, m, rate, f):
+        first = next(iter(f.values()))
+        return {"panel": panel, "masks": m, "rate": rate, "n_train": first.n_train,
+                "under_determined": first.n_train < n_params, "regression": first.method,
+                "r": float(np.median([x.heldout_r for x in f.values()])),
+                "R2": float(np.median([x.heldout_r2 for x in f.values()]))}
+
     for m in [m for m in mask_counts if m <= n_masks]:
-        n_train = m - max(2, int(round(m * 0.2)))
-        under = n_train < n_params
-        reg = "ridge" if under and regression == "ols" else regression
-        f = fits({k: runs[k] for k in keys}, reg, alpha=ridge_alpha if reg == "ridge" else 1e-3, n_masks=m)
-        rows.append({"panel": "masks", "masks": m, "rate": None, "n_train": n_train, "under_determined": under,
-                     "regression": reg, "r": float(np.median([x.heldout_r for x in f.values()])),
-                     "R2": float(np.median([x.heldout_r2 for x in f.values()]))})
+        rows.append(row("masks", m, None, fits({k: runs[k] for k in keys}, asked, n_masks=m)))
     for a in rates:
-        rr = attribution_runs(st, n_masks, a, seed, tasks=tasks)
-        f = fits(rr, regression)
-        rows.append({"panel": "rate", "masks": n_masks, "rate": a, "n_train": next(iter(f.values())).n_train,
-                     "under_determined": next(iter(f.values())).n_train < n_params, "regression": regression,
-                     "r": float(np.median([x.heldout_r for x in f.values()])),
-                     "R2": float(np.median([x.heldout_r2 for x in f.values()]))})
+        rows.append(row("rate", n_masks, a, fits(attribution_runs(st, n_masks, a, seed, tasks=tasks), asked)))
     return pd.DataFrame(rows)
