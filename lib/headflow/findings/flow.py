@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from headflow.mechanism import interventions as iv
 from headflow.mechanism import tokens
-from headflow.method import crossfit, metrics, study
+from headflow.method import attribution, crossfit, metrics, study
 from headflow.method.experiment import ImageTask, masks_y, repeat_inputs
 
 FLOWS = {"question->role": ("question", "role"), "question->final": ("question", "final"),
@@ -206,26 +206,32 @@ def timing(summ: dict, first: str, second: str) -> dict:
 
 # ------------------------------------------------------------------------------------ the chapter
 def top_heads_for(model: str, image_set: str, question: str, n_fit: int, n_masks: int, rate: float, seed: int,
-                  n_reference: int, baseline: str = "dataset-mean", n_folds: int = 5) -> tuple:
+                  n_reference: int, baseline: str = "dataset-mean", n_folds: int = 5, masks_per_head: float = 0,
+                  **setup_kw) -> tuple:
     """The fitting study of a question (the first ``n_fit`` images per class) and its top heads
-    (:func:`headflow.method.crossfit.top_heads`)."""
+    (:func:`headflow.method.crossfit.top_heads`), on at least ``n_masks`` masks per image and
+    ``masks_per_head`` per head (:func:`headflow.method.attribution.mask_count`).  ``setup_kw``
+    (``image_size``, ``device``, ``dtype``, ``answer_case``) go to :func:`headflow.method.study.setup`."""
 
-    fit = study.setup(model, image_set, question, per_class=n_fit, n_reference=n_reference, baseline=baseline)
+    fit = study.setup(model, image_set, question, per_class=n_fit, n_reference=n_reference, baseline=baseline,
+                      **setup_kw)
+    n_masks = attribution.mask_count(fit.n_layers * fit.n_heads, n_masks, masks_per_head)
     runs = study.attribution_runs(fit, n_masks, rate, seed)
     return fit, crossfit.top_heads(fit, runs, n_folds, seed)
 
 
 def analyse(model: str, image_set: str, questions: Sequence[str], n_fit: int, fit_masks: int, n_eval: int,
             window: int, n_random: int, n_boot: int, seed: int, n_reference: int, rate: float = 0.5,
-            min_mass: float = 0.05) -> dict:
+            min_mass: float = 0.05, masks_per_head: float = 0, **setup_kw) -> dict:
     """Per question: top heads from the fitting images, knockouts of every flow and window on the
     next ``n_eval`` images per class (all heads, top heads, ``n_random`` size-matched random sets),
-    the summary and the timing comparisons."""
+    the summary and the timing comparisons.  ``masks_per_head``, ``setup_kw``: as :func:`top_heads_for`."""
 
     out = {}
     for q in questions:
-        fit, top = top_heads_for(model, image_set, q, n_fit, fit_masks, rate, seed, n_reference)
-        ev = study.setup(model, image_set, q, per_class=n_eval, n_reference=n_reference, offset=n_fit)
+        fit, top = top_heads_for(model, image_set, q, n_fit, fit_masks, rate, seed, n_reference,
+                                 masks_per_head=masks_per_head, **setup_kw)
+        ev = study.setup(model, image_set, q, per_class=n_eval, n_reference=n_reference, offset=n_fit, **setup_kw)
         ev.baseline = fit.baseline  # the baseline the top heads were found under
         H = ev.n_layers * ev.n_heads
         sets = {"all heads": None, "top heads": top["heads"]}

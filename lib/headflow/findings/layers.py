@@ -180,11 +180,13 @@ def residual_states(model, tasks, image_positions: Sequence[torch.Tensor]) -> di
     mean over the image positions), ``image_tokens (N, n_image, D)`` at the input (layer 0)."""
     final, mean, single = [], [], []
     for t, pos in zip(tasks, image_positions):
-        hs = model(**t.inputs, output_hidden_states=True).hidden_states  # L+1 x (1, T, D)
+        inputs = {k: v.to(model.device) for k, v in t.inputs.items()}
+        hs = model(**inputs, output_hidden_states=True).hidden_states  # L+1 x (1, T, D)
         h = torch.stack([x[0] for x in hs])  # (L+1, T, D)
-        final.append(h[:, -1].float().numpy())
-        mean.append(h[:, pos].mean(1).float().numpy())
-        single.append(h[0, pos].float().numpy())
+        pos = pos.to(model.device)
+        final.append(h[:, -1].float().cpu().numpy())
+        mean.append(h[:, pos].mean(1).float().cpu().numpy())
+        single.append(h[0, pos].float().cpu().numpy())
     return {"final": np.stack(final), "image_mean": np.stack(mean), "image_tokens": np.stack(single)}
 
 

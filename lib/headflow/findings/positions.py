@@ -27,7 +27,7 @@ from headflow.mechanism import interventions as iv
 from headflow.mechanism import tokens
 from headflow.mechanism.prefix_reuse import PrefixReuse
 from headflow.method import attribution, metrics
-from headflow.method.experiment import ImageTask, target_values
+from headflow.method.experiment import ImageTask, as_y, target_of
 
 GROUPS = ("object", "background", "object+background", "random")
 
@@ -74,7 +74,7 @@ def group_effects(st, tasks: Sequence[ImageTask], heads: Sequence[int] | None, n
                           torch.ones(1, st.n_layers, st.n_heads, dtype=torch.bool),  # clean
                           torch.zeros(1, st.n_layers, st.n_heads, dtype=torch.bool)])  # every head, whole image
         reuse = PrefixReuse(st.model, t.inputs, st.baseline)
-        y = target_values(reuse.final_logits(keep, batch_size, slots=slots), t, st.target)
+        y = as_y(reuse.final_logits(keep, batch_size, slots=slots, reduce=target_of(t, st.target)))
         out["lost"].append(y[-2] - y[:-2])
         out["effects"].append(y[-2] - y[-1])
         out["n_object"].append(int(obj.sum()))
@@ -95,7 +95,7 @@ def token_attribution(st, task: ImageTask, heads: Sequence[int] | None, n_masks:
     keep = torch.cat([keep_heads[None].expand(n_masks, -1, -1), torch.ones(1, st.n_layers, st.n_heads, dtype=torch.bool),
                       torch.zeros(1, st.n_layers, st.n_heads, dtype=torch.bool)])
     slots = torch.cat([~kept, torch.ones(2, n, dtype=torch.bool)])
-    y = target_values(reuse.final_logits(keep, batch_size, slots=slots), task, st.target)
+    y = as_y(reuse.final_logits(keep, batch_size, slots=slots, reduce=target_of(task, st.target)))
     f = attribution.fit(kept.numpy(), y[:-2])
     return {"attribution": f.attribution, "r": f.heldout_r, "R2": f.heldout_r2, "y_clean": float(y[-2]),
             "y_none": float(y[-1])}

@@ -17,8 +17,8 @@ from headflow.method.experiment import masks_y
 def single_and_joint(st) -> tuple[dict, dict]:
     """Per image: single-head effects ``(n_layers, n_heads)`` and the all-heads effect."""
     single, joint = {}, {}
-    ends = torch.stack([torch.ones(st.n_layers, st.n_heads, dtype=torch.bool),
-                        torch.zeros(st.n_layers, st.n_heads, dtype=torch.bool)])
+    ends = torch.stack([torch.ones(st.n_layers, st.n_heads, dtype=torch.bool, device="cpu"),
+                        torch.zeros(st.n_layers, st.n_heads, dtype=torch.bool, device="cpu")])
     for t in st.tasks:
         single[t.key] = rankings.single_head(st.model, t, st.baseline, st.target)
         y = masks_y(st.model, t, st.baseline, ends, st.target)
@@ -46,13 +46,13 @@ def random_sets(st, single: dict, joint: dict, n_random_sets: int, seed: int, n_
         for k in ks:
             for _ in range(n_random_sets):
                 heads = rng.choice(H, k, replace=False)
-                keep = torch.ones(H, dtype=torch.bool)
-                keep[torch.as_tensor(heads)] = False
+                keep = torch.ones(H, dtype=torch.bool, device="cpu")
+                keep[torch.as_tensor(heads, device="cpu")] = False
                 masks.append(keep.view(st.n_layers, st.n_heads))
                 meta.append((k, float(single[t.key].ravel()[heads].sum())))
         if t.key not in keep_key:
             continue
-        clean = torch.ones(1, st.n_layers, st.n_heads, dtype=torch.bool)
+        clean = torch.ones(1, st.n_layers, st.n_heads, dtype=torch.bool, device="cpu")
         y = masks_y(st.model, t, st.baseline, torch.cat([torch.stack(masks), clean]), st.target)
         for (k, s), yk in zip(meta, y[:-1]):
             rows.append({"image": t.key, "k": k, "sum_of_singles": s / joint[t.key], "joint": (y[-1] - yk) / joint[t.key]})

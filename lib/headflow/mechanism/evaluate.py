@@ -50,8 +50,9 @@ def answer_logits(logits: torch.Tensor, answer_ids: Sequence[int], targets: Sequ
     ``answer_ids``: first-token id of each candidate answer word; ``targets``: index of the
     correct word for each image.
     """
-    ids = torch.as_tensor(list(answer_ids))
-    tgt = torch.as_tensor(list(targets))
+    logits = logits.cpu()
+    ids = torch.as_tensor(list(answer_ids), device="cpu")
+    tgt = torch.as_tensor(list(targets), device="cpu")
     cand = logits[:, ids]  # (N, n_answers)
     y = cand.gather(1, tgt[:, None])[:, 0]
     wrong = cand.clone()

@@ -12,6 +12,11 @@ over the suffix, exactly (flash-decoding style).
 
     reuse = PrefixReuse(model, inputs, baseline)       # one prefix pass
     logits = reuse.final_logits(keep)                   # keep: (M, n_layers, n_heads) bool
+    y = reuse.final_logits(keep, reduce=lambda lg: lg[:, answer_id])   # (M,): no (M, vocab) kept
+
+Memory: ``reduce`` is applied to each batch's ``(B, vocab)`` logits on the model's device, so a
+call keeps ``M`` reduced rows, not ``M x vocab`` floats (chapter 4's 27,290 masks per image over
+LLaVA-1.5's 32,064 words are 3.5 GB in float32); results come back to the CPU per batch.
 """
 from __future__ import annotations
 
@@ -79,33 +84,37 @@ class PrefixReuse:
         self.n_image = int(img_slots.sum())
 
     @torch.inference_mode()
-    def final_logits(self, keep: torch.Tensor, batch_size: int = 64, slots: torch.Tensor | None = None) -> torch.Tensor:
-        """Final-position logits ``(M, vocab)`` under each mask of ``keep (M, n_layers, n_heads)``;
-        with ``slots (M, n_image)`` bool only those image positions are replaced in the ablated heads
-        (position-level ablation, as :class:`headflow.mechanism.interventions.HeadAblation` ``slots``)."""
-        keep = torch.as_tensor(keep, dtype=torch.bool)
+    def final_logits(self, keep: torch.Tensor, batch_size: int = 64, slots: torch.Tensor | None = None,
+                     reduce=None) -> torch.Tensor:
+        """Final-position logits ``(M, vocab)`` under each mask of ``keep (M, n_layers, n_heads)``, or
+        with ``reduce`` (a function of one batch's ``(B, vocab)`` logits, e.g. the answer's column or
+        a logit difference) its ``(M, ...)`` values: only those are kept.  Returned on the CPU in
+        float32.  With ``slots (M, n_image)`` bool only those image positions are replaced in the
+        ablated heads (position-level ablation, as
+        :class:`headflow.mechanism.interventions.HeadAblation` ``slots``)."""
+        keep = torch.as_tensor(keep, dtype=torch.bool, device="cpu")
         if keep.dim() != 3 or tuple(keep.shape[1:]) != (self.n_layers, self.n_heads):
             raise ValueError(f"masks have shape {tuple(keep.shape)}; this model needs "
                              f"(n_masks, {self.n_layers}, {self.n_heads})")
         prefix_slots = None
         if slots is not None:
-            slots = torch.as_tensor(slots, dtype=torch.bool)
+            slots = torch.as_tensor(slots, dtype=torch.bool, device="cpu")
             if tuple(slots.shape) != (keep.shape[0], self.n_image):
                 raise ValueError(f"slots have shape {tuple(slots.shape)}; these masks need ({keep.shape[0]}, "
                                  f"{self.n_image}): one bool per image position")
-            prefix_slots = torch.zeros(keep.shape[0], self.P, dtype=torch.bool)
+            prefix_slots = torch.zeros(keep.shape[0], self.P, dtype=torch.bool, device="cpu")
             prefix_slots[:, self.image_slots] = slots
         out = []
         for s in range(0, keep.shape[0], batch_size):
             chunk = keep[s:s + batch_size]
             B = chunk.shape[0]
-            self.state.keep = chunk
+            self.state.keep = chunk.to(self.suffix_ids.device)
             self.state.slots = None if prefix_slots is None else prefix_slots[s:s + batch_size].to(self.suffix_ids.device)
             ctx = iv._Context(self.n_layers, self.n_heads, None, [], None, prefix=self.state)
             pos = self.suffix_pos.expand(*self.suffix_pos.shape[:-2], B, -1)
             with iv._activate(ctx):
                 logits = self.model(input_ids=self.suffix_ids.expand(B, -1), position_ids=pos, use_cache=False,
                                     logits_to_keep=1).logits[:, -1]
-            out.append(logits.float())
+            out.append((logits if reduce is None else reduce(logits)).float().cpu())
         self.state.keep = self.state.slots = None
         return torch.cat(out)

@@ -167,7 +167,7 @@ def resolve(processor, model, question: str, inputs, mask: np.ndarray | None = N
     answer = list(range(n_prompt, len(expanded)))
     taken = set(image) | set(question_pos) | set(role) | set(answer) | set(final)
     system = [i for i in range(len(expanded)) if i not in taken]
-    as_t = lambda xs: torch.tensor(sorted(set(xs)), dtype=torch.long)  # noqa: E731
+    as_t = lambda xs: torch.tensor(sorted(set(xs)), dtype=torch.long, device="cpu")  # noqa: E731
     positions = {"image": as_t(image), "question": as_t(question_pos), "role": as_t(role),
                  "answer": as_t(answer), "final": as_t(final), "system": as_t(system)}
     grid, frac, shares = None, None, None

@@ -54,7 +54,7 @@ def sample_masks(n_masks: int, n_layers: int, n_heads: int, ablation_rate: float
     if n_masks < 10:
         raise ValueError(f"n_masks must be at least 10 (a fifth is held out), got {n_masks}")
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(n_masks, n_layers, n_heads, generator=g) >= ablation_rate
+    return torch.rand(n_masks, n_layers, n_heads, generator=g, device="cpu") >= ablation_rate
 
 
 @dataclass

@@ -69,15 +69,29 @@ def prepare(processor, examples: Sequence, words: Sequence[str], question: str,
     return tasks
 
 
-def target_values(logits: torch.Tensor, task: ImageTask, target: str = "logit") -> np.ndarray:
-    """``y`` per row of ``logits (M, vocab)``: the answer's logit, or its difference to the best
-    other answer word."""
-    y = logits[:, task.target_id]
-    if target == "logit-diff":
-        y = y - logits[:, task.other_ids].max(-1).values
-    elif target != "logit":
+def target_of(task: ImageTask, target: str = "logit"):
+    """The per-batch reduction of ``(B, vocab)`` logits to ``y (B,)``: the answer's logit, or its
+    difference to the best other answer word (what the fast path keeps instead of the vocabulary)."""
+    if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
-    return y.double().cpu().numpy()
+    others = list(task.other_ids)
+
+    def reduce(logits: torch.Tensor) -> torch.Tensor:
+        y = logits[:, task.target_id]
+        if target == "logit-diff":
+            y = y - logits[:, others].max(-1).values
+        return y
+    return reduce
+
+
+def target_values(logits: torch.Tensor, task: ImageTask, target: str = "logit") -> np.ndarray:
+    """``y`` per row of ``logits (M, vocab)`` as float64 on the CPU (:func:`target_of`)."""
+    return target_of(task, target)(logits).double().cpu().numpy()
+
+
+def as_y(values: torch.Tensor) -> np.ndarray:
+    """Reduced values (already ``y``) as float64 numpy."""
+    return values.double().cpu().numpy()
 
 
 def reference_baseline(model, tasks: Sequence[ImageTask], kind: str, batch_size: int = 16) -> iv.Baseline:
@@ -97,14 +111,15 @@ def masks_y(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tensor, t
     ``text``; by batched full forwards for scope ``all`` (image queries see the baseline too, so
     the image prefix changes and cannot be reused) and where the family makes prefix reuse invalid
     (:func:`headflow.models.families.prefix_reuse_problem`: PaliGemma's prefix-LM mask, short sliding windows)."""
+    reduce = target_of(task, target)
     if scope == "all":
-        return target_values(full_logits(model, task, baseline, keep, "all", min(batch_size, 32)), task, target)
+        return as_y(full_logits(model, task, baseline, keep, "all", min(batch_size, 32), reduce=reduce))
     if scope != "text":
         raise ValueError(f"unknown ablation scope {scope!r}; choose one of {iv.SCOPES}")
     if reuse is None and families.prefix_reuse_problem(model, task.inputs["input_ids"].shape[1]):
-        return target_values(full_logits(model, task, baseline, keep, "text", min(batch_size, 32)), task, target)
+        return as_y(full_logits(model, task, baseline, keep, "text", min(batch_size, 32), reduce=reduce))
     reuse = reuse or PrefixReuse(model, task.inputs, baseline)
-    return target_values(reuse.final_logits(keep, batch_size), task, target)
+    return as_y(reuse.final_logits(keep, batch_size, reduce=reduce))
 
 
 def repeat_inputs(inputs: dict, B: int) -> dict:
@@ -117,17 +132,19 @@ def repeat_inputs(inputs: dict, B: int) -> dict:
 
 @torch.inference_mode()
 def full_logits(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tensor, scope: str = "text",
-                batch_size: int = 32) -> torch.Tensor:
+                batch_size: int = 32, reduce=None) -> torch.Tensor:
     """Final-position logits ``(M, vocab)`` under each keep-mask, by full forwards (batches of
-    ``batch_size`` copies of the image and prompt)."""
+    ``batch_size`` copies of the image and prompt), or their per-batch ``reduce`` (as
+    :meth:`headflow.mechanism.prefix_reuse.PrefixReuse.final_logits`); on the CPU, float32."""
     out = []
     for s in range(0, len(keep), batch_size):
-        chunk = keep[s:s + batch_size]
+        chunk = torch.as_tensor(keep[s:s + batch_size], device=model.device)
         B = len(chunk)
         inputs = {k: v.to(model.device) for k, v in repeat_inputs(task.inputs, B).items()}
         abl = iv.HeadAblation(chunk, iv.image_mask(model, inputs["input_ids"]), baseline, scope)
         with iv.intervene(model, ablation=abl):
-            out.append(model(**inputs, logits_to_keep=1).logits[:, -1].float())
+            logits = model(**inputs, logits_to_keep=1).logits[:, -1]
+        out.append((logits if reduce is None else reduce(logits)).float().cpu())
     return torch.cat(out)
 
 
@@ -147,7 +164,8 @@ def unit_masks(n_layers: int, n_heads: int, n_masks: int, ablation_rate: float, 
     """The masks of one image's unit: ``n_masks`` random keep-masks (seeded by ``seed`` and the
     image), then all kept (``y_clean``) and none kept (``y_none``): ``(n_masks + 2, L, H)``."""
     keep = attribution.sample_masks(n_masks, n_layers, n_heads, ablation_rate, seed * 1_000_003 + int(image_id))
-    ends = torch.stack([torch.ones(n_layers, n_heads, dtype=torch.bool), torch.zeros(n_layers, n_heads, dtype=torch.bool)])
+    ends = torch.stack([torch.ones(n_layers, n_heads, dtype=torch.bool, device="cpu"),
+                        torch.zeros(n_layers, n_heads, dtype=torch.bool, device="cpu")])
     return torch.cat([keep, ends])
 
 

@@ -39,10 +39,10 @@ def topk_masks(order: np.ndarray, ks: Sequence[int], n_layers: int, n_heads: int
     """For each k: ``only_kept`` keeps only the top-k heads of ``order``, ``ablated`` ablates them.
     Both ``(len(ks), n_layers, n_heads)`` bool keep-masks."""
     total = n_layers * n_heads
-    only = torch.zeros(len(ks), total, dtype=torch.bool)
-    abl = torch.ones(len(ks), total, dtype=torch.bool)
+    only = torch.zeros(len(ks), total, dtype=torch.bool, device="cpu")
+    abl = torch.ones(len(ks), total, dtype=torch.bool, device="cpu")
     for i, k in enumerate(ks):
-        top = torch.as_tensor(np.asarray(order[:k], dtype=np.int64))
+        top = torch.as_tensor(np.asarray(order[:k], dtype=np.int64), device="cpu")
         only[i, top] = True
         abl[i, top] = False
     return only.view(-1, n_layers, n_heads), abl.view(-1, n_layers, n_heads)

@@ -142,8 +142,10 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
                              "per-position dataset-mean baseline is undefined: process every image at one size "
                              "(see the definitions of chapter 2) or use baseline='image-mean' or 'zero'")
     bl = experiment.reference_baseline(net, ref_tasks, baseline)
+    # the device and precision the model really runs in (so None and "cpu" share a run store)
     meta = {"model": model, "image_set": image_set, "question": question, "per_class": per_class, "offset": offset,
-            "keep": keep, "image_size": list(image_size), "device": device, "dtype": dtype,
+            "keep": keep, "image_size": list(image_size), "device": str(net.device),
+            "dtype": str(net.dtype).removeprefix("torch."),
             "n_reference": len(reference), "baseline": baseline, "target": target, "base": base, "answer_case": answer_case,
             "fingerprint": fingerprint(models.resolve_path(model), [e.path for e in chosen + reference])}
     return Study(model, net, processor, words, q, tasks, len(chosen), float(res["accuracy"]), bl, baseline, target,
@@ -159,6 +161,12 @@ def store_for(st: Study, kind: str, computed_by: str | None = None, **params) ->
     full = {"kind": kind, **st.meta, **params, **extra}
     digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:12]
     return RunStore(RUN_DIR / f"{kind}-{digest}", full)
+
+
+def masks_for(st: Study, n_masks: int, masks_per_head: float = 0) -> int:
+    """Masks per image for the study's model: at least ``n_masks`` and ``masks_per_head`` per head
+    (:func:`headflow.method.attribution.mask_count`; the ``full`` profile asks 4 per head)."""
+    return attribution.mask_count(st.n_layers * st.n_heads, n_masks, masks_per_head)
 
 
 def attribution_runs(st: Study, n_masks: int, ablation_rate: float, seed: int, tasks=None,

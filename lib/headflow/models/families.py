@@ -103,7 +103,7 @@ def image_token_mask(model, input_ids: torch.Tensor) -> torch.Tensor:
 def image_span(model, input_ids: torch.Tensor) -> torch.Tensor:
     """``(B, L)`` bool: every position that carries the image (see the module docstring): the hull
     of each row's image-token positions plus the family's boundary markers next to it."""
-    ids = torch.as_tensor(input_ids)
+    ids = input_ids if torch.is_tensor(input_ids) else torch.as_tensor(input_ids, device="cpu")
     img = image_token_mask(model, ids)
     fam = family_of(model)
     bounds = [getattr(model.config, a, None) for a in fam.boundary_attrs]
