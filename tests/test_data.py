@@ -148,3 +148,33 @@ def test_data_readme_hashes_every_file():
     assert sorted(listed) == files
     for name in files[::37] + [f for f in files if f.endswith(".json")]:
         assert evalset.sha256(root / name) == listed[name], name
+
+
+def test_the_main_object_is_the_largest_in_the_image_the_model_sees(tmp_path):
+    """A portrait image: a tall object along the top edge has the largest COCO area, but after the
+    cover-crop to 640 x 480 and LLaVA-1.5's centre square, a smaller central object is what the
+    model sees most of; COCO's own layout (annotations/instances_val2017.json, val2017/) is found."""
+    import json as _json
+
+    from PIL import Image as _Image
+
+    from headflow.images import coco as _coco
+
+    W, H = 480, 640
+    top = np.zeros((H, W), bool)
+    top[:150, :] = True  # 23% of the image, almost all of it cropped away at 640 x 480
+    centre = np.zeros((H, W), bool)
+    centre[250:390, 170:310] = True  # 6.4%, all visible
+    (tmp_path / "val2017").mkdir()
+    (tmp_path / "annotations").mkdir()
+    _Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "val2017" / "a.jpg")
+    anns = [{"id": i + 1, "image_id": 1, "category_id": i + 1, "iscrowd": 0, "area": float(m.sum()),
+             "bbox": [0, 0, 1, 1], "segmentation": _coco.encode_mask(m)} for i, m in enumerate([top, centre])]
+    f = tmp_path / "annotations" / "instances_val2017.json"
+    f.write_text(_json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "width": W, "height": H}], "annotations": anns,
+                              "categories": [{"id": 1, "name": "kite"}, {"id": 2, "name": "dog"}]}))
+    assert _coco.load_set(f)[0].class_name == "kite"  # as stored
+    assert _coco.load_set(f)[0].path == tmp_path / "val2017" / "a.jpg"
+    square = lambda h, w: (0.0, 1.0, (w - h) / 2 / w, (w + h) / 2 / w)  # noqa: E731 - LLaVA-1.5's centre crop
+    seen = _coco.load_set(f, size=(640, 480), view=square)
+    assert seen[0].class_name == "dog" and seen[0].size == (640, 480)

@@ -1,17 +1,15 @@
-"""Device discipline of chapters 1-5's code paths, proved without a GPU (tests/device_discipline.py):
+"""Device discipline of chapters 1-5's code paths (and chapter 7's knockouts), proved without a GPU (tests/device_discipline.py):
 every factory call in headflow names its device, every input is moved to the model's device,
 every result comes back with ``.cpu()`` before ``.numpy()``, no CPU tensor is mixed into the
 model's computation."""
-import numpy as np
 import pytest
 import torch
 from device_discipline import DeviceDiscipline
 
-from headflow.findings import layers, redundancy
+from headflow.findings import flow, layers, redundancy
 from headflow.images import coco
 from headflow.mechanism import evaluate, tokens
 from headflow.method import crossfit, experiment, rankings, study
-from headflow.models import loading
 from headflow.task.prompt import build_prompt, question_text
 
 
@@ -65,6 +63,8 @@ def test_chapters_1_to_5_keep_device_discipline(organism_study):
         # chapter 5: probes on residual states, attention-weight proxies
         layers.analyse(st, fits, runs, [0.1], 5, 0, n_probe_per_class=2, folds=2)
         rankings.attention_weight(net, st.tasks[0], "final", "value-norm")
+        # chapter 7: knockouts (full forwards with per-row masks)
+        flow.run_image(st, st.tasks[0], flow.Plan(list(flow.FLOWS)[:2], flow.windows(st.n_layers, 4), {"all": None}))
     assert not d.violations, "device discipline broken:\n" + d.report()
 
 

@@ -35,6 +35,7 @@ from headflow.mechanism import interventions as iv
 from headflow.mechanism import tokens
 from headflow.method import attribution, crossfit, metrics, study
 from headflow.method.experiment import ImageTask, masks_y, repeat_inputs
+from headflow.util.devices import to_device
 
 FLOWS = {"question->role": ("question", "role"), "question->final": ("question", "final"),
          "image->role": ("image", "role"), "image->final": ("image", "final"),
@@ -59,7 +60,7 @@ def group_masks(st, task: ImageTask) -> dict[str, torch.Tensor]:
     L = task.inputs["input_ids"].shape[1]
     out = {"image": iv.image_mask(st.model, task.inputs["input_ids"])[0]}  # the whole image span
     for name in ("question", "role", "final"):
-        m = torch.zeros(L, dtype=torch.bool)
+        m = torch.zeros(L, dtype=torch.bool, device="cpu")
         m[g.nonempty(name)] = True
         out[name] = m
     return out
@@ -84,9 +85,9 @@ def knockouts_for(plan: Plan, groups: dict[str, torch.Tensor], n_layers: int, n_
     B, L = len(rows), len(next(iter(groups.values())))
     out = []
     for layer in range(n_layers):
-        q = torch.zeros(B, L, dtype=torch.bool)
-        k = torch.zeros(B, L, dtype=torch.bool)
-        hm = torch.zeros(B, n_heads, dtype=torch.bool)
+        q = torch.zeros(B, L, dtype=torch.bool, device="cpu")
+        k = torch.zeros(B, L, dtype=torch.bool, device="cpu")
+        hm = torch.zeros(B, n_heads, dtype=torch.bool, device="cpu")
         for r, (flow, w, s) in enumerate(rows):
             if layer not in plan.wins[w]:
                 continue
@@ -96,7 +97,7 @@ def knockouts_for(plan: Plan, groups: dict[str, torch.Tensor], n_layers: int, n_
             if heads is None:
                 hm[r] = True
             else:
-                flat = torch.as_tensor(np.asarray(heads, dtype=np.int64))
+                flat = torch.as_tensor(np.asarray(heads, dtype=np.int64), device="cpu")
                 hm[r, flat[flat // n_heads == layer] % n_heads] = True
         if q.any():
             out.append(iv.Knockout(q, k, [layer], head_mask=hm))
@@ -113,14 +114,16 @@ def run_image(st, task: ImageTask, plan: Plan, batch_size: int = 64) -> dict:
     ys, ok = [], []
     for s in range(0, B, batch_size):
         n = min(batch_size, B - s)
-        part = [iv.Knockout(ko.queries[s:s + n], ko.keys[s:s + n], ko.layers, head_mask=ko.head_mask[s:s + n])
-                for ko in kos if ko.queries[s:s + n].any()]
+        dev = st.model.device
+        part = [iv.Knockout(ko.queries[s:s + n].to(dev), ko.keys[s:s + n].to(dev), ko.layers,
+                            head_mask=ko.head_mask[s:s + n].to(dev)) for ko in kos if ko.queries[s:s + n].any()]
         with iv.intervene(st.model, knockouts=part):
-            logits = st.model(**repeat_inputs(task.inputs, n), logits_to_keep=1).logits[:, -1].float()
+            inputs = to_device(repeat_inputs(task.inputs, n), dev)
+            logits = st.model(**inputs, logits_to_keep=1).logits[:, -1].float().cpu()
         ys.append(logits[:, task.target_id].double().numpy())
         ok.append((logits[:, ids].argmax(-1) == 0).numpy())
-    ends = torch.stack([torch.ones(st.n_layers, st.n_heads, dtype=torch.bool),
-                        torch.zeros(st.n_layers, st.n_heads, dtype=torch.bool)])
+    ends = torch.stack([torch.ones(st.n_layers, st.n_heads, dtype=torch.bool, device="cpu"),
+                        torch.zeros(st.n_layers, st.n_heads, dtype=torch.bool, device="cpu")])
     y_clean, y_none = masks_y(st.model, task, st.baseline, ends, "logit")
     return {"y": np.concatenate(ys), "correct": np.concatenate(ok), "y_clean": float(y_clean), "y_none": float(y_none)}
 

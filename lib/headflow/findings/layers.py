@@ -35,6 +35,7 @@ from headflow.mechanism.evaluate import wilson_interval
 from headflow.method import experiment
 from headflow.method.stats import class_equal_mean
 from headflow.method.study import pick_per_class
+from headflow.models.families import visible_region
 
 
 # ------------------------------------------------------------------------------------ attribution by layer
@@ -173,11 +174,15 @@ def proxy_correlation(proxy: dict, maps: dict, classes: dict, n_boot: int, seed:
 
 
 # ------------------------------------------------------------------------------------ probes
+MAX_PROBE_POSITIONS = 64  # single-token probes at most at this many image positions (LLaVA-NeXT has 2,340)
+
 @torch.inference_mode()
 def residual_states(model, tasks, image_positions: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
     """Language-model residual stream of each task's prompt (batch of 1 each), after the embedding
     (layer 0) and after each decoder layer: ``final (N, L+1, D)``, ``image_mean (N, L+1, D)`` (the
-    mean over the image positions), ``image_tokens (N, n_image, D)`` at the input (layer 0)."""
+    mean over the image positions), ``image_tokens (N, P, D)`` at the input (layer 0), at
+    ``P = min(n_image,`` :data:`MAX_PROBE_POSITIONS` ``)`` evenly spaced image positions (all 64 on
+    the organism): memory is ``N x (2 (L+1) + P) x D`` floats, whatever the image-token count."""
     final, mean, single = [], [], []
     for t, pos in zip(tasks, image_positions):
         inputs = {k: v.to(model.device) for k, v in t.inputs.items()}
@@ -186,7 +191,9 @@ def residual_states(model, tasks, image_positions: Sequence[torch.Tensor]) -> di
         pos = pos.to(model.device)
         final.append(h[:, -1].float().cpu().numpy())
         mean.append(h[:, pos].mean(1).float().cpu().numpy())
-        single.append(h[0, pos].float().cpu().numpy())
+        few = pos[torch.linspace(0, len(pos) - 1, min(len(pos), MAX_PROBE_POSITIONS), device="cpu").round().long()
+                  .to(pos.device)]
+        single.append(h[0, few].float().cpu().numpy())
     return {"final": np.stack(final), "image_mean": np.stack(mean), "image_tokens": np.stack(single)}
 
 
@@ -231,8 +238,10 @@ def analyse(st, fits: dict, runs: dict, cutoffs: Sequence[float], n_boot: int, s
     classes = {t.key: t.class_name for t in st.tasks}
     out = summarise(maps, classes, cutoffs, n_boot, seed)
     out["left_out_non_positive_effect"] = left_out
+    view = lambda h, w: visible_region(st.model, st.processor, h, w)  # noqa: E731 - what the processor keeps
     examples = pick_per_class(coco.load_set(sets.resolve(st.meta["image_set"]),
-                                             size=tuple(st.meta.get("image_size") or ()) or None), n_probe_per_class)
+                                             size=tuple(st.meta.get("image_size") or ()) or None, view=view),
+                              n_probe_per_class)
     tasks = experiment.prepare(st.processor, examples, st.words, st.question)
     pos = [tokens.resolve(st.processor, st.model.config, st.question, t.inputs, n_forced=t.n_forced)["image"]
            for t in tasks]

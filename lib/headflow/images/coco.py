@@ -2,7 +2,9 @@
 
 A set is a folder of image files plus an instances JSON (``images``, ``annotations`` with RLE or
 polygon masks, ``categories``).  Each image yields one :class:`Example`: its **main object**, the
-largest non-crowd instance whose area is at least ``min_area_share`` of the image.  FashionScenes
+largest non-crowd instance whose area is at least ``min_area_share`` (5%) of the image, measured
+in the image the model sees: after the set's own resize (``size``: cover-crop to one size) and the
+processor's crop (``view``, e.g. LLaVA-1.5's centre square), so an object cropped away is never main.  FashionScenes
 annotations carry extra ``attributes`` (colour, position, style, variant links); COCO ones do not.
 """
 from __future__ import annotations
@@ -129,13 +131,49 @@ def decode_segmentation(seg, height: int, width: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ reading
+MIN_AREA_SHARE = 0.05
+
+
+def _seen_box(height: int, width: int, size, view) -> tuple[float, float, float, float] | None:
+    """The region (left, top, right, bottom) of a stored ``height x width`` image that the model
+    sees after the cover-crop to ``size`` and the processor's ``view`` (None: the whole image)."""
+    fractions = view(*((size[1], size[0]) if size else (height, width))) if view is not None else (0.0, 1.0, 0.0, 1.0)
+    if not size and tuple(fractions) == (0.0, 1.0, 0.0, 1.0):
+        return None  # the whole stored image
+    left, top, right, bottom = _cover_crop(height, width, tuple(size)) if size else (0.0, 0.0, width, height)
+    if view is not None:
+        t, b, l, r = fractions
+        cw, ch = right - left, bottom - top
+        left, top, right, bottom = left + l * cw, top + t * ch, left + r * cw, top + b * ch
+    return left, top, right, bottom
+
+
+def _visible_share(mask: np.ndarray, box) -> float:
+    left, top, right, bottom = (int(round(v)) for v in box)
+    return float(mask[top:bottom, left:right].sum()) / max((bottom - top) * (right - left), 1)
+
+
+def image_folder(annotation_file: Path) -> Path:
+    """Where a set's images are: ``images/`` beside the instances JSON, or COCO's own layout
+    (``annotations/instances_val2017.json`` with the images in ``val2017/`` beside ``annotations/``)."""
+    beside = annotation_file.parent / "images"
+    split = annotation_file.stem.removeprefix("instances_")
+    for cand in (beside, annotation_file.parent / split, annotation_file.parent.parent / split):
+        if cand.is_dir():
+            return cand
+    return beside
+
+
 def load_set(annotation_file: Path | str, image_dir: Path | str | None = None,
-             min_area_share: float = 0.05, size=None) -> list[Example]:
+             min_area_share: float = MIN_AREA_SHARE, size=None, view=None) -> list[Example]:
     """The main object of every image in a COCO instances file, in ``images`` order.
 
     Images with no instance reaching ``min_area_share`` of the image area are skipped.
-    ``image_dir`` defaults to the folder ``images/`` beside the annotation file.  ``size``
-    ``(width, height)``: bring every image to that size (:func:`at_size`); empty or None: as stored.
+    ``image_dir`` defaults to :func:`image_folder`.  ``size`` ``(width, height)``: bring every image
+    to that size (:func:`at_size`); empty or None: as stored.  ``view(height, width)``: the
+    fractions ``(top, bottom, left, right)`` of the sized image that the model's processor keeps
+    (:func:`headflow.models.families.visible_region`).  With ``size`` or ``view`` the main object is
+    the instance with the largest area *in that region*, and its share is of that region.
     """
     annotation_file = Path(annotation_file)
     if not annotation_file.exists():
@@ -144,7 +182,7 @@ def load_set(annotation_file: Path | str, image_dir: Path | str | None = None,
     missing = {"images", "annotations", "categories"} - set(coco)
     if missing:
         raise ValueError(f"{annotation_file} is not a COCO instances file: it lacks {sorted(missing)}")
-    image_dir = Path(image_dir) if image_dir is not None else annotation_file.parent / "images"
+    image_dir = Path(image_dir) if image_dir is not None else image_folder(annotation_file)
     cats = {c["id"]: c["name"] for c in coco["categories"]}
     by_image: dict[int, list[dict]] = {}
     for ann in coco["annotations"]:
@@ -155,10 +193,19 @@ def load_set(annotation_file: Path | str, image_dir: Path | str | None = None,
         anns = by_image.get(img["id"], [])
         if not anns:
             continue
-        main = max(anns, key=lambda a: a["area"])
-        if main["area"] < min_area_share * img["width"] * img["height"]:
-            continue
-        mask = decode_segmentation(main["segmentation"], img["height"], img["width"])
+        box = _seen_box(img["height"], img["width"], size, view)
+        if box is None:  # the image as stored: COCO's own areas
+            main = max(anns, key=lambda a: a["area"])
+            if main["area"] < min_area_share * img["width"] * img["height"]:
+                continue
+            mask = decode_segmentation(main["segmentation"], img["height"], img["width"])
+        else:  # the image the model sees
+            masks = [decode_segmentation(a["segmentation"], img["height"], img["width"]) for a in anns]
+            shares = [_visible_share(m, box) for m in masks]
+            best = int(np.argmax(shares))
+            if shares[best] < min_area_share:
+                continue
+            main, mask = anns[best], masks[best]
         out.append(Example(image_id=img["id"], path=image_dir / img["file_name"], class_name=cats[main["category_id"]],
                            mask=mask, bbox=tuple(main["bbox"]), attributes=dict(main.get("attributes", {}))))
     return at_size(out, size) if size else out

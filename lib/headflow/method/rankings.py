@@ -25,7 +25,8 @@ def single_head(model, task: ImageTask, baseline: iv.Baseline, target: str = "lo
     n_layers, n_heads = iv.text_layers_and_heads(model)
     total = n_layers * n_heads
     keep = torch.ones(total + 1, total, dtype=torch.bool, device="cpu")
-    keep[torch.arange(total, device="cpu"), torch.arange(total, device="cpu")] = False  # row i ablates head i; the last row is clean
+    diag = torch.arange(total, device="cpu")
+    keep[diag, diag] = False  # row i ablates head i; the last row is clean
     y = masks_y(model, task, baseline, keep.view(-1, n_layers, n_heads), target, batch_size)
     return (y[-1] - y[:-1]).reshape(n_layers, n_heads)
 
@@ -83,7 +84,8 @@ def attribution_patching(model, task: ImageTask, baseline: iv.Baseline, target: 
     clean_v = [expand_heads(cap.values[l], groups).clone() for l in range(n_layers)]
     leaf_k = [k.clone().requires_grad_(True) for k in clean_k]
     leaf_v = [v.clone().requires_grad_(True) for v in clean_v]
-    all_image = torch.ones(1, cap.keys[0].shape[2], dtype=torch.bool, device=model.device)  # cap.keys hold the image slots only
+    # cap.keys hold the image slots only
+    all_image = torch.ones(1, cap.keys[0].shape[2], dtype=torch.bool, device=model.device)
     base_kv = [[expand_heads(x, groups) for x in baseline.image_kv(l, cap.keys[l], cap.values[l], all_image)]
                for l in range(n_layers)]
     held = (torch.zeros(n_layers, n_heads, dtype=torch.bool, device=model.device) if keep is None

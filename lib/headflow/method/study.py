@@ -19,7 +19,7 @@ from headflow.mechanism import evaluate
 from headflow.mechanism import interventions as iv
 from headflow.method import attribution, experiment
 from headflow.models import loading as models
-from headflow.models.families import blocking_problem
+from headflow.models.families import blocking_problem, visible_region
 from headflow.store.fingerprint import code_sha256, fingerprint
 from headflow.store.runstore import RunStore
 from headflow.task.prompt import question_text
@@ -115,7 +115,8 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
         raise ValueError(f"{problem}: head ablation cannot block all image-to-text flow in this family, so y_none and "
                          "head attributions would not mean what the study says; headflow refuses to run it")
     set_file = sets.resolve(image_set)
-    all_examples = coco.load_set(set_file, size=tuple(image_size) or None)
+    view = lambda h, w: visible_region(net, processor, h, w)  # noqa: E731 - the part the processor keeps
+    all_examples = coco.load_set(set_file, size=tuple(image_size) or None, view=view)
     words = answer_words(question, set_file)
     chosen = pick_per_class(all_examples, per_class, offset)
     q = question_text(question)

@@ -212,6 +212,15 @@ def _crop_box(ip, H: int, W: int) -> tuple[float, float, float, float]:
     return (top / rh, min(top + ch, rh) / rh, left / rw, min(left + cw, rw) / rw)
 
 
+def visible_region(model, processor, height: int, width: int) -> tuple[float, float, float, float]:
+    """The part of a ``height x width`` image the model sees, as fractions ``(top, bottom, left,
+    right)``: LLaVA-1.5's processor resizes the shortest edge and centre-crops a square (a 640 x 480
+    image loses 80 px on each side); the other families' processors keep the whole image."""
+    if family_of(model).layout == "grid":
+        return _crop_box(processor.image_processor, height, width)
+    return (0.0, 1.0, 0.0, 1.0)
+
+
 def _layout_grid(model, processor, inputs, hw, n):
     """LLaVA-1.5: one grid over the resized, centre-cropped image."""
     pv = inputs["pixel_values"]
