@@ -1,5 +1,5 @@
-"""Device discipline of chapters 1-5's code paths (and chapter 7's knockouts), proved without a GPU (tests/device_discipline.py):
-every factory call in headflow names its device, every input is moved to the model's device,
+"""Device discipline of chapters 1-5's code paths and chapter 7's knockouts, proved without a GPU
+(tests/device_discipline.py): every factory call in headflow names its device, every input is moved to the model's device,
 every result comes back with ``.cpu()`` before ``.numpy()``, no CPU tensor is mixed into the
 model's computation."""
 import pytest

@@ -119,7 +119,7 @@ def run_image(st, task: ImageTask, plan: Plan, batch_size: int = 64) -> dict:
                             head_mask=ko.head_mask[s:s + n].to(dev)) for ko in kos if ko.queries[s:s + n].any()]
         with iv.intervene(st.model, knockouts=part):
             inputs = to_device(repeat_inputs(task.inputs, n), dev)
-            logits = st.model(**inputs, logits_to_keep=1).logits[:, -1].float().cpu()
+            logits = st.model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1].float().cpu()
         ys.append(logits[:, task.target_id].double().numpy())
         ok.append((logits[:, ids].argmax(-1) == 0).numpy())
     ends = torch.stack([torch.ones(st.n_layers, st.n_heads, dtype=torch.bool, device="cpu"),

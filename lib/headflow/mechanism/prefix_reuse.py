@@ -115,6 +115,7 @@ class PrefixReuse:
             with iv._activate(ctx):
                 logits = self.model(input_ids=self.suffix_ids.expand(B, -1), position_ids=pos, use_cache=False,
                                     logits_to_keep=1).logits[:, -1]
-            out.append((logits if reduce is None else reduce(logits)).float().cpu())
+            # a copy: a view of the batch's logits (the answer's column) would keep the whole batch alive
+            out.append((logits if reduce is None else reduce(logits)).to(device="cpu", dtype=torch.float32, copy=True))
         self.state.keep = self.state.slots = None
         return torch.cat(out)

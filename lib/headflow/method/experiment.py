@@ -144,7 +144,7 @@ def full_logits(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tenso
         abl = iv.HeadAblation(chunk, iv.image_mask(model, inputs["input_ids"]), baseline, scope)
         with iv.intervene(model, ablation=abl):
             logits = model(**inputs, logits_to_keep=1).logits[:, -1]
-        out.append((logits if reduce is None else reduce(logits)).float().cpu())
+        out.append((logits if reduce is None else reduce(logits)).to(device="cpu", dtype=torch.float32, copy=True))
     return torch.cat(out)
 
 

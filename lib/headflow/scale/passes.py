@@ -1,0 +1,109 @@
+"""How many passes each chapter sends through the language model, per image, as formulas.
+
+The counts are those :func:`headflow.method.cost.count` sees when the chapter's library calls
+run (``tests/test_plan.py`` instruments them on the organism and checks every formula exactly):
+
+- *forward passes*: rows through the whole prompt (a fast-path prefix pass counts as one; a
+  knockout row of chapter 7 is a full forward, since it changes the image's own positions);
+- *suffix passes*: rows of the fast path over the text after the image only;
+- *gradient passes*: full forwards with a backward (attribution patching).
+
+``H``: heads in all layers; ``M``: masks per image.  Counts are for a cold run store (chapters that
+share a run, as 3, 4 and 5 do with equal parameters, each count it).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from headflow.method import metrics
+
+
+@dataclass
+class Passes:
+    forward_passes: int = 0
+    suffix_passes: int = 0
+    gradient_passes: int = 0
+
+    def __add__(self, other: "Passes") -> "Passes":
+        return Passes(*(a + b for a, b in zip(asdict(self).values(), asdict(other).values())))
+
+    def times(self, n: int) -> "Passes":
+        return Passes(*(n * v for v in asdict(self).values()))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def attribution_unit(M: int) -> Passes:
+    """One image's random-mask run: a prefix pass and ``M`` masks plus all-kept and none-kept."""
+    return Passes(1, M + 2)
+
+
+def single_head(H: int) -> Passes:
+    return Passes(1, H + 1)
+
+
+def redundancy(H: int, n_random_sets: int, n_k: int = 10) -> Passes:
+    """Chapter 2 per image: single heads, the joint (all heads) ablation, random sets."""
+    ks = [k for k in metrics.k_grid(H, n_k) if k > 0]
+    return single_head(H) + Passes(1, 2) + Passes(1, len(ks) * n_random_sets + 1)
+
+
+def baseline_rankings(H: int) -> Passes:
+    """Chapter 4 per image: single heads, attention weights (final and text queries), attribution patching."""
+    return single_head(H) + Passes(2, 0) + Passes(1, 0, 1)
+
+
+def judge(H: int, n_orders: int, n_random: int, n_k_random: int) -> Passes:
+    """Chapter 4 per held-out image: every ranking's top-k kept alone and ablated, at every k for
+    ``n_orders`` rankings and at the ``n_k_random``-point grid for ``n_random`` random ones."""
+    return Passes(1, 2 * (n_orders * (H + 1) + n_random * len(metrics.k_grid(H, n_k_random))))
+
+
+N_ORDERS = 13  # 5 methods cross-fitted globally + 3 per class + 5 in-sample (crossfit.run)
+
+
+def knockouts(n_layers: int, window: int, n_flows: int, n_sets: int) -> Passes:
+    """Chapter 7 per image: a full forward per (flow, window, head set) row, and y_clean/y_none."""
+    return Passes(n_flows * (n_layers - window + 1) * n_sets, 0) + Passes(1, 2)
+
+
+def groups_and_tokens(n_random: int, token_masks: int) -> Passes:
+    """Chapter 8 per image: object/background/both/random position ablations, then position attribution."""
+    return Passes(1, 3 + n_random + 2) + Passes(1, token_masks + 2)
+
+
+def setup(n_asked: int, n_reference: int, decode_steps: int = 1) -> Passes:
+    """A study's set-up: the clean answers (``decode_steps`` rows per image: the greedy decode of the
+    longest answer) and the reference images of the baseline."""
+    return Passes(n_asked * decode_steps + n_reference, 0)
+
+
+def chapter(name: str, H: int, n_layers: int, p: dict, n_images: int, n_classes: int) -> Passes:
+    """Passes of one chapter of a profile: ``p`` its parameters (masks already sized for the model),
+    ``n_images`` the images it analyses, ``n_classes`` the label set's size."""
+    M = p.get("n_masks", 0)
+    ref = p.get("n_reference", 0)
+    if name == "01-task-and-models":
+        return setup(p["n_images"], 0)
+    if name == "02-single-head-ablation":
+        return setup(n_images, ref) + redundancy(H, p["n_random_sets"]).times(n_images)
+    if name == "03-head-attribution":
+        rates = [r for r in p.get("rates", []) if r != 0.5]
+        return setup(n_images, ref) + attribution_unit(M).times(n_images + p.get("n_rate_images", 0) * len(rates))
+    if name == "04-faithfulness-completeness":
+        per = attribution_unit(M) + baseline_rankings(H) + judge(H, N_ORDERS, p["n_random"], p["n_k_random"])
+        return setup(n_images, ref) + per.times(n_images) + attribution_unit(M)
+    if name == "05-where-the-heads-are":
+        probes = p.get("n_probe_per_class", 0) * n_classes
+        return setup(n_images, ref) + attribution_unit(M).times(n_images) + Passes(probes + 2 * n_images, 0)
+    fit_images = p.get("n_fit", 0) * n_classes
+    fit = setup(fit_images, ref) + attribution_unit(M).times(fit_images) + judge(H, 1, 0, 0).times(fit_images)
+    if name == "07-token-flow":
+        eval_images = p["n_eval"] * n_classes
+        per = knockouts(n_layers, p["window"], 5, 2 + p["n_random"])
+        return (fit + setup(eval_images, ref) + per.times(eval_images)).times(len(p["questions"]))
+    if name == "08-object-background":
+        eval_images = p["n_eval"] * n_classes
+        return fit + setup(eval_images, ref) + groups_and_tokens(p["n_random"], p["token_masks"]).times(eval_images)
+    raise ValueError(f"no pass formula for chapter {name!r}; add one to headflow.scale.passes.chapter")
