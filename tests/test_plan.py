@@ -29,6 +29,26 @@ def test_every_checkpoint_is_built_on_meta_and_matches_its_published_size(full):
     assert full["total_h100_hours"] == pytest.approx(sum(r["h100_hours"] for r in rows))
 
 
+def test_the_plan_prices_every_chapter_and_sizes_masks_by_heads(full):
+    from headflow.method import attribution
+    from headflow.scale import passes
+
+    chapters = {"01-task-and-models", "02-single-head-ablation", "03-head-attribution", "04-faithfulness-completeness",
+                "05-where-the-heads-are", "07-token-flow", "08-object-background"}
+    for r in full["checkpoints"]:
+        H = r["heads_total"]
+        assert r["masks"] == max(2000, 4 * H) and r["fit"] == "ols", r  # 3.2 training masks per head
+        assert set(r["chapters"]) == chapters
+        for c in r["chapters"].values():
+            assert c["peak_memory_gib"] * 2 ** 30 > 2 * r["params_b"] * 1e9 and c["h100_hours"] >= 0
+        # chapter 4 per image: 2 x (13 x (H+1) + 20 random rankings x the 16-point grid) judged masks among others
+        ch4 = r["chapters"]["04-faithfulness-completeness"]
+        assert ch4["suffix_passes"] >= ch4["images"] * passes.judge(H, 13, 20, 16).suffix_passes
+    llava13 = next(r for r in full["checkpoints"] if r["model"] == "llava-hf/llava-1.5-13b-hf")
+    assert llava13["masks"] == 6400 and attribution.choose(attribution.n_train_of(2000), 1600) == "ridge"
+    assert full["total_chapters_h100_hours"] > 10 * full["total_h100_hours"]  # chapter 3 alone was priced before
+
+
 def test_a_wrong_table_entry_is_caught():
     entry = dict(next(e for e in plan.load_table() if e["id"] == "Qwen/Qwen2-VL-7B-Instruct"))
     entry["text"] = {**entry["text"], "intermediate": 11008}  # a wrong number in the table
@@ -41,7 +61,7 @@ def test_a_wrong_table_entry_is_caught():
 def test_full_sweep_validates_every_run_without_weights(tmp_path, capsys):
     run.main(["--profile", "full", "--dry-run", "--out", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "dry run: 50 runs validated" in out and "Qwen__Qwen2.5-VL-7B-Instruct" in out
+    assert "dry run: 70 runs validated" in out and "Qwen__Qwen2.5-VL-7B-Instruct" in out
     assert not list(tmp_path.iterdir())  # nothing ran
 
 

@@ -39,6 +39,9 @@ from transformers.models.llava_next.processing_llava_next import LlavaNextProces
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 from headflow.book.runner import PROFILE_FILE
+from headflow.images.coco import COCO_CLASSES
+from headflow.method import attribution
+from headflow.scale import passes
 from headflow.util.paths import REPO_ROOT
 
 CHECKPOINTS = REPO_ROOT / "data" / "checkpoints.yml"
@@ -194,12 +197,22 @@ def flops(model, entry: dict, n_image: int, n_text: int, n_suffix: int) -> dict:
     return {"full": lm_full + vision, "suffix": lm_suffix, "vision": vision, "prefix_tokens": prefix}
 
 
-def memory_gib(entry: dict, params: int, prefix: int, n_suffix: int, batch: int) -> float:
+def memory_gib(entry: dict, params: int, prefix: int, n_suffix: int, batch: int, chapter: str = "") -> float:
+    """Peak accelerator memory of a chapter in bf16: weights + the fast path's prefix cache + one
+    batch's activations (a suffix batch, and its ``(batch, vocab)`` final logits in float32);
+    chapter 4 adds attribution patching's backward over the whole prompt (every layer's
+    activations kept), chapter 7 a batch of full forwards with per-row knockouts (no KV cache)."""
     t = entry["text"]
     head_dim = t["hidden"] // t["heads"]
+    width = t["hidden"] + t["intermediate"]
     weights = 2 * params
     cache = 4 * t["layers"] * t["kv_heads"] * head_dim * prefix * 2
-    acts = batch * n_suffix * (t["hidden"] + t["intermediate"]) * 2
+    acts = batch * n_suffix * width * 2 + batch * t["vocab"] * 4
+    tokens = prefix + n_suffix
+    if chapter == "04-faithfulness-completeness":
+        acts = max(acts, t["layers"] * tokens * (4 * t["hidden"] + t["intermediate"]) * 2)
+    if chapter == "07-token-flow":
+        acts = max(acts, batch * tokens * width * 2 + batch * t["vocab"] * 4)
     return (weights + cache + acts) / 2 ** 30
 
 
@@ -226,7 +239,13 @@ def plan(profile: dict, table: list[dict] | None = None, image_size=IMAGE_SIZE) 
         total = images * (f["full"] + masks * f["suffix"])  # one prefix pass + the masks' suffix passes
         hours = total / (H100_BF16_TFLOPS * 1e12 * mfu) / 3600
         t = e["text"]
+        chapters = chapter_costs(profile, e, p, f, n_img, n_suffix, batch, mfu)
+        ch3 = profile.get("03-head-attribution") or {}
+        masks = attribution.mask_count(t["layers"] * t["heads"], ch3.get("n_masks", masks), ch3.get("masks_per_head", 0))
         rows.append({"model": mid, "family": e["family"], "layers": t["layers"], "heads": t["heads"],
+                     "masks": masks, "fit": attribution.choose(attribution.n_train_of(masks), t["layers"] * t["heads"]),
+                     "chapters": chapters, "chapters_h100_hours": sum(c["h100_hours"] for c in chapters.values()),
+                     "peak_memory_gib": max(c["peak_memory_gib"] for c in chapters.values()),
                      "kv_heads": t["kv_heads"], "heads_total": t["layers"] * t["heads"], "image_tokens": n_img,
                      "params_b": p / 1e9, "hub_params_b": e["hub_params_b"], "name_size_b": e["name_size_b"],
                      "params_within_3pct_of_hub": abs(p / 1e9 / e["hub_params_b"] - 1) <= TOLERANCE,
@@ -238,6 +257,32 @@ def plan(profile: dict, table: list[dict] | None = None, image_size=IMAGE_SIZE) 
     for r, c in zip(rows, local):
         r["local_config"] = c
     return rows
+
+
+CHAPTER_MASKS = {"07-token-flow": "fit_masks", "08-object-background": "fit_masks"}
+
+
+def chapter_costs(profile: dict, entry: dict, params: int, f: dict, n_img: int, n_suffix: int, batch: int,
+                  mfu: float) -> dict:
+    """Per chapter of the profile: passes (:mod:`headflow.scale.passes`, the counts the library's
+    calls make), peak memory and H100 hours at ``mfu`` (a gradient pass counted as 3 forwards)."""
+    t = entry["text"]
+    H, n_classes = t["layers"] * t["heads"], len(COCO_CLASSES)
+    out = {}
+    for name, p in profile.items():
+        if name.startswith("_"):
+            continue
+        p = dict(p or {})
+        key = CHAPTER_MASKS.get(name, "n_masks")
+        if key in p:
+            p["n_masks"] = attribution.mask_count(H, p[key], p.get("masks_per_head", 0))
+        n_images = p.get("per_class", 0) * n_classes
+        c = passes.chapter(name, H, t["layers"], p, n_images, n_classes)
+        total = (c.forward_passes + 3 * c.gradient_passes) * f["full"] + c.suffix_passes * f["suffix"]
+        out[name] = {**c.as_dict(), "masks": p.get("n_masks"), "images": n_images,
+                     "peak_memory_gib": memory_gib(entry, params, f["prefix_tokens"], n_suffix, batch, name),
+                     "h100_hours": total / (H100_BF16_TFLOPS * 1e12 * mfu) / 3600}
+    return out
 
 
 def compare_local(entry: dict) -> str:
@@ -279,6 +324,13 @@ def results(profile: str = "full") -> dict:
         raise ValueError("a plan row is not finite")
     return {"profile": profile, "image_size": list(IMAGE_SIZE), "workload": prof["_sweep"]["workload"],
             "h100_bf16_tflops": H100_BF16_TFLOPS, "total_h100_hours": sum(r["h100_hours"] for r in rows),
+            "total_chapters_h100_hours": sum(r["chapters_h100_hours"] for r in rows),
+            "rules": {"masks": "max(n_masks, masks_per_head x heads) (headflow.method.attribution.mask_count)",
+                      "fit": f"OLS from {attribution.MIN_ROWS_PER_PARAMETER} training masks per parameter, "
+                             "cross-validated ridge below",
+                      "images": "per_class x 80 COCO classes, every asked image counted (an upper bound: only "
+                                "correctly answered ones are analysed)",
+                      "h100_hours": "(forward + 3 x gradient) x full-forward FLOPs + suffix x suffix FLOPs, at mfu"},
             "checkpoints": rows}
 
 
