@@ -9,7 +9,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED = 0
 
-.PHONY: setup book html notebooks test test-fast organism organism-tower organism-scratch data bench bench-gpu clean
+.PHONY: setup book html notebooks test test-fast organism organism-tower organism-scratch data bench bench-gpu rehearse-gpu clean
 
 setup: $(STAMP)
 
@@ -76,6 +76,11 @@ bench: setup
 # download), written to book/results/performance_gpu.json with the card's name
 bench-gpu: setup
 	$(PY) -m headflow.bench --device cuda --dtype bfloat16
+
+# a full-size random LLaVA-1.5-7B through chapters 1-4's library calls on a GPU (no download):
+# book/results/performance_gpu.json
+rehearse-gpu: setup
+	$(PY) -m headflow.scale.rehearse --device cuda --dtype bfloat16
 
 clean:
 	rm -rf _build

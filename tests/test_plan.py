@@ -128,3 +128,22 @@ def test_fast_path_memory_does_not_grow_with_the_masks():
 
     few, many = added(200), added(2000)
     assert many <= 1.15 * few + 16 * 2 ** 20, (few / 2 ** 20, many / 2 ** 20)
+
+
+def test_the_gpu_rehearsal_runs_its_code_path_on_the_cpu(tmp_path, monkeypatch):
+    """`make rehearse-gpu`'s chapters 1-4 and bench, on a tiny model of the same build (the GPU run
+    itself needs a GPU; without one its CLI says so)."""
+    import torch
+
+    from headflow.scale import rehearse
+
+    r = rehearse.rehearse("cpu", "float32", rehearse.TINY, n_masks=40, bench_masks=32)
+    assert set(r["steps"]) == {"build", "01 clean answers", "baseline", "02 single heads and joint",
+                               "03 attribution runs", "03 fits", "04 baseline rankings", "04 judge one image"}
+    assert max(r["bench"]["max_abs_logit_diff_vs_batched"].values()) < 1e-3 and r["bench"]["image_tokens"] == 576
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        rehearse.main(["--out", str(tmp_path / "x.json")])
+    # the full-size build is LLaVA-1.5-7B's: 7.06 B parameters on the meta device
+    model, _ = rehearse.build(rehearse.LLAVA_15_7B, "meta", torch.bfloat16)
+    assert abs(sum(p.numel() for p in model.parameters()) / 1e9 - 7.06) < 0.03

@@ -108,4 +108,4 @@ def test_a_sweep_key_a_listed_notebook_does_not_declare_is_an_error(tmp_path):
 
 
 def test_the_full_profile_plans_every_run():
-    assert len(run.plan_runs("full", run.notebooks(), Path("/tmp/full"), {})) == 50
+    assert len(run.plan_runs("full", run.notebooks(), Path("/tmp/full"), {})) == 70  # 7 chapters x 10 checkpoints

@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.linear_model import Lasso
 
 from headflow.findings import layers
 from headflow.method import attribution, metrics, rankings, stats
@@ -126,7 +127,6 @@ def recover(fn, tasks, n_layers: int, n_heads: int, n_masks: int, rate: float, s
     e.g. :meth:`PlantedFlow.attention_weight`) of a planted model on every task, normalised by the
     planted model's image effect: ``{"attribution": {key: scores}, "attribution@m": ..., "single_head": ...,
     name: ..., "effects": {key: float}}``."""
-    H = n_layers * n_heads
     rankers = rankers or {}
     ends = torch.stack([torch.ones(n_layers, n_heads, dtype=torch.bool), torch.zeros(n_layers, n_heads, dtype=torch.bool)])
     out = {"attribution": {}, "single_head": {}, "effects": {}, **{f"attribution@{m}": {} for m in mask_counts},
@@ -138,9 +138,8 @@ def recover(fn, tasks, n_layers: int, n_heads: int, n_masks: int, rate: float, s
         out["effects"][t.key] = effect
         scale = effect if effect > 0 else np.nan
         out["attribution"][t.key] = attribution.fit(keep.numpy(), y[:-2]).attribution / scale
-        for m in mask_counts:  # ridge where the training masks are fewer than the parameters
-            reg = "ridge" if m - max(2, int(round(0.2 * m))) < H + 1 else "ols"
-            out[f"attribution@{m}"][t.key] = attribution.fit(keep[:m].numpy(), y[:m], reg, alpha=1.0).attribution / scale
+        for m in mask_counts:  # "auto": cross-validated ridge where the training masks are too few for OLS
+            out[f"attribution@{m}"][t.key] = attribution.fit(keep[:m].numpy(), y[:m]).attribution / scale
         out["single_head"][t.key] = single_head_scores(fn, t, n_layers, n_heads) / scale
         for name, rank in rankers.items():
             out[name][t.key] = np.asarray(rank(t), dtype=float) / scale
@@ -236,6 +235,91 @@ def redundancy_report(red: PlantedRedundancy, tasks, n_masks: int, rate: float, 
 
 
 # ------------------------------------------------------------------------------------ tables and results
+# ------------------------------------------------------------------------------------ masks needed vs heads
+SIM_METHODS = ("ols", "ridge", "lasso")
+
+
+def measured_noise(fits: dict, runs: dict, size: int) -> tuple[np.ndarray, float]:
+    """From the organism's real attribution runs: the planted weights (the mean over images of the
+    ``size`` largest effect-normalised attributions, descending) and the noise (the median over
+    images of the held-out residual SD, ``sd(y) sqrt(1 - R^2)``, over the image effect)."""
+    tops, noise = [], []
+    for k, f in fits.items():
+        effect = float(runs[k]["y_clean"]) - float(runs[k]["y_none"])
+        if not effect > 0 or not np.isfinite(f.heldout_r2):
+            continue
+        tops.append(np.sort(f.attribution / effect)[::-1][:size])
+        noise.append(float(np.std(runs[k]["y"])) * np.sqrt(max(1.0 - f.heldout_r2, 0.0)) / effect)
+    if not tops:
+        raise ValueError("no image with a positive image effect and a finite fit to measure the noise on")
+    return np.mean(tops, axis=0), float(np.median(noise))
+
+
+def _sim_coefs(A: np.ndarray, y: np.ndarray, noise: float) -> dict:
+    """OLS (None where under-determined), ridge (penalty by generalised cross-validation over
+    :data:`headflow.method.attribution.RIDGE_GRID`) and lasso (the universal penalty
+    ``noise sd(a) sqrt(2 log p / n)``, no cross-validation) coefficients, from one eigendecomposition
+    of the centred Gram matrix (sklearn's solvers take ~30 s per fit at 1,600 heads)."""
+    n, p = A.shape
+    X, yc = A - A.mean(0), y - y.mean()
+    # float32 eigendecomposition (30x faster here than float64; the design is well conditioned)
+    Xf = torch.as_tensor(X, dtype=torch.float32, device="cpu")
+    lam, V = (t.double().numpy() for t in torch.linalg.eigh(Xf.T @ Xf))
+    lam = np.clip(lam, 0, None)
+    z = V.T @ (X.T @ yc)
+    out = {"ols": V @ (z / lam) if n >= p + 1 and lam.min() > 1e-9 * lam.max() else None}
+    yy, gcv = float(yc @ yc), []
+    for a in attribution.RIDGE_GRID:  # residual and degrees of freedom in the eigenbasis
+        rss = yy - float(np.sum(z ** 2 * (2 / (lam + a) - lam / (lam + a) ** 2)))
+        gcv.append(rss / max(n - float(np.sum(lam / (lam + a))), 1e-9) ** 2)
+    out["ridge"] = V @ (z / (lam + attribution.RIDGE_GRID[int(np.argmin(gcv))]))
+    # the universal penalty for this design: columns of SD sd(a) (0.5 at rate 0.5), not standardised
+    alpha = noise * float(np.mean(A.std(0))) * np.sqrt(2 * np.log(p) / n)
+    out["lasso"] = Lasso(alpha=alpha, max_iter=5000, tol=1e-3).fit(A, y).coef_
+    return out
+
+
+def _precision(coef, truth: np.ndarray) -> float:
+    if coef is None:
+        return float("nan")  # refused: under-determined
+    top = np.argsort(coef, kind="stable")[:len(truth)]  # most negative: the largest logit lost
+    return len(set(top.tolist()) & set(truth.tolist())) / len(truth)
+
+
+def masks_needed_vs_heads(weights: np.ndarray, noise: float, head_counts=(64, 256, 1024, 1600),
+                          per_head=(0.5, 1, 2, 4), rate: float = 0.5, n_rep: int = 2, seed: int = 0,
+                          threshold: float = 0.9) -> dict:
+    """By simulation: for each head count H, planted heads with ``weights`` (logit lost when
+    ablated, in image-effect units) among H, y = b0 - sum w_h a_h + N(0, noise), masks at
+    ``per_head x H`` (a fifth held out, as the study does); per method the mean precision at |S|
+    over ``n_rep`` draws and the fewest masks reaching ``threshold`` (None: none of the grid)."""
+    rng = np.random.default_rng(seed)
+    S = len(weights)
+    out = {"weights": [float(w) for w in weights], "noise": noise, "rate": rate, "threshold": threshold,
+           "n_rep": n_rep, "per_head": list(per_head), "heads": {}}
+    for H in head_counts:
+        rows = {m: [] for m in SIM_METHODS}
+        grid = [max(20, int(round(f * H))) for f in per_head]
+        for M in grid:
+            prec = {m: [] for m in SIM_METHODS}
+            for _ in range(n_rep):
+                truth = rng.choice(H, S, replace=False)
+                w = np.zeros(H)
+                w[truth] = weights
+                A = (rng.random((M, H)) < rate).astype(np.float64)
+                y = 1.0 - A @ w + rng.normal(0, noise, M)
+                tr = attribution.n_train_of(M)
+                coefs = _sim_coefs(A[:tr], y[:tr], noise)
+                for m in SIM_METHODS:
+                    prec[m].append(_precision(coefs[m], truth))
+            for m in SIM_METHODS:
+                rows[m].append(float(np.mean(prec[m])))
+        out["heads"][str(H)] = {"masks": grid, **{m: {"precision": rows[m],
+                                "masks_needed": next((M for M, p in zip(grid, rows[m]) if p >= threshold), None)}
+                                for m in SIM_METHODS}}
+    return out
+
+
 def precision_table(rows: list[dict], n_total: int):
     """Per planted size and method: mean precision at |S| over plantings, the smallest lower and
     largest upper end of the plantings' intervals, and the random expectation |S| / H."""

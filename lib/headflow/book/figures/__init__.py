@@ -1,7 +1,7 @@
 """The book's figures, one module per chapter (or appendix); each function returns a matplotlib
 figure.  ``from headflow.book import figures`` gives them all by name: ``figures.head_map(...)``
 is :func:`headflow.book.figures.style.head_map`."""
-from headflow.book.figures.appendix import performance_bars, planted_precision
+from headflow.book.figures.appendix import masks_needed, performance_bars, planted_precision
 from headflow.book.figures.attribution import (
     class_head_maps,
     fit_quality,
@@ -32,5 +32,5 @@ __all__ = [
     "class_layer_shares", "layer_shares", "probe_curves", "proxies_vs_attribution", "top_layers_by_cutoff",
     "permutation_null", "probes_and_embedding", "similarity_distributions", "transfer_bars",
     "group_effects_bars", "knockout_accuracy", "knockout_curves", "share_vs_area", "token_maps",
-    "interaction_plots", "sensitivity_overlaps", "performance_bars", "planted_precision",
+    "interaction_plots", "sensitivity_overlaps", "performance_bars", "planted_precision", "masks_needed",
 ]

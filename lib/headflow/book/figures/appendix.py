@@ -61,3 +61,30 @@ def performance_bars(perf: dict, methods=("naive", "plain", "batched", "nnsight_
     ax.legend(fontsize=8, ncol=3)
     fig.tight_layout()
     return fig
+
+
+def masks_needed(sim: dict):
+    """Left: masks per image needed for precision at |S| >= the threshold against the number of
+    heads, per regression (open markers at the top: not reached on the grid; dotted: 1 and 4 masks
+    per head).  Right: precision against masks per head at the largest head count."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    heads = sorted(int(h) for h in sim["heads"])
+    top = max(max(d["masks"]) for d in sim["heads"].values()) * 1.6
+    for j, m in enumerate(("ols", "ridge", "lasso")):
+        need = [sim["heads"][str(h)][m]["masks_needed"] for h in heads]
+        axes[0].plot([h for h, n in zip(heads, need) if n], [n for n in need if n], "o-", color=f"C{j}", label=m)
+        miss = [h for h, n in zip(heads, need) if not n]
+        axes[0].plot(miss, [top] * len(miss), "o", mfc="none", color=f"C{j}")
+        d = sim["heads"][str(heads[-1])]
+        axes[1].plot(np.array(d["masks"]) / heads[-1], d[m]["precision"], "o-", color=f"C{j}", label=m)
+    for k in (1, 4):
+        axes[0].plot(heads, [k * h for h in heads], ":", color="0.5")
+    axes[0].set(xscale="log", yscale="log", xlabel="heads (layers x heads)",
+                ylabel=f"masks for precision at |S| >= {sim['threshold']}")
+    axes[0].legend(title="regression")
+    axes[1].axhline(sim["threshold"], color="0.5", ls="--")
+    axes[1].set(xscale="log", xlabel=f"masks per head ({heads[-1]} heads)", ylabel="precision at |S|", ylim=(0, 1.05))
+    fig.suptitle(f"{len(sim['weights'])} planted heads, the organism's effect sizes and noise (sd {sim['noise']:.3f} "
+                 "of the image effect); OLS refused below one training mask per parameter")
+    fig.tight_layout()
+    return fig
