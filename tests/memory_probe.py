@@ -9,7 +9,7 @@ import torch
 from headflow.images import coco, sets
 from headflow.mechanism import interventions as iv
 from headflow.method import attribution, experiment
-from headflow.models import loading
+from headflow.models import shadow
 
 torch.manual_seed(0)
 checkpoint, n_masks, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -17,7 +17,7 @@ set_file = sets.resolve("mechanics:coco80")
 examples = coco.load_set(set_file, size=(640, 480))[:1]
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # noqa: E731 - peak, bytes
 imports = rss()
-net, processor = loading.load(f"shadow:{checkpoint}")
+net, processor = shadow.build(checkpoint)  # built in memory (a saved one is memory-mapped: pages load when touched)
 task = experiment.prepare(processor, examples, coco.class_names(set_file), "What is the main object in this image?")[0]
 keep = attribution.sample_masks(n_masks, *iv.text_layers_and_heads(net), 0.5, 0)
 loaded = rss()

@@ -47,6 +47,13 @@ def test_the_plan_prices_every_chapter_and_sizes_masks_by_heads(full):
     llava13 = next(r for r in full["checkpoints"] if r["model"] == "llava-hf/llava-1.5-13b-hf")
     assert llava13["masks"] == 6400 and attribution.choose(attribution.n_train_of(2000), 1600) == "ridge"
     assert full["total_chapters_h100_hours"] > 10 * full["total_h100_hours"]  # chapter 3 alone was priced before
+    from headflow.book import realpath
+
+    by_model = {r["model"]: r for r in full["checkpoints"]}
+    for rec in realpath.load()["records"]:  # the committed real-path records carry the plan's fields
+        p = by_model[rec["model"]]
+        assert (rec["masks"], rec["fit"]) == (p["masks"], p["fit"])
+        assert rec["peak_memory_gib"] == pytest.approx(p["peak_memory_gib"])
 
 
 def test_a_wrong_table_entry_is_caught():
@@ -109,9 +116,10 @@ def test_pass_formulas_match_the_instrumented_library_calls(organism_model, monk
 @pytest.mark.slow
 def test_fast_path_memory_does_not_grow_with_the_masks():
     """A real-vocabulary shadow (Qwen2-VL-2B's 151,936 words): the peak memory an attribution call
-    adds (a subprocess's ru_maxrss after the call minus before it) is the same for 200 and 2,000
-    masks (within 15%): the fast path keeps y per mask, not the vocabulary's logits (before: +1.3 GB
-    at 2,000 masks, 0.6 MB per mask)."""
+    adds (a subprocess's ru_maxrss after the call minus before it) grows by less than 300 MB from 200
+    to 3,000 masks: the fast path keeps y per mask, not the vocabulary's logits (the parent commit
+    kept 0.6 MB per mask: +1.7 GB).  The margin covers the CPU allocator's noise (a call adds
+    70-260 MB at batch 16-128, not monotonically)."""
     import json
     import os
     import subprocess
@@ -126,8 +134,8 @@ def test_fast_path_memory_does_not_grow_with_the_masks():
         got = json.loads(r.stdout.strip().splitlines()[-1])
         return got["peak"] - got["loaded"]
 
-    few, many = added(200), added(2000)
-    assert many <= 1.15 * few + 16 * 2 ** 20, (few / 2 ** 20, many / 2 ** 20)
+    few, many = added(200), added(3000)
+    assert many - few < 300 * 2 ** 20, (few / 2 ** 20, many / 2 ** 20)
 
 
 def test_the_gpu_rehearsal_runs_its_code_path_on_the_cpu(tmp_path, monkeypatch):

@@ -7,7 +7,10 @@ package, file and sha256), ``template_sha256``, ``classes_scored`` (COCO's 80 cl
 target), ``first_token_collisions_resolved`` (the groups of classes that share a first token, each
 told apart by a teacher-forced decision token), ``role_tokens``, ``image_tokens`` (at the full
 profile's 640x480) and ``mechanics_chapters_passed`` (read from the executed notebooks of a
-``shadows`` run), with the library's hash.
+``shadows`` run), with the library's hash; from the ``full`` profile's plan
+(``book/results/plan_full.json``, :mod:`headflow.scale.plan`) each record adds the checkpoint's
+``masks`` per image, the regression ``fit`` they give and its planned ``peak_memory_gib`` (bf16,
+the largest of its chapters).
 """
 from __future__ import annotations
 
@@ -76,10 +79,33 @@ def write(results: Path, folders: dict, lib_sha256: str = "") -> Path:
         rec = resolve(c)
         rec["mechanics_chapters_passed"] = chapters_passed(folder)
         records.append(rec)
-    path = Path(results) / "realpath.json"
+    return _save(Path(results), {"library_sha256": lib_sha256, "image_size": list(IMAGE_SIZE), "records": records})
+
+
+PLAN_FILE = REPO_ROOT / "book" / "results" / "plan_full.json"
+
+
+def with_plan(data: dict, plan_file: Path = PLAN_FILE) -> dict:
+    """The records with ``masks``, ``fit`` and ``peak_memory_gib`` of the full profile's plan."""
+    plan = {r["model"]: r for r in json.loads(Path(plan_file).read_text())["checkpoints"]}
+    for rec in data["records"]:
+        p = plan.get(rec["model"])
+        if p is not None:
+            rec.update(masks=p["masks"], fit=p["fit"], peak_memory_gib=p["peak_memory_gib"])
+    data["plan"] = Path(plan_file).name
+    return data
+
+
+def add_plan(results: Path) -> Path:
+    """Refresh the plan's fields of ``<results>/realpath.json`` (after ``python -m headflow.plan``)."""
+    return _save(Path(results), json.loads((Path(results) / "realpath.json").read_text()))
+
+
+def _save(results: Path, data: dict) -> Path:
+    path = results / "realpath.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(outputs.as_json({"library_sha256": lib_sha256, "image_size": list(IMAGE_SIZE),
-                                                "records": records}), indent=1, sort_keys=True))
+    plan_file = results / "plan_full.json" if (results / "plan_full.json").exists() else PLAN_FILE
+    path.write_text(json.dumps(outputs.as_json(with_plan(data, plan_file)), indent=1, sort_keys=True))
     return path
 
 

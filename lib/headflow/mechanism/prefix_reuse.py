@@ -117,5 +117,6 @@ class PrefixReuse:
                                     logits_to_keep=1).logits[:, -1]
             # a copy: a view of the batch's logits (the answer's column) would keep the whole batch alive
             out.append((logits if reduce is None else reduce(logits)).to(device="cpu", dtype=torch.float32, copy=True))
+            del logits  # before the next batch's are computed
         self.state.keep = self.state.slots = None
         return torch.cat(out)

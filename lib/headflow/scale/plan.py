@@ -38,6 +38,7 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2Im
 from transformers.models.llava_next.processing_llava_next import LlavaNextProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
+from headflow.book import realpath
 from headflow.book.runner import PROFILE_FILE
 from headflow.images.coco import COCO_CLASSES
 from headflow.method import attribution
@@ -351,6 +352,8 @@ def main(argv=None) -> None:
     path = a.out / f"plan_{a.profile}.json"
     path.write_text(json.dumps(res, indent=1, default=float))
     print(f"wrote {path}")
+    if a.profile == "full" and (a.out / "realpath.json").exists():  # its records carry the plan's fields
+        print(f"updated {realpath.add_plan(a.out)}")
 
 
 if __name__ == "__main__":
