@@ -5,7 +5,7 @@ it, at module level (``tests/test_layout.py`` checks this).  Bottom to top, in t
 flows (image -> tokens -> intervention -> attribution -> finding -> page):
 
 ==============  ==================================================================================
-``util``        the repository root, file hashes
+``util``        the repository root, file hashes, moving data to a device and back
 ``store``       the resumable run store and the fingerprints that key it
 ``images``      image sets: COCO instances files, FashionScenes scenes and their answer words
 ``task``        the questions, the chat prompt, answer token ids
@@ -17,7 +17,7 @@ flows (image -> tokens -> intervention -> attribution -> finding -> page):
 ``findings``    one module per chapter's finding, and the verdict rules
 ``organism``    training the model organism, its evaluation set
 ``book``        the notebook runner, index, figures, outputs, site fixes, compatibility table
-``scale``       head attribution on Ray, the paper-scale plan, the benchmark
+``scale``       head attribution on Ray, the paper-scale plan and its pass counts, the benchmark, the GPU rehearsal
 ==============  ==================================================================================
 
 Where a head is ablated: :func:`headflow.mechanism.interventions._ablate_heads`.  The modules at

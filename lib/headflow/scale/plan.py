@@ -130,7 +130,9 @@ def image_tokens(entry: dict, height: int, width: int) -> int:
         n = LlavaNextProcessor._get_number_of_features(fake, height, width, v["image"], v["image"])
         return n - 1  # vision_feature_select_strategy "default" drops the CLS feature
     if fam == "internvl":
-        ip = GotOcr2ImageProcessorPil(crop_to_patches=True, min_patches=1, max_patches=12,
+        p = entry.get("processor", {})  # the released processor's call tiles (tiles_at_call, data/checkpoints.yml)
+        ip = GotOcr2ImageProcessorPil(crop_to_patches=p.get("tiles_at_call", p.get("crop_to_patches", True)),
+                                      min_patches=p.get("min_patches", 1), max_patches=p.get("max_patches", 12),
                                       size={"height": v["image"], "width": v["image"]})
         tiles = ip.get_number_of_image_patches(height, width, {})
         return tiles * ((v["image"] // v["patch"]) // 2) ** 2  # pixel shuffle: 2x2 patches per token
