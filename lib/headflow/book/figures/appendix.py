@@ -65,7 +65,7 @@ def performance_bars(perf: dict, methods=("naive", "plain", "batched", "nnsight_
 
 def masks_needed(sim: dict):
     """Left: masks per image needed for precision at |S| >= the threshold against the number of
-    heads, per regression (open markers at the top: not reached on the grid; dotted: 1 and 4 masks
+    heads, per regression (open markers at the top: not reached on the grid; grey: 1 and 4 masks
     per head).  Right: precision against masks per head at the largest head count."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     heads = sorted(int(h) for h in sim["heads"])
@@ -77,14 +77,18 @@ def masks_needed(sim: dict):
         axes[0].plot(miss, [top] * len(miss), "o", mfc="none", color=f"C{j}")
         d = sim["heads"][str(heads[-1])]
         axes[1].plot(np.array(d["masks"]) / heads[-1], d[m]["precision"], "o-", color=f"C{j}", label=m)
-    for k in (1, 4):
-        axes[0].plot(heads, [k * h for h in heads], ":", color="0.5")
+    for k, ls in ((1, ":"), (4, "--")):
+        axes[0].plot(heads, [k * h for h in heads], ls, color="0.6", lw=1, label=f"{k} mask{'s' if k > 1 else ''} per head")
     axes[0].set(xscale="log", yscale="log", xlabel="heads (layers x heads)",
                 ylabel=f"masks for precision at |S| >= {sim['threshold']}")
-    axes[0].legend(title="regression")
+    axes[0].legend(title="regression", fontsize=8)
     axes[1].axhline(sim["threshold"], color="0.5", ls="--")
     axes[1].set(xscale="log", xlabel=f"masks per head ({heads[-1]} heads)", ylabel="precision at |S|", ylim=(0, 1.05))
-    fig.suptitle(f"{len(sim['weights'])} planted heads, the organism's effect sizes and noise (sd {sim['noise']:.3f} "
-                 "of the image effect); OLS refused below one training mask per parameter")
+    axes[1].set_xticks(sim["per_head"], [f"{f:g}" for f in sim["per_head"]])
+    axes[1].minorticks_off()
+    axes[1].legend(title="regression")
+    fig.suptitle(f"{len(sim['weights'])} planted heads with the organism's effect sizes and noise (SD {sim['noise']:.3f} "
+                 "of the image effect)\nOLS is refused below one training mask per parameter: its first point is "
+                 "its first well-posed grid point")
     fig.tight_layout()
     return fig
