@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from headflow.book.figures.style import METHOD_LABELS, plt
+from headflow.book.figures.style import METHOD_LABELS, interval, plt
 
 
 def planted_precision(rows: list[dict], n_total: int, mask_counts):
@@ -22,9 +22,9 @@ def planted_precision(rows: list[dict], n_total: int, mask_counts):
             sel = [r for r in rows if r["size"] == s and r["method"] == method]
             for n, r in enumerate(sel):
                 x = i - 0.4 + (j + 0.5) * width + (n - (len(sel) - 1) / 2) * width / (len(sel) + 1)
-                axes[0].errorbar(x, r["precision"], yerr=[[r["precision"] - r["ci"][0]], [r["ci"][1] - r["precision"]]],
-                                 fmt="o", color=f"C{j}", ms=5, capsize=2,
-                                 label=METHOD_LABELS.get(method) if i == n == 0 else None)
+                axes[0].plot(x, r["precision"], "o", color=f"C{j}", ms=5,
+                             label=METHOD_LABELS.get(method) if i == n == 0 else None)
+                interval(axes[0], x, r["ci"][0], r["ci"][1], color=f"C{j}", cap=0.02)
             axes[0].hlines(s / n_total, i - 0.4, i + 0.4, colors="0.4", linestyles="--",
                            label="random expectation" if i == j == 0 else None)
     axes[0].set_xticks(range(len(sizes)), [f"|S| = {s}" for s in sizes])

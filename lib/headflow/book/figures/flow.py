@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from headflow.book.figures.style import plt
+from headflow.book.figures.style import interval, plt
 
 
 # ------------------------------------------------------------------------------------ chapter 7
@@ -68,7 +68,8 @@ def group_effects_bars(res: dict):
     for i, n in enumerate(names):
         v = agg["value"][i]
         lo, hi = np.quantile(draws[:, i], [0.025, 0.975])
-        ax.bar(i, v, color=["C3", "C0", "C4", "0.6"][i], yerr=[[v - lo], [hi - v]], capsize=5)
+        ax.bar(i, v, color=["C3", "C0", "C4", "0.6"][i])
+        interval(ax, i, lo, hi)
     per_class = np.stack(list(agg["per_class"].values()))[:, :4]
     for i in range(4):
         ax.scatter(np.full(len(per_class), i) + np.linspace(-0.2, 0.2, len(per_class)), per_class[:, i], s=10,

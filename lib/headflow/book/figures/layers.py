@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import seaborn as sns
 
-from headflow.book.figures.style import plt
+from headflow.book.figures.style import interval, plt
 
 
 def layer_shares(results: dict):
@@ -19,7 +19,8 @@ def layer_shares(results: dict):
         share = np.asarray(r["share_per_layer"])
         lo, hi = np.asarray(r["share_per_layer_ci"]).T
         x = np.arange(len(share)) + (i - (len(results) - 1) / 2) * width
-        ax.bar(x, share, width, yerr=[share - lo, hi - share], capsize=2, label=f"{name} ({r['n_images']} images)")
+        ax.bar(x, share, width, label=f"{name} ({r['n_images']} images)")
+        interval(ax, x, lo, hi, cap=width / 4)
     ax.set_xticks(range(len(share)))
     ax.set(xlabel="layer", ylabel="share of attribution (95% CI)",
            title="where the normalised attribution sits (class-equal mean, positive part)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import seaborn as sns
 
-from headflow.book.figures.style import plt
+from headflow.book.figures.style import interval, plt
 
 
 # ------------------------------------------------------------------------------------ chapter 6
@@ -45,8 +45,8 @@ def probes_and_embedding(res: dict):
     2-D PCA of the attribution vectors coloured by class and by appearance."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), gridspec_kw={"width_ratios": [0.7, 1, 1]})
     for i, (name, p) in enumerate(res["probe"].items()):
-        axes[0].bar(i, p["accuracy"], color=f"C{i}", yerr=[[p["accuracy"] - p["ci"][0]], [p["ci"][1] - p["accuracy"]]],
-                    capsize=4)
+        axes[0].bar(i, p["accuracy"], color=f"C{i}")
+        interval(axes[0], i, p["ci"][0], p["ci"][1])
         axes[0].hlines(p["chance"], i - 0.4, i + 0.4, colors="k", linestyles="--",
                        label="chance (largest label share)" if i == 0 else None)
     axes[0].set_xticks([0, 1], ["class", "appearance"])
@@ -69,7 +69,8 @@ def probes_and_embedding(res: dict):
 def transfer_bars(tr: dict):
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, (v, ci) in enumerate(((tr["same"], tr["same_ci"]), (tr["other"], tr["other_ci"]))):
-        ax.bar(i, v, color=f"C{i}", yerr=[[v - ci[0]], [ci[1] - v]], capsize=5)
+        ax.bar(i, v, color=f"C{i}")
+        interval(ax, i, ci[0], ci[1])
     ax.set_xticks([0, 1], ["own class's\nhead set", "other classes'\nhead sets"])
     ax.set(ylabel=f"faithfulness of the top-{tr['k']} heads\n(held-out items, 95% CI)", ylim=(0, None),
            title="class head sets on held-out items")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from headflow.book.figures.style import plt
+from headflow.book.figures.style import interval, plt
 
 
 # ------------------------------------------------------------------------------------ chapter 9
@@ -18,7 +18,8 @@ def sensitivity_overlaps(rows: list[dict], k: int):
                             (axes[1], "spearman", "Spearman rho of the global maps")):
         v = np.array([r[key] for r in rows])
         ci = np.array([r[f"{key}_ci"] for r in rows])
-        ax.errorbar(v, range(len(rows)), xerr=[v - ci[:, 0], ci[:, 1] - v], fmt="o", capsize=3)
+        ax.plot(v, range(len(rows)), "o", color="C0")
+        interval(ax, np.arange(len(rows)), ci[:, 0], ci[:, 1], horizontal=True, color="C0")
         ax.set(xlabel=xlabel, xlim=(-0.05, 1.05))
         ax.axvline(0.5, color="0.5", ls=":", lw=1)
     axes[0].set_yticks(range(len(rows)), labels)

@@ -36,6 +36,17 @@ def head_map(matrix: np.ndarray, title: str, ax=None, cmap: str = "RdBu_r", cent
     return ax.figure
 
 
+def interval(ax, at, lo, hi, horizontal: bool = False, color="k", cap: float = 0.08, lw: float = 1.2):
+    """Confidence intervals drawn from ``lo`` to ``hi`` at positions ``at`` (arrays or scalars), with
+    caps.  Unlike an error bar around the estimate, it stays right when a percentile bootstrap
+    interval does not contain the point estimate."""
+    at, lo, hi = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (at, lo, hi))
+    line, caps = (ax.hlines, ax.vlines) if horizontal else (ax.vlines, ax.hlines)
+    line(at, lo, hi, colors=color, lw=lw)
+    for end in (lo, hi):
+        caps(end, at - cap, at + cap, colors=color, lw=lw)
+
+
 def metric_curves(ks, curves: dict, ylabel: str, band: tuple | None = None, threshold: float = 0.8, ax=None):
     """Mean curve per method over k; ``band`` = (low, high) of the random rankings."""
     own = ax is None
