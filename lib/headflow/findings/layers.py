@@ -29,6 +29,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from headflow.util.devices import to_device
 from headflow.images import coco, sets
 from headflow.mechanism import tokens
 from headflow.mechanism.evaluate import wilson_interval
@@ -185,7 +186,7 @@ def residual_states(model, tasks, image_positions: Sequence[torch.Tensor]) -> di
     the organism): memory is ``N x (2 (L+1) + P) x D`` floats, whatever the image-token count."""
     final, mean, single = [], [], []
     for t, pos in zip(tasks, image_positions):
-        inputs = {k: v.to(model.device) for k, v in t.inputs.items()}
+        inputs = to_device(t.inputs, model.device)
         hs = model(**inputs, output_hidden_states=True).hidden_states  # L+1 x (1, T, D)
         h = torch.stack([x[0] for x in hs])  # (L+1, T, D)
         pos = pos.to(model.device)

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from headflow.util.devices import to_device
 from headflow.images import fashionscenes as data
 from headflow.images.fashionscenes import ANSWER_WORDS
 from headflow.task.answers import answers, matches, normalise
@@ -35,8 +36,7 @@ def final_logits(model, processor, images: Sequence, question: str, batch_size: 
     out = []
     steps = range(0, len(images), batch_size)
     for s in tqdm(steps, desc="clean forward", disable=not progress):
-        inputs = {k: v.to(model.device) if torch.is_tensor(v) else v
-                  for k, v in _inputs(processor, images[s:s + batch_size], prompt).items()}
+        inputs = to_device(_inputs(processor, images[s:s + batch_size], prompt), model.device)
         logits = model(**inputs, logits_to_keep=1).logits[:, -1]
         out.append(logits.float().cpu())
     return torch.cat(out)
@@ -101,8 +101,7 @@ def decision_logits(model, processor, images: Sequence, question: str, answers: 
         a = answers[t]
         for s in range(0, len(rows), batch_size):
             chunk = rows[s:s + batch_size]
-            inputs = {k: v.to(model.device) if torch.is_tensor(v) else v
-                      for k, v in _inputs(processor, [images[i] for i in chunk], prompt, a.forced).items()}
+            inputs = to_device(_inputs(processor, [images[i] for i in chunk], prompt, a.forced), model.device)
             logits = model(**inputs, logits_to_keep=1).logits[:, -1].float().cpu()
             y[chunk] = logits[:, a.target_id].double().numpy()
             diff[chunk] = (logits[:, a.target_id] - logits[:, list(a.competitor_ids)].max(-1).values).double().numpy()
@@ -120,8 +119,7 @@ def greedy_answers(model, processor, images: Sequence, question: str, max_new_to
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     first, out = [], []
     for s in tqdm(range(0, len(images), batch_size), desc="greedy answers", disable=not progress):
-        inputs = {k: v.to(model.device) if torch.is_tensor(v) else v
-                  for k, v in _inputs(processor, images[s:s + batch_size], prompt).items()}
+        inputs = to_device(_inputs(processor, images[s:s + batch_size], prompt), model.device)
         n = inputs["input_ids"].shape[1]
         gen = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad,
                              output_logits=True, return_dict_in_generate=True)

@@ -33,6 +33,7 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import eager_mask, sdpa_mask
 
+from headflow.util.devices import to_device
 from headflow.mechanism.prefix_attention import expand_heads, prefix_attention
 from headflow.models.families import image_span
 
@@ -469,7 +470,7 @@ def dataset_mean_baseline(model, batches: Sequence[dict]) -> Baseline:
     n_layers, _ = text_layers_and_heads(model)
     sums_k, sums_v, n = [None] * n_layers, [None] * n_layers, 0
     for inputs in batches:
-        inputs = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        inputs = to_device(inputs, model.device)
         cap = Capture(image=image_mask(model, inputs["input_ids"]), kv=True)
         with intervene(model, capture=cap):
             model(**inputs, logits_to_keep=1)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from headflow.util.devices import to_device
 from headflow.mechanism import interventions as iv
 from headflow.mechanism.prefix_attention import PrefixState
 from headflow.models import families
@@ -44,7 +45,7 @@ class PrefixReuse:
     def __init__(self, model, inputs, baseline: iv.Baseline, base: str | None = None):
         iv.install(model, base)
         self.model = model
-        inputs = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        inputs = to_device(inputs, model.device)
         self.n_layers, self.n_heads = iv.text_layers_and_heads(model)
         ids = inputs["input_ids"]
         if ids.shape[0] != 1:

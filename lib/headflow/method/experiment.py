@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from headflow.util.devices import to_device
 from headflow.mechanism import interventions as iv
 from headflow.mechanism.evaluate import append_tokens
 from headflow.mechanism.prefix_reuse import PrefixReuse
@@ -140,7 +141,7 @@ def full_logits(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tenso
     for s in range(0, len(keep), batch_size):
         chunk = torch.as_tensor(keep[s:s + batch_size], device=model.device)
         B = len(chunk)
-        inputs = {k: v.to(model.device) for k, v in repeat_inputs(task.inputs, B).items()}
+        inputs = to_device(repeat_inputs(task.inputs, B), model.device)
         abl = iv.HeadAblation(chunk, iv.image_mask(model, inputs["input_ids"]), baseline, scope)
         with iv.intervene(model, ablation=abl):
             logits = model(**inputs, logits_to_keep=1).logits[:, -1]
