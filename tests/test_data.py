@@ -89,7 +89,7 @@ def test_coco_round_trip(tmp_path):
         assert np.array_equal(ex.mask, m)
         assert np.array_equal(np.asarray(ex.load_image()), img)
         assert ex.answers == {"object": s.class_name, "color": s.color_name, "position": s.position_name}
-        assert data.SceneSpec(**ex.attributes["spec"]) == s
+        assert data.SceneSpec.from_dict(ex.attributes["spec"]) == s
 
 
 def test_coco_polygons_and_main_object_selection(tmp_path):
@@ -135,7 +135,7 @@ def test_committed_evaluation_set():
     for v in var[:25]:
         assert ids[v.attributes["variant_of"]].class_name == v.class_name
     # the committed images are exactly what the generator draws
-    specs = [data.SceneSpec(**e.attributes["spec"]) for e in ev[:5]]
+    specs = [data.SceneSpec.from_dict(e.attributes["spec"]) for e in ev[:5]]
     for s, e in zip(specs, ev[:5]):
         assert np.array_equal(data.render(s)[0], np.asarray(e.load_image()))
 
@@ -178,3 +178,97 @@ def test_the_main_object_is_the_largest_in_the_image_the_model_sees(tmp_path):
     square = lambda h, w: (0.0, 1.0, (w - h) / 2 / w, (w + h) / 2 / w)  # noqa: E731 - LLaVA-1.5's centre crop
     seen = _coco.load_set(f, size=(640, 480), view=square)
     assert seen[0].class_name == "dog" and seen[0].size == (640, 480)
+
+
+# ------------------------------------------------------------------------------------ multi-object scenes
+def _visible_fractions(spec) -> list[float]:
+    """Per other item, the share of its square that no item drawn after it covers (slow, obvious)."""
+    boxes = [(o.x0, o.y0, o.size, o.size) for o in spec.others] + [spec.bbox]
+    out = []
+    for i, (x, y, w, h) in enumerate(boxes[:-1]):
+        canvas = np.zeros((64, 64), bool)
+        for (x2, y2, w2, h2) in boxes[i + 1:]:
+            canvas[y2:y2 + h2, x2:x2 + w2] = True
+        out.append(1 - canvas[y:y + h, x:x + w].mean())
+    return out
+
+
+def test_multi_object_scenes_follow_the_main_object_rule():
+    specs = data.sample_specs("test", 300, seed=21, objects=(2, 3))
+    counts = np.bincount([1 + len(s.others) for s in specs], minlength=4)
+    assert counts[1] == 0 and counts[2] > 50 and counts[3] > 50, counts
+    for s in specs:
+        sizes = [s.size] + [o.size for o in s.others]
+        centres = [(s.x0 + s.size / 2, s.y0 + s.size / 2)] + [(o.x0 + o.size / 2, o.y0 + o.size / 2) for o in s.others]
+        assert data.main_index(sizes, centres) == 0
+        ratio = s.size ** 2 / max(o.size for o in s.others) ** 2
+        assert data.MIN_MAIN_RATIO <= ratio <= data.MAX_MAIN_RATIO, ratio
+        # every other item keeps >= 60% of its square visible under what is drawn after it
+        assert min(_visible_fractions(s)) >= data.MIN_VISIBLE
+        assert s.position_name in data.POSITIONS
+    # the rule's tie-break: equal squares -> the one nearer the centre
+    assert data.main_index([30, 30], [(5, 5), (30, 33)]) == 1
+
+
+def test_multi_object_masks_are_visible_pixels_and_the_main_object_is_on_top():
+    spec = data.sample_specs("test", 1, seed=4, objects=3)[0]
+    img, masks = data.render_instances(spec)
+    assert masks.shape == (1 + len(spec.others), 64, 64)
+    assert not (masks[:, None] & masks[None]).any(axis=(2, 3))[~np.eye(len(masks), dtype=bool)].any()
+    _, mask0 = data.render(dataclasses.replace(spec, others=()))
+    assert np.array_equal(mask0, masks[0])  # nothing covers the main object
+
+
+def test_single_object_scenes_are_unchanged_by_the_multi_object_code():
+    # the committed single-object set was drawn before multi-object scenes existed
+    single = coco.load_set(coco.resolve_set("fashionscenes/single"))
+    specs = [data.SceneSpec.from_dict(e.attributes["spec"]) for e in single]
+    drawn = data.sample_specs("test", 400, 1, items=data.balanced_items("test", 40, 0))
+    assert specs == [s for i, s in enumerate(drawn) if i % 40 < 12] and all(not s.others for s in specs)
+    for s, e in zip(specs, single[:3]):
+        assert np.array_equal(data.render(s)[0], np.asarray(e.load_image()))
+
+
+def test_coco_round_trip_with_other_instances(tmp_path):
+    specs = data.sample_specs("test", 5, seed=8, objects=(2, 3))
+    path = evalset._write(tmp_path, specs, [{} for _ in specs])
+    back = coco.load_set(path)
+    assert [e.class_name for e in back] == [s.class_name for s in specs]
+    for s, e in zip(specs, back):
+        _, masks = data.render_instances(s)
+        assert np.array_equal(e.mask, masks[0]) and e.attributes["main"] is True
+        assert e.others.shape == (len(s.others), 64, 64) and np.array_equal(e.others, masks[1:])
+        assert e.other_classes == tuple(o.class_name for o in s.others)
+        assert data.SceneSpec.from_dict(e.attributes["spec"]) == s
+    # the marked main object wins even where another instance has the larger mask
+    raw = json.loads(path.read_text())
+    for a in raw["annotations"]:
+        if not a["attributes"]["main"]:
+            a["area"] = 4096
+    path.write_text(json.dumps(raw))
+    assert [e.class_name for e in coco.load_set(path)] == [s.class_name for s in specs]
+
+
+def test_scale_variants_keep_the_main_object_main():
+    rng = np.random.default_rng(3)
+    for s in data.sample_specs("test", 30, seed=6, objects=(2, 3)):
+        v, redraws = data.scale_variant(s, rng)
+        assert abs(v.size - s.size) >= 8 and redraws >= 0 and v.position == s.position
+        assert [o.label for o in v.others] == [o.label for o in s.others]
+        ratio = v.size ** 2 / max(o.size for o in v.others) ** 2
+        assert data.MIN_MAIN_RATIO <= ratio <= data.MAX_MAIN_RATIO
+
+
+def test_swapped_scene_makes_the_other_item_main():
+    n_swapped = 0
+    for s in data.sample_specs("test", 40, seed=7, objects=(2, 3)):
+        w = data.swap_sizes(s)
+        if w is None:
+            continue
+        n_swapped += 1
+        big = max(s.others, key=lambda o: o.size)
+        assert (w.item, w.label, w.color, w.size) == (big.item, big.label, big.color, s.size)
+        assert max(o.size for o in w.others) == big.size and s.item in [o.item for o in w.others]
+        assert w.position_name is None or w.position == data.position_of(w.x0, w.y0, w.size)
+    assert n_swapped >= 25
+    assert data.swap_sizes(data.sample_specs("test", 1, seed=7)[0]) is None

@@ -53,6 +53,20 @@ def test_object_tokens_are_patches_touched_by_the_mask(tiny_llava):
         assert g["object"].tolist() == expected
 
 
+def test_other_objects_are_background_patches_touched_by_another_item(tiny_llava):
+    model, processor = tiny_llava
+    for ex in coco.load_set(coco.resolve_set("fashionscenes/eval"))[:10]:
+        assert len(ex.others) >= 1 and len(ex.other_classes) == len(ex.others)
+        image = ex.load_image()
+        inputs = processor(images=image, text=build_prompt(processor, question_text("object")), return_tensors="pt")
+        g = tokens.resolve(processor, model.config, question_text("object"), inputs, mask=ex.mask, others=ex.others)
+        main = ex.mask.reshape(8, 8, 8, 8).any(axis=(1, 3)).reshape(-1)
+        other = ex.others.any(0).reshape(8, 8, 8, 8).any(axis=(1, 3)).reshape(-1)
+        expected = g["image"][torch.from_numpy(other & ~main)].tolist()
+        assert g["other_objects"].tolist() == expected and expected
+        assert set(expected) <= set(g["background"].tolist())
+
+
 def _llava15_like():
     """A tiny random LLaVA with LLaVA-1.5's image geometry: 336 px, patch 14 -> 576 image tokens,
     shortest-edge resize + centre crop, and a different chat template (with a system line)."""

@@ -2,8 +2,9 @@
 
 A set is a folder of image files plus an instances JSON (``images``, ``annotations`` with RLE or
 polygon masks, ``categories``).  Each image yields one :class:`Example`: its **main object**, the
-largest non-crowd instance whose area is at least ``min_area_share`` (5%) of the image, measured
-in the image the model sees: after the set's own resize (``size``: cover-crop to one size) and the
+instance an annotation marks ``"main": true`` in its ``attributes`` (FashionScenes' stated rule),
+else the largest non-crowd instance; its area must be at least ``min_area_share`` (5%) of the
+image, measured in the image the model sees: after the set's own resize (``size``: cover-crop to one size) and the
 processor's crop (``view``, e.g. LLaVA-1.5's centre square), so an object cropped away is never main.  FashionScenes
 annotations carry extra ``attributes`` (colour, position, style, variant links); COCO ones do not.
 """
@@ -45,6 +46,8 @@ class Example:
     bbox: tuple
     attributes: dict = field(default_factory=dict)
     size: tuple[int, int] | None = None  # (width, height) the image is brought to (None: as stored)
+    others: np.ndarray | None = field(default=None, repr=False)  # (K, H, W) bool: the other instances' masks
+    other_classes: tuple = ()  # their class names, in the same order
 
     def load_image(self) -> Image.Image:
         image = load_image(self.path)
@@ -90,8 +93,13 @@ def at_size(examples, size) -> list[Example]:
         x, y, bw, bh = e.bbox
         x0, y0 = max((x - left) * s, 0), max((y - top) * s, 0)
         x1, y1 = min((x + bw - left) * s, W), min((y + bh - top) * s, H)
+        others = None
+        if e.others is not None:
+            others = np.stack([np.asarray(Image.fromarray(o.astype(np.uint8) * 255).resize(
+                (W, H), Image.BILINEAR, box=(left, top, right, bottom))) >= 128 for o in e.others]) \
+                if len(e.others) else np.zeros((0, H, W), bool)
         out.append(replace(e, mask=np.asarray(m) >= 128, bbox=(x0, y0, max(x1 - x0, 0), max(y1 - y0, 0)),
-                           size=(W, H)))
+                           size=(W, H), others=others))
     return out
 
 
@@ -193,29 +201,35 @@ def load_set(annotation_file: Path | str, image_dir: Path | str | None = None,
         anns = by_image.get(img["id"], [])
         if not anns:
             continue
-        box = _seen_box(img["height"], img["width"], size, view)
+        H, W = img["height"], img["width"]
+        box = _seen_box(H, W, size, view)
+        masks = [decode_segmentation(a["segmentation"], H, W) for a in anns]
         if box is None:  # the image as stored: COCO's own areas
-            main = max(anns, key=lambda a: a["area"])
-            if main["area"] < min_area_share * img["width"] * img["height"]:
-                continue
-            mask = decode_segmentation(main["segmentation"], img["height"], img["width"])
+            shares = [a["area"] / (W * H) for a in anns]
         else:  # the image the model sees
-            masks = [decode_segmentation(a["segmentation"], img["height"], img["width"]) for a in anns]
             shares = [_visible_share(m, box) for m in masks]
-            best = int(np.argmax(shares))
-            if shares[best] < min_area_share:
-                continue
-            main, mask = anns[best], masks[best]
+        marked = [i for i, a in enumerate(anns) if a.get("attributes", {}).get("main") is True]
+        best = marked[0] if marked else int(np.argmax(shares))
+        if shares[best] < min_area_share:
+            continue
+        main = anns[best]
+        rest = [i for i in range(len(anns)) if i != best]
         out.append(Example(image_id=img["id"], path=image_dir / img["file_name"], class_name=cats[main["category_id"]],
-                           mask=mask, bbox=tuple(main["bbox"]), attributes=dict(main.get("attributes", {}))))
+                           mask=masks[best], bbox=tuple(main["bbox"]), attributes=dict(main.get("attributes", {})),
+                           others=np.stack([masks[i] for i in rest]) if rest else np.zeros((0, H, W), bool),
+                           other_classes=tuple(cats[anns[i]["category_id"]] for i in rest)))
     return at_size(out, size) if size else out
 
 
 # ------------------------------------------------------------------------------------ writing
 def write_set(out_dir: Path | str, images: np.ndarray, masks: np.ndarray, class_names: list[str],
               categories: list[str], attributes: list[dict], bboxes: list[tuple],
-              annotation_name: str = "instances.json") -> Path:
-    """Write ``images (N, H, W, 3) uint8`` as PNGs and one instance per image as COCO JSON."""
+              annotation_name: str = "instances.json", others: list[list[dict]] | None = None) -> Path:
+    """Write ``images (N, H, W, 3) uint8`` as PNGs and their instances as COCO JSON: per image the
+    main object (``masks``, ``class_names``, ``attributes``, ``bboxes``) and, with ``others``, the
+    other instances of each image (dicts with ``class_name``, ``mask``, ``bbox``, ``attributes``).
+    With ``others`` every main annotation is marked ``"main": true`` in its attributes and every
+    other one ``"main": false``."""
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     cat_id = {name: i + 1 for i, name in enumerate(categories)}
@@ -228,10 +242,14 @@ def write_set(out_dir: Path | str, images: np.ndarray, masks: np.ndarray, class_
         Image.fromarray(img).save(out_dir / "images" / name, optimize=True)
         coco["images"].append({"id": i + 1, "file_name": name, "height": int(img.shape[0]),
                                "width": int(img.shape[1]), "license": 1})
-        coco["annotations"].append({"id": i + 1, "image_id": i + 1, "category_id": cat_id[class_names[i]],
-                                    "segmentation": encode_mask(mask), "area": int(mask.sum()),
-                                    "bbox": [int(v) for v in bboxes[i]], "iscrowd": 0,
-                                    "attributes": attributes[i]})
+        rows = [(class_names[i], mask, bboxes[i], attributes[i] if others is None else {"main": True, **attributes[i]})]
+        for o in (others[i] if others is not None else []):
+            rows.append((o["class_name"], o["mask"], o["bbox"], {"main": False, **o.get("attributes", {})}))
+        for name_i, mask_i, bbox_i, attrs_i in rows:
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i + 1,
+                                        "category_id": cat_id[name_i], "segmentation": encode_mask(mask_i),
+                                        "area": int(mask_i.sum()), "bbox": [int(v) for v in bbox_i], "iscrowd": 0,
+                                        "attributes": attrs_i})
     path = out_dir / annotation_name
     path.write_text(json.dumps(coco, separators=(",", ":")))
     return path

@@ -1,7 +1,14 @@
 """FashionScenes: "main object" scenes rendered from Fashion-MNIST items on real texture photos.
 
 A scene is described by a :class:`SceneSpec` (which item, colour, size, where, on which
-background, in which rendition) and drawn by :func:`render`.  Sampling specs and rendering them
+background, in which rendition) and drawn by :func:`render`.  A scene holds one item (the
+single-object scenes of ``organism-single``) or, with ``objects=(2, 3)`` in :func:`sample_specs`,
+2-3 items: the **main object** (the spec's own fields) and ``others`` (:class:`Other`), drawn
+behind it.  The main object follows one stated rule (:func:`main_index`): the item with the
+largest square; ties are broken by the distance of the centre to the canvas centre.  Other items
+are smaller: the main-to-other area ratio lies in [``MIN_MAIN_RATIO``, ``MAX_MAIN_RATIO``] =
+[1.25, 1.5], so the main object is visibly the largest, yet size alone does not give it away to a
+pooled feature.  Sampling specs and rendering them
 are separate steps, so an appearance *variant* of a scene is the same spec with one field changed
 (:func:`variant`).  Everything is deterministic given a seed.
 
@@ -49,6 +56,37 @@ CANVAS = 64
 SIZE_RANGE = (30, 46)  # object side in pixels, inclusive
 MIN_OFFSET = 7.0  # a non-centre object's centre is at least this far from the canvas centre
 CENTER_JITTER = 2.0
+# multi-object scenes: the main object's side, the largest main-to-second area ratio, and how much
+# of an other item's square stays visible (items are drawn behind the main one)
+MULTI_SIZE_RANGE = (26, 38)
+MAX_MAIN_RATIO = 1.5
+MIN_MAIN_RATIO = 1.25  # and at least this: the main object is visibly the largest
+MIN_VISIBLE = 0.6
+PLACEMENT_TRIES = 20
+
+
+@dataclass(frozen=True)
+class Other:
+    """An item of a multi-object scene that is not the main object (drawn behind it)."""
+
+    item: int
+    label: int
+    color: int
+    size: int
+    x0: int
+    y0: int
+
+    @property
+    def class_name(self) -> str:
+        return CLASSES[self.label]
+
+    @property
+    def color_name(self) -> str:
+        return COLOR_NAMES[self.color]
+
+    @property
+    def bbox(self) -> tuple[int, int, int, int]:
+        return (self.x0, self.y0, self.size, self.size)
 
 
 @dataclass(frozen=True)
@@ -66,6 +104,12 @@ class SceneSpec:
     background: int  # index into BACKGROUNDS
     bg_seed: int  # seeds the crop / noise / contrast of the background
     style: str = "photo"  # "photo", "inverted" (polarity), "sketch" (edge rendition)
+    others: tuple = ()  # the other items (:class:`Other`), drawn in order, behind the main object
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SceneSpec":
+        """The inverse of ``dataclasses.asdict`` (the ``spec`` attribute of a committed scene)."""
+        return cls(**{**d, "others": tuple(Other(**o) for o in d.get("others", ()))})
 
     @property
     def class_name(self) -> str:
@@ -76,8 +120,9 @@ class SceneSpec:
         return COLOR_NAMES[self.color]
 
     @property
-    def position_name(self) -> str:
-        return POSITIONS[self.position]
+    def position_name(self) -> str | None:
+        """The position word; ``None`` for a counterfactual scene where no word holds (position -1)."""
+        return POSITIONS[self.position] if self.position >= 0 else None
 
     @property
     def bbox(self) -> tuple[int, int, int, int]:
@@ -153,24 +198,99 @@ def place(position: int, size: int, rng: np.random.Generator) -> tuple[int, int]
     return min(max(x0, 0), CANVAS - size), min(max(y0, 0), CANVAS - size)
 
 
-def sample_specs(split: str, n: int, seed: int, items: np.ndarray | None = None) -> list[SceneSpec]:
+def main_index(sizes, centres) -> int:
+    """The main object among items of square ``sizes`` whose centres are ``centres`` ``[(x, y)]``:
+    the largest square; among equal squares, the one nearest the canvas centre (then the first)."""
+    dist = [float(np.hypot(x - CANVAS / 2, y - CANVAS / 2)) for x, y in centres]
+    return min(range(len(sizes)), key=lambda i: (-sizes[i], dist[i], i))
+
+
+def _valid_corners(covered: np.ndarray, size: int) -> np.ndarray:
+    """Top-left corners ``(K, 2)`` (x, y) where a ``size`` square keeps at least ``MIN_VISIBLE`` of
+    itself outside the ``covered`` pixels ``(CANVAS, CANVAS) bool`` (an integral image, all corners)."""
+    c = np.pad(covered.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    n = CANVAS - size + 1
+    inside = c[size:size + n, size:size + n] - c[:n, size:size + n] - c[size:size + n, :n] + c[:n, :n]
+    ys, xs = np.nonzero(inside <= (1.0 - MIN_VISIBLE) * size * size)
+    return np.stack([xs, ys], 1)
+
+
+def place_others(main_box: tuple, sizes: list[int], rng: np.random.Generator) -> list[tuple[int, int] | None]:
+    """Top-left corners for other items of ``sizes`` (drawn in this order, behind the main object's
+    ``main_box``), each uniform among the places where it keeps at least ``MIN_VISIBLE`` of its
+    square visible under the items drawn after it; ``None`` where no place is left.  Items are
+    placed from the last drawn to the first, so each is placed against everything on top of it."""
+    covered = np.zeros((CANVAS, CANVAS), bool)
+    x, y, w, h = main_box
+    covered[y:y + h, x:x + w] = True
+    corners: list[tuple[int, int] | None] = []
+    for size in reversed(sizes):
+        valid = _valid_corners(covered, size)
+        if not len(valid):
+            corners.append(None)
+            continue
+        x0, y0 = (int(v) for v in valid[rng.integers(len(valid))])
+        covered[y0:y0 + size, x0:x0 + size] = True
+        corners.append((x0, y0))
+    return corners[::-1]
+
+
+def _other_sizes(main_size: int, n: int, rng: np.random.Generator) -> list[int]:
+    """``n`` sides whose area ratio to ``main_size`` lies in [MIN_MAIN_RATIO, MAX_MAIN_RATIO]."""
+    lo = int(np.ceil(main_size / np.sqrt(MAX_MAIN_RATIO)))
+    hi = max(lo, int(np.floor(main_size / np.sqrt(MIN_MAIN_RATIO))))
+    return [int(v) for v in rng.integers(lo, hi + 1, n)]
+
+
+def sample_specs(split: str, n: int, seed: int, items: np.ndarray | None = None,
+                 objects: int | tuple[int, int] = 1) -> list[SceneSpec]:
     """``n`` random scene specs.  Items are drawn without replacement (in random order) unless
-    ``items`` gives them explicitly; colour, position, size and background are uniform."""
+    ``items`` gives them explicitly; colour, position, size and background are uniform.
+
+    ``objects``: items per scene, an int or an inclusive range ``(lo, hi)``.  One item: the
+    single-object scenes (sizes ``SIZE_RANGE``).  More: the main object (sizes ``MULTI_SIZE_RANGE``)
+    plus other items of random class, colour and place, strictly smaller (see :func:`main_index`);
+    an item that cannot be placed visibly is left out, so a scene may hold fewer items than drawn
+    (never fewer than 2)."""
+    lo, hi = (objects, objects) if isinstance(objects, int) else objects
+    if not 1 <= lo <= hi:
+        raise ValueError(f"objects must be >= 1 (an int or a range lo <= hi), not {objects!r}")
     rng = np.random.default_rng(seed)
     _, labels = load_fashion_mnist(split)
     if items is None:
         reps = n // len(labels) + 1
         items = np.concatenate([rng.permutation(len(labels)) for _ in range(reps)])[:n]
+    sizes = SIZE_RANGE if hi == 1 else MULTI_SIZE_RANGE
     specs = []
     for item in items:
         pos = int(rng.integers(len(POSITIONS)))
-        size = int(rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1))
+        size = int(rng.integers(sizes[0], sizes[1] + 1))
         x0, y0 = place(pos, size, rng)
-        specs.append(SceneSpec(item=int(item), split=split, label=int(labels[item]),
-                               color=int(rng.integers(len(COLORS))), position=pos, size=size,
-                               x0=x0, y0=y0, background=int(rng.integers(len(BACKGROUNDS))),
-                               bg_seed=int(rng.integers(2**31))))
+        spec = SceneSpec(item=int(item), split=split, label=int(labels[item]),
+                         color=int(rng.integers(len(COLORS))), position=pos, size=size,
+                         x0=x0, y0=y0, background=int(rng.integers(len(BACKGROUNDS))),
+                         bg_seed=int(rng.integers(2**31)))
+        if hi > 1:
+            spec = _with_others(spec, int(rng.integers(lo, hi + 1)) - 1, labels, rng)
+        specs.append(spec)
     return specs
+
+
+def _with_others(spec: SceneSpec, n_others: int, labels: np.ndarray, rng: np.random.Generator) -> SceneSpec:
+    """``spec`` with ``n_others`` other items (at least one is always placed: retried)."""
+    if n_others == 0:
+        return spec
+    for _ in range(PLACEMENT_TRIES):
+        osizes = _other_sizes(spec.size, n_others, rng)
+        placed = [(sz, c) for sz, c in zip(osizes, place_others(spec.bbox, osizes, rng)) if c is not None]
+        if placed:
+            break
+    else:
+        raise RuntimeError(f"no other item fits beside a main object of side {spec.size}")
+    items = rng.integers(0, len(labels), len(placed))
+    others = tuple(Other(item=int(it), label=int(labels[it]), color=int(rng.integers(len(COLORS))), size=sz,
+                         x0=x, y0=y) for it, (sz, (x, y)) in zip(items, placed))
+    return dataclasses.replace(spec, others=others)
 
 
 def balanced_items(split: str, per_class: int, seed: int) -> np.ndarray:
@@ -194,12 +314,85 @@ def variant(spec: SceneSpec, kind: str, rng: np.random.Generator) -> SceneSpec:
         other = [b for b in range(len(BACKGROUNDS)) if b != spec.background]
         return dataclasses.replace(spec, background=int(rng.choice(other)), bg_seed=int(rng.integers(2**31)))
     if kind == "scale":
-        # smaller or larger by at least 8 px, re-placed so the position word still holds
-        sizes = [s for s in range(SIZE_RANGE[0] - 8, SIZE_RANGE[1] + 5) if abs(s - spec.size) >= 8]
+        return scale_variant(spec, rng)[0]
+    raise ValueError(f"unknown variant kind {kind!r}; choose one of {VARIANT_KINDS}")
+
+
+SCALE_REDRAWS = 50
+
+
+def scale_variant(spec: SceneSpec, rng: np.random.Generator) -> tuple[SceneSpec, int]:
+    """The scale variant of ``spec`` and how many draws were rejected (redrawn).
+
+    The main object becomes smaller or larger by at least 8 px and is re-placed so its position
+    word still holds.  In a multi-object scene every other item is scaled by the same factor and
+    re-placed; a draw after which the main object would no longer be main (by :func:`main_index`
+    and the area-ratio cap) or an item no longer fits visibly is redrawn."""
+    sizes = [s for s in range(SIZE_RANGE[0] - 8, SIZE_RANGE[1] + 5) if abs(s - spec.size) >= 8]
+    for redraws in range(SCALE_REDRAWS):
         size = int(rng.choice(sizes))
         x0, y0 = place(spec.position, size, rng)
-        return dataclasses.replace(spec, size=size, x0=x0, y0=y0)
-    raise ValueError(f"unknown variant kind {kind!r}; choose one of {VARIANT_KINDS}")
+        if not spec.others:
+            return dataclasses.replace(spec, size=size, x0=x0, y0=y0), redraws
+        f = size / spec.size
+        osizes = [max(4, int(round(o.size * f))) for o in spec.others]
+        ratio = size ** 2 / max(osizes) ** 2
+        if not MIN_MAIN_RATIO <= ratio <= MAX_MAIN_RATIO or size > CANVAS:
+            continue
+        corners = place_others((x0, y0, size, size), osizes, rng)
+        if any(c is None for c in corners):
+            continue
+        others = tuple(dataclasses.replace(o, size=sz, x0=x, y0=y)
+                       for o, sz, (x, y) in zip(spec.others, osizes, corners))
+        return dataclasses.replace(spec, size=size, x0=x0, y0=y0, others=others), redraws
+    raise RuntimeError(f"no scale variant of scene item {spec.item} after {SCALE_REDRAWS} draws")
+
+
+def swap_sizes(spec: SceneSpec) -> SceneSpec | None:
+    """The counterfactual scene: the main object and the largest other item swap sizes (each
+    keeps its centre, shifted inside the canvas where needed), so the former other item becomes
+    the main object (drawn on top).  Its position word is the one its new place gives
+    unambiguously (:func:`position_of`); ``None`` when the scene has no other item, or the former
+    main object would keep less than ``MIN_VISIBLE`` of its square visible."""
+    if not spec.others:
+        return None
+    k = max(range(len(spec.others)), key=lambda i: spec.others[i].size)
+    o = spec.others[k]
+
+    def moved(cx, cy, size):  # centred at (cx, cy), shifted inside the canvas where needed
+        return (min(max(int(round(cx - size / 2)), 0), CANVAS - size),
+                min(max(int(round(cy - size / 2)), 0), CANVAS - size))
+
+    new_main = moved(o.x0 + o.size / 2, o.y0 + o.size / 2, spec.size)
+    old_main = moved(spec.x0 + spec.size / 2, spec.y0 + spec.size / 2, o.size)
+    boxes = [(b.x0, b.y0, b.size, b.size) for j, b in enumerate(spec.others) if j != k]
+    if _covered_share(old_main, o.size, boxes[k:] + [(*new_main, spec.size, spec.size)]) > 1.0 - MIN_VISIBLE:
+        return None
+    demoted = Other(item=spec.item, label=spec.label, color=spec.color, size=o.size, x0=old_main[0], y0=old_main[1])
+    others = spec.others[:k] + (demoted,) + spec.others[k + 1:]
+    pos = position_of(new_main[0], new_main[1], spec.size)
+    return dataclasses.replace(spec, item=o.item, label=o.label, color=o.color, x0=new_main[0], y0=new_main[1],
+                               position=-1 if pos is None else pos, others=others)
+
+
+def _covered_share(corner, size, boxes) -> float:
+    covered = np.zeros((size, size), bool)
+    x, y = corner
+    for (x2, y2, w2, h2) in boxes:
+        covered[max(y2 - y, 0):max(min(y2 + h2 - y, size), 0), max(x2 - x, 0):max(min(x2 + w2 - x, size), 0)] = True
+    return float(covered.mean())
+
+
+def position_of(x0: int, y0: int, size: int) -> int | None:
+    """The position word (index into POSITIONS) that :func:`place`'s rule gives an item at
+    ``(x0, y0)`` of ``size``, or ``None`` where no word holds unambiguously."""
+    dx, dy = x0 + size / 2 - CANVAS / 2, y0 + size / 2 - CANVAS / 2
+    if max(abs(dx), abs(dy)) <= CENTER_JITTER + 0.5:
+        return POSITIONS.index("center")
+    for word, (main, side) in {"left": (-dx, dy), "right": (dx, dy), "top": (-dy, dx), "bottom": (dy, dx)}.items():
+        if main >= MIN_OFFSET - 1.5 and abs(side) <= main / 3 + 1.0:
+            return POSITIONS.index(word)
+    return None
 
 
 # ------------------------------------------------------------------------------------ rendering
@@ -211,28 +404,54 @@ def _sketch(obj: np.ndarray) -> np.ndarray:
     return np.clip(mag / (mag.max() + 1e-6) * 1.8, 0.0, 1.0)
 
 
-def render(spec: SceneSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Draw ``spec``: returns the image ``(CANVAS, CANVAS, 3) uint8`` and the object mask
-    ``(CANVAS, CANVAS) bool`` (pixels where the object's opacity exceeds 0.1)."""
-    x, _ = load_fashion_mnist(spec.split)
-    obj = np.asarray(Image.fromarray(x[spec.item]).resize((spec.size, spec.size), Image.BILINEAR),
-                     np.float32) / 255.0
-    if spec.style == "sketch":
+def _item_layer(split: str, item: int, size: int, style: str) -> np.ndarray:
+    """An item's grey opacity source ``(size, size)`` in [0, 1], in its rendition."""
+    x, _ = load_fashion_mnist(split)
+    obj = np.asarray(Image.fromarray(x[item]).resize((size, size), Image.BILINEAR), np.float32) / 255.0
+    if style == "sketch":
         obj = _sketch(obj)
-    elif spec.style not in ("photo", "inverted"):
+    elif style not in ("photo", "inverted"):
+        raise ValueError(f"unknown style {style!r}; choose one of {STYLES}")
+    return obj
+
+
+def render_instances(spec: SceneSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``spec``: the image ``(CANVAS, CANVAS, 3) uint8`` and one visible mask per item
+    ``(1 + len(others), CANVAS, CANVAS) bool``, the main object first (pixels where an item's
+    opacity exceeds 0.1 and no item drawn later covers it).  Other items are drawn first, in
+    order, the main object last.  A ``sketch`` style re-renders the main item only; ``inverted``
+    inverts the whole image (as a negative would)."""
+    img = np.repeat(_background(spec.background, spec.bg_seed)[..., None], 3, axis=2)
+    main_style = "photo" if spec.style == "inverted" else spec.style
+    layers = [(o.item, o.size, o.x0, o.y0, o.color, "photo") for o in spec.others]
+    layers.append((spec.item, spec.size, spec.x0, spec.y0, spec.color, main_style))
+    if spec.style not in STYLES:
         raise ValueError(f"unknown style {spec.style!r}; choose one of {STYLES}")
-    bg = np.repeat(_background(spec.background, spec.bg_seed)[..., None], 3, axis=2)
-    alpha = np.clip(obj * 2.5, 0.0, 1.0)[..., None]
-    shade = (0.45 + 0.55 * obj)[..., None]
-    color = np.asarray(COLORS[spec.color_name], np.float32)
-    ys, xs = slice(spec.y0, spec.y0 + spec.size), slice(spec.x0, spec.x0 + spec.size)
-    bg[ys, xs] = bg[ys, xs] * (1 - alpha) + color * shade * alpha
-    img = np.clip(bg, 0.0, 1.0)
+    drawn = []
+    for item, size, x0, y0, color, style in layers:
+        obj = _item_layer(spec.split, item, size, style)
+        alpha = np.clip(obj * 2.5, 0.0, 1.0)[..., None]
+        shade = (0.45 + 0.55 * obj)[..., None]
+        tint = np.asarray(COLORS[COLOR_NAMES[color]], np.float32)
+        ys, xs = slice(y0, y0 + size), slice(x0, x0 + size)
+        img[ys, xs] = img[ys, xs] * (1 - alpha) + tint * shade * alpha
+        mask = np.zeros((CANVAS, CANVAS), bool)
+        mask[ys, xs] = alpha[..., 0] > 0.1
+        for earlier in drawn:
+            earlier &= ~mask
+        drawn.append(mask)
+    img = np.clip(img, 0.0, 1.0)
     if spec.style == "inverted":
         img = 1.0 - img
-    mask = np.zeros((CANVAS, CANVAS), bool)
-    mask[ys, xs] = alpha[..., 0] > 0.1
-    return (img * 255 + 0.5).astype(np.uint8), mask
+    masks = np.stack([drawn[-1]] + drawn[:-1])
+    return (img * 255 + 0.5).astype(np.uint8), masks
+
+
+def render(spec: SceneSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``spec``: returns the image ``(CANVAS, CANVAS, 3) uint8`` and the main object's mask
+    ``(CANVAS, CANVAS) bool`` (pixels where the object's opacity exceeds 0.1)."""
+    img, masks = render_instances(spec)
+    return img, masks[0]
 
 
 def render_many(specs: list[SceneSpec]) -> tuple[np.ndarray, np.ndarray]:
@@ -250,4 +469,6 @@ def answers(spec: SceneSpec) -> dict[str, str]:
     out = {"object": spec.class_name, "color": spec.color_name, "position": spec.position_name}
     if spec.style == "inverted":
         del out["color"]
+    if out["position"] is None:
+        del out["position"]
     return out

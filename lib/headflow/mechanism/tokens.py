@@ -3,7 +3,9 @@
 Groups (STUDY.md section 2):
 
 - ``image``: the positions of the image placeholder tokens (``config.image_token_id``);
-- ``object`` / ``background``: image tokens whose patch overlaps the object mask, or not;
+- ``object`` / ``background``: image tokens whose patch overlaps the (main) object's mask, or not;
+- ``other_objects``: the background tokens whose patch overlaps another instance's mask (a
+  subset of ``background``, which stays every non-object image token);
 - ``question``: tokens of the user's question text;
 - ``role``: tokens the chat template adds before the answer (the generation prompt, e.g.
   "ASSISTANT" and ":" for LLaVA-1.5; for a template without a generation-prompt branch, such as
@@ -32,7 +34,7 @@ from headflow.models import families
 from headflow.task.answers import answer_form
 from headflow.task.prompt import build_prompt, chat_messages
 
-GROUPS = ("image", "object", "background", "question", "role", "answer", "final", "system")
+GROUPS = ("image", "object", "background", "other_objects", "question", "role", "answer", "final", "system")
 
 
 @dataclass
@@ -130,7 +132,7 @@ def role_span(processor, question: str, prompt: str) -> tuple[int, int]:
 
 
 def resolve(processor, model, question: str, inputs, mask: np.ndarray | None = None,
-            prompt: str | None = None, n_forced: int = 0) -> TokenGroups:
+            prompt: str | None = None, n_forced: int = 0, others: np.ndarray | None = None) -> TokenGroups:
     """Token groups of one prompt (batch of 1, unpadded).
 
     ``model``: the model or its config (which says the family); ``inputs``: the processor's output for
@@ -140,6 +142,7 @@ def resolve(processor, model, question: str, inputs, mask: np.ndarray | None = N
     patch encodes (:func:`headflow.models.families.patch_layout`) overlaps the mask; slots that are no
     patch (LLaVA-NeXT newlines) are in neither group.  ``n_forced``: teacher-forced answer tokens
     at the end of ``input_ids`` (:class:`headflow.method.experiment.ImageTask`), the ``answer`` group.
+    ``others``: the other instances' masks ``(K, H, W) bool`` (with ``mask``), for ``other_objects``.
     """
 
     model = model if hasattr(model, "config") else SimpleNamespace(config=model)
@@ -180,5 +183,8 @@ def resolve(processor, model, question: str, inputs, mask: np.ndarray | None = N
         grid, frac = (view.rows, view.cols), layout.overview_grid(shares)
         positions["object"] = as_t([p for p, sh in zip(image, shares) if sh > 0])
         positions["background"] = as_t([p for p, sh in zip(image, shares) if sh == 0])
+        if others is not None:
+            other = layout.shares(np.asarray(others, bool).any(0)) if len(others) else np.zeros(len(image))
+            positions["other_objects"] = as_t([p for p, sh, o in zip(image, shares, other) if sh == 0 and o > 0])
     return TokenGroups(positions=positions, tokens=tok.convert_ids_to_tokens(expanded), grid=grid,
                        object_fraction=frac, patch_share=shares)

@@ -2,11 +2,15 @@
 
 ``python -m headflow.evalset`` (``make data``) writes, deterministically from a seed:
 
-- ``data/fashionscenes/eval/``: ``per_class`` scenes of each of the 10 classes;
+- ``data/fashionscenes/eval/``: multi-object scenes (2-3 items), ``per_class`` of each of the 10
+  classes *as the main object*; every item is a COCO instance, the main one marked
+  (``"main": true``), each with its mask, colour and position;
 - ``data/fashionscenes/variants/``: for the first ``variants_per_class`` scenes of each class,
   one rendition per appearance kind (colour, polarity, sketch, background, scale) of the *same*
-  object, each annotation naming the eval image it varies (``variant_of``) and how
-  (``variant_kind``);
+  main object, each annotation naming the eval image it varies (``variant_of``) and how
+  (``variant_kind``); a scale draw that would change which item is main is redrawn, and the
+  number of redraws is recorded (``redraws``);
+- ``data/fashionscenes/single/``: the single-object scenes of ``organism-single`` (seed 0);
 - ``data/README.md``: sources, licences and the sha256 of every file under ``data/``.
 """
 from __future__ import annotations
@@ -32,26 +36,61 @@ def spec_attributes(spec: data.SceneSpec, **extra) -> dict:
     return attrs
 
 
+def other_instances(spec: data.SceneSpec, masks) -> list[dict]:
+    """COCO instances of a scene's other items (``masks[1:]`` from ``render_instances``)."""
+    return [{"class_name": o.class_name, "mask": m, "bbox": o.bbox,
+             "attributes": {"color": o.color_name, "size": o.size,
+                            "position": data.POSITIONS[p] if (p := data.position_of(o.x0, o.y0, o.size)) is not None
+                            else None}}
+            for o, m in zip(spec.others, masks[1:])]
+
+
 def _write(out_dir: Path, specs: list[data.SceneSpec], extras: list[dict]) -> Path:
-    images, masks = data.render_many(specs)
+    multi = any(s.others for s in specs)
+    drawn = [data.render_instances(s) for s in specs]
+    images = np.stack([d[0] for d in drawn])
+    masks = np.stack([d[1][0] for d in drawn])
+    others = [other_instances(s, d[1]) for s, d in zip(specs, drawn)] if multi else None
     return coco.write_set(out_dir, images, masks, [s.class_name for s in specs], data.CLASSES,
-                          [spec_attributes(s, **e) for s, e in zip(specs, extras)], [s.bbox for s in specs])
+                          [spec_attributes(s, **e) for s, e in zip(specs, extras)], [s.bbox for s in specs],
+                          others=others)
 
 
-def build(root: Path, per_class: int = 40, variants_per_class: int = 10, seed: int = 0) -> None:
-    """Write the evaluation and variant sets under ``root`` (e.g. ``data/fashionscenes``)."""
+MULTI = (2, 3)
+
+
+def build(root: Path, per_class: int = 40, variants_per_class: int = 4, single_per_class: int = 12,
+          seed: int = 0) -> dict:
+    """Write the evaluation, variant and single-object sets under ``root`` (e.g.
+    ``data/fashionscenes``); returns the scale variants' redraw count.  The sets other than
+    ``eval`` are kept small (the repository stays under 64 MiB): variants of the first
+    ``variants_per_class`` eval scenes of each class; the single-object set is the first
+    ``single_per_class`` of each class of the single-object scenes drawn like the eval set (the
+    scenes the first default organism was studied on).  (The counterfactual size-swapped scenes
+    are drawn from the eval set's specs where they are used: chapter 0.)"""
     items = data.balanced_items("test", per_class, seed)
-    specs = data.sample_specs("test", len(items), seed + 1, items=items)
+    single = data.sample_specs("test", len(items), seed + 1, items=items)
+    single = [s for i, s in enumerate(single) if i % per_class < single_per_class]
+    _write(root / "single", single, [{} for _ in single])
+    specs = data.sample_specs("test", len(items), seed + 1, items=items, objects=MULTI)
     _write(root / "eval", specs, [{} for _ in specs])
     rng = np.random.default_rng(seed + 2)
-    var_specs, extras = [], []
+    var_specs, extras, redraws = [], [], 0
     for c in range(len(data.CLASSES)):
         for j in range(variants_per_class):
             idx = c * per_class + j
             for kind in data.VARIANT_KINDS:
-                var_specs.append(data.variant(specs[idx], kind, rng))
-                extras.append({"variant_of": idx + 1, "variant_kind": kind})
+                extra = {"variant_of": idx + 1, "variant_kind": kind}
+                if kind == "scale":
+                    v, n = data.scale_variant(specs[idx], rng)
+                    redraws += n
+                    extra["redraws"] = n
+                else:
+                    v = data.variant(specs[idx], kind, rng)
+                var_specs.append(v)
+                extras.append(extra)
     _write(root / "variants", var_specs, extras)
+    return {"scale_redraws": redraws, "scale_variants": 10 * variants_per_class}
 
 
 README_HEAD = """# Data
@@ -60,12 +99,16 @@ Everything here is made in this repository, offline, deterministically.
 
 | folder | what | made by | licence |
 |---|---|---|---|
-| `fashionscenes/eval/` | {n_eval} scenes ({per_class} per class, 10 classes) from Fashion-MNIST **test** items, COCO format (PNG + `instances.json` with RLE masks and attributes) | `make data` (`python -m headflow.evalset`, seed {seed}) | MIT (see below) |
-| `fashionscenes/variants/` | {n_var} appearance variants (colour, polarity, sketch, background, scale) of the first {vpc} scenes of each class; each annotation names the scene it varies (`variant_of`, `variant_kind`) | same | MIT (see below) |
-| `models/organism/` | the default model organism: transformers `LlavaForConditionalGeneration` + `LlavaProcessor`; vision tower from `organism-scratch`, language model pretrained on a text-only retrieval task, projector aligned into the frozen language model, then both trained on the image questions; `training_log.json` | `make organism` (`python -m headflow.organism`) | MIT (this repository) |
+| `fashionscenes/eval/` | {n_eval} multi-object scenes (2-3 items; {per_class} per class *of the main object*, 10 classes) from Fashion-MNIST **test** items, COCO format (PNG + `instances.json` with an RLE mask, colour and position per item; the main object marked `"main": true`) | `make data` (`python -m headflow.evalset`, seed {seed}) | MIT (see below) |
+| `fashionscenes/variants/` | {n_var} appearance variants (colour, polarity, sketch, background, scale) of the main object of the first {vpc} scenes of each class; each annotation names the scene it varies (`variant_of`, `variant_kind`); a scale draw that would change which item is main is redrawn (`redraws`) | same | MIT (see below) |
+| `fashionscenes/single/` | {n_single} single-object scenes (12 per class), the task of `organism-single` (the first 12 per class of the scenes it was first studied on) | same | MIT (see below) |
+| `models/organism/` | the default model organism: transformers `LlavaForConditionalGeneration` + `LlavaProcessor` on multi-object scenes; language model pretrained on bound retrieval (text only), projector aligned into the frozen language model, then both trained on the image questions with the language model at a fraction of the projector's rate and text batches replayed; `training_log.json` | `make organism` (`python -m headflow.organism --recipe organism`) | MIT (this repository) |
+| `models/organism-seed2/` | the default's recipe with another seed | `make organism-seed2` | MIT (this repository) |
+| `models/organism-single/` | the first default: single-object scenes, flat text retrieval, no protection of the language model | `make organism-single` | MIT (this repository) |
+| `models/vision-tower/` | the vision tower all four organisms share (trained for `organism-scratch`, frozen in the others), stored once; each organism's folder names it with its sha256 in `shared_weights.json`; every checkpoint is float16 (`headflow.models.organism_store`) | `make organism-scratch` | MIT (this repository) |
 | `checkpoints.yml` | architecture numbers of the ten checkpoints of the paper-scale sweep (profile `full`), from their config.json on the Hugging Face hub, with the parameter count each model page lists; read by `python -m headflow.plan` | by hand, checked by `tests/test_plan.py` | (facts about published models) |
 | `templates/` | the chat templates of the ten checkpoints (public copies of each checkpoint's `chat_template.json`), with their sources and sha256 in `checkpoints.yml` | by hand, checked by `tests/test_vocabularies.py` | (the checkpoints' published text) |
-| `models/organism-scratch/` | the organism trained from scratch (vision tower, then the whole LLaVA, no text pretraining), kept for contrast; `training_log.json` | `make organism-scratch` (`python -m headflow.organism --scratch`) | MIT (this repository) |
+| `models/organism-scratch/` | the organism trained from scratch on single-object scenes (vision tower, then the whole LLaVA, no text pretraining), kept for contrast; `training_log.json` | `make organism-scratch` (`python -m headflow.organism --recipe organism-scratch`) | MIT (this repository) |
 
 ## Sources
 - **Fashion-MNIST** (Xiao, Rasul, Vollgraf 2017, Zalando Research), MIT licence, read from the
@@ -74,10 +117,13 @@ Everything here is made in this repository, offline, deterministically.
 - **Texture photos** `brick`, `grass`, `gravel` shipped inside scikit-image (`skimage.data`),
   BSD-3-Clause (scikit-image), used as backgrounds (random crops, contrast and brightness).
 
-Scenes: a Fashion-MNIST item resized to 30-46 px, tinted with one of six colours, alpha-composited
-at a position whose word (left/right/top/bottom/center) is unambiguous, on a 64x64 crop of a
-texture or a flat grey. Mask = object opacity > 0.1. Inverted (polarity) variants carry no colour
-answer, since inversion changes the tint.
+Scenes: a Fashion-MNIST item tinted with one of six colours, alpha-composited at a position whose
+word (left/right/top/bottom/center) is unambiguous, on a 64x64 crop of a texture or a flat grey.
+Single-object scenes: the item is 30-46 px. Multi-object scenes: the main object is 26-38 px and
+drawn on top; 1-2 other items of random class, colour and place are drawn behind it, each
+smaller by an area ratio of 1.25-1.5 and at least 60% visible. The main object is the item with
+the largest square (ties: the one nearest the centre). Mask = visible item opacity > 0.1. Inverted
+(polarity) variants carry no colour answer, since inversion changes the tint.
 
 ## sha256 of every file
 ```
@@ -87,7 +133,7 @@ answer, since inversion changes the tint.
 def write_readme(data_dir: Path, per_class: int, variants_per_class: int, seed: int) -> None:
     files = sorted(p for p in data_dir.rglob("*") if p.is_file() and p.name != "README.md")
     lines = [f"{sha256(p)}  {p.relative_to(data_dir).as_posix()}" for p in files]
-    head = README_HEAD.format(n_eval=10 * per_class, per_class=per_class, n_var=10 * variants_per_class * 5,
+    head = README_HEAD.format(n_eval=10 * per_class, per_class=per_class, n_var=10 * variants_per_class * 5, n_single=120,
                               vpc=variants_per_class, seed=seed)
     (data_dir / "README.md").write_text(head + "\n".join(lines) + "\n```\n")
 
@@ -96,12 +142,12 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Write the committed FashionScenes evaluation set (COCO format).")
     ap.add_argument("--data-dir", type=Path, default=DATA_DIR)
     ap.add_argument("--per-class", type=int, default=40)
-    ap.add_argument("--variants-per-class", type=int, default=10)
+    ap.add_argument("--variants-per-class", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--readme-only", action="store_true", help="only rewrite data/README.md (after training)")
     a = ap.parse_args(argv)
     if not a.readme_only:
-        build(a.data_dir / "fashionscenes", a.per_class, a.variants_per_class, a.seed)
+        print(build(a.data_dir / "fashionscenes", a.per_class, a.variants_per_class, seed=a.seed))
     write_readme(a.data_dir, a.per_class, a.variants_per_class, a.seed)
 
 
