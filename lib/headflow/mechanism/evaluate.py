@@ -177,17 +177,20 @@ def wilson_interval(n_correct: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 def scene_accuracy(model, processor, split: str, n: int, seed: int, batch_size: int = 100,
-                   progress: bool = False) -> dict:
+                   progress: bool = False, objects=1, specs=None) -> dict:
     """Held-out accuracy of a FashionScenes-trained model on ``n`` freshly rendered scenes of
-    ``split`` (seed ``seed``), per question type: ``{"accuracy", "ci", "n_eval", "seed", "split",
-    "correct"/"predicted" (per question, arrays), "labels" (per question, arrays)}``."""
+    ``split`` (seed ``seed``, ``objects`` items per scene as in
+    :func:`headflow.images.fashionscenes.sample_specs`; or the given ``specs``), per question
+    type: ``{"accuracy", "ci", "n_eval", "seed", "split", "objects", "correct"/"predicted" (per
+    question, arrays), "labels" (per question, arrays)}``."""
 
-    specs = data.sample_specs(split, n, seed=seed)
+    specs = specs if specs is not None else data.sample_specs(split, n, seed=seed, objects=objects)
+    n = len(specs)
     images, _ = data.render_many(specs)
     labels = {"object": np.array([s.label for s in specs]), "color": np.array([s.color for s in specs]),
               "position": np.array([s.position for s in specs])}
-    out = {"n_eval": n, "seed": seed, "split": split, "accuracy": {}, "ci": {}, "correct": {}, "predicted": {},
-           "labels": labels}
+    out = {"n_eval": n, "seed": seed, "split": split, "objects": list(objects) if not isinstance(objects, int) else objects,
+           "accuracy": {}, "ci": {}, "correct": {}, "predicted": {}, "labels": labels}
     for q in QUESTION_TYPES:
         res = evaluate(model, processor, images, ANSWER_WORDS[q], labels[q].tolist(), question_text(q),
                        batch_size=batch_size, progress=progress)

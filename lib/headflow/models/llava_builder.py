@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tokenizers import Regex, Tokenizer, pre_tokenizers, processors, trainers
 from tokenizers import models as tokenizer_models
@@ -59,6 +60,15 @@ class LlavaArch:
     text_intermediate: int = 688
     text_layers: int = 8
     text_heads: int = 8
+
+
+def to_pixels(images_u8) -> torch.Tensor:
+    """``(B, H, W, 3) uint8`` numpy -> normalised ``(B, 3, H, W) float32`` on the CPU: what the
+    processor computes for 64x64 images (training and the tower probes skip the processor)."""
+    x = torch.from_numpy(np.ascontiguousarray(images_u8)).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(IMAGE_MEAN, device="cpu").view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD, device="cpu").view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 def build_tokenizer():

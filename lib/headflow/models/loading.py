@@ -10,18 +10,22 @@ import os
 import re
 from pathlib import Path
 
+import torch
 import transformers
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from headflow.models import families, llava_builder, shadow, tiny
+from headflow.models import families, llava_builder, organism_store, shadow, tiny
 from headflow.util.hashing import files_sha256
 from headflow.util.paths import REPO_ROOT
 
 MODELS_DIR = REPO_ROOT / "data" / "models"
 ORGANISM_DIR = Path(os.environ.get("HEADFLOW_ORGANISM", MODELS_DIR / "organism"))
-# The organisms committed in this repository (chapter 0): name -> folder.
-ORGANISMS = {"organism": ORGANISM_DIR, "organism-scratch": MODELS_DIR / "organism-scratch"}
+# The organisms committed in this repository (chapter 0): name -> folder (stored by
+# headflow.models.organism_store: float16, one shared vision tower in data/models/vision-tower/).
+ORGANISMS = {"organism": ORGANISM_DIR, "organism-seed2": MODELS_DIR / "organism-seed2",
+             "organism-single": MODELS_DIR / "organism-single", "organism-scratch": MODELS_DIR / "organism-scratch"}
+TOWER_DIR = MODELS_DIR / "vision-tower"
 
 # Families whose token groups (tokens.py) and interventions are tested here on tiny models
 # (headflow.models.tiny; tests/test_families.py checks that exactly these ran).  headflow.models.families holds
@@ -59,7 +63,7 @@ def resolve_path(name_or_path: str) -> str:
     if name_or_path in ORGANISMS:
         folder = ORGANISMS[name_or_path]
         if not (folder / "config.json").exists():
-            how = "make organism-scratch" if name_or_path == "organism-scratch" else "make organism"
+            how = f"make {name_or_path}"
             raise FileNotFoundError(f"the {name_or_path} checkpoint is missing at {folder}; run `{how}` to train it")
         return str(folder)
     return name_or_path
@@ -100,8 +104,13 @@ def load(name_or_path: str = "organism", attn_implementation: str = "sdpa", dtyp
         raise ValueError(f"unknown model family {config.model_type!r} for {path!r}: it is not an image-text-to-text "
                          f"model in transformers {transformers.__version__}. Known families: {supported}")
     processor = load_processor(path, config.model_type, **kwargs)
-    model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation=attn_implementation,
-                                                        dtype=dtype if dtype is not None else "auto", **kwargs)
+    if is_local and organism_store.is_stored(path):  # a committed organism: float16 + the shared tower
+        model = organism_store.load(path, attn_implementation)
+        if dtype is not None:
+            model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation=attn_implementation,
+                                                            dtype=dtype if dtype is not None else "auto", **kwargs)
     if device is not None:
         model = model.to(device)
     return model.eval(), processor

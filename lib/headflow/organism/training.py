@@ -20,11 +20,22 @@ single tokens.  Training is a list of stages (``Recipe.stages``), each logged:
     projector and language model (tower frozen) answer the three image questions (LLaVA's
     stage 2; the loss is on the one answer token at the final position, teacher forced).
 
-Two recipes are committed: ``organism`` (the default: vision tower taken from
-``organism-scratch``, then ``text``, ``align``, ``llava``) and ``organism-scratch`` (``vision``
-then ``llava``: the language model learns to read the image from scratch).  Run
-``python -m headflow.organism --out data/models/organism`` (``make organism``); add
-``--train-tower`` to train the vision tower too instead of taking the committed one.
+Four recipes are committed (:data:`RECIPES`), all sharing one vision tower (trained for
+``organism-scratch``, frozen elsewhere; stored once, :mod:`headflow.models.organism_store`):
+
+``organism`` (the default)
+    multi-object scenes (the questions ask about the main object), the ``bound`` text task
+    (:mod:`headflow.organism.texttasks`), then ``align``, then ``llava`` with the language model at
+    ``lm_lr_scale`` of the projector's rate and ``text_replay_batch`` text examples beside every batch;
+``organism-seed2``
+    the same recipe with another seed;
+``organism-single``
+    the first default: single-object scenes, the ``flat`` text task, no protection;
+``organism-scratch``
+    ``vision`` then ``llava`` on single-object scenes: the language model learns to read from scratch.
+
+Run ``python -m headflow.organism --recipe NAME`` (``make NAME``); every int or float field of the
+recipe is an option (``--llava-steps 500``).
 """
 from __future__ import annotations
 
@@ -48,7 +59,9 @@ from tqdm.auto import tqdm
 from headflow.images import fashionscenes as data
 from headflow.images.fashionscenes import ANSWER_WORDS
 from headflow.models import loading as models
-from headflow.models.llava_builder import IMAGE_MEAN, IMAGE_STD, SPECIAL_TOKENS, LlavaArch, build_model, build_processor
+from headflow.models import organism_store
+from headflow.models.llava_builder import LlavaArch, build_model, build_processor, to_pixels
+from headflow.organism import texttasks
 from headflow.task.prompt import QUESTION_TYPES, QUESTIONS, answer_token_ids, build_prompt
 from headflow.util.hashing import sha256
 
@@ -64,25 +77,31 @@ class Recipe(LlavaArch):
 
     stages: tuple = ("text", "align", "llava")
     tower_from: str = "organism-scratch"  # the pretrained vision tower, when "vision" is not a stage
+    scene_objects: tuple = (2, 3)  # items per training and evaluation scene (1, 1): single-object scenes
+    text_task: str = "bound"  # "bound" (binding + keyed retrieval) or "flat" (one word per type)
     # vision: the tower with class and colour heads
     vision_steps: int = 4000
     vision_batch: int = 128
     vision_lr: float = 2e-3
     # text: in-context retrieval, language model alone
-    text_steps: int = 300
-    text_batch: int = 128
-    text_lr: float = 1.5e-3
-    text_min_fillers: int = 3
+    text_steps: int = 1200
+    text_batch: int = 64
+    text_lr: float = 2e-3
+    text_min_fillers: int = 3  # flat task
     text_max_fillers: int = 24
+    text_min_items: int = 1  # bound task (1 item: retrieval by type alone, the easy case)
+    text_max_items: int = 4
     # align: the projector only
-    align_steps: int = 400
+    align_steps: int = 300
     align_batch: int = 64
     align_lr: float = 2e-3
     # llava: projector + language model
-    llava_steps: int = 1000
+    llava_steps: int = 900
     llava_batch: int = 64
     llava_lr: float = 1.5e-3
     tower_lr_scale: float = 0.0  # the pretrained tower moves slower in the llava stage (0: frozen)
+    lm_lr_scale: float = 0.5  # the language model's rate in the llava stage, relative to the projector's
+    text_replay_batch: int = 32  # text-task examples replayed beside every llava batch (0: none)
     llava_question_offset: int = 32  # seed offset of the llava stage's question types (organism-scratch: 2)
     question_probs: tuple = (0.5, 0.25, 0.25)  # object, color, position
     warmup: int = 100
@@ -101,27 +120,46 @@ class Recipe(LlavaArch):
             raise ValueError(f"unknown training stage(s) {bad}; stages are drawn from {STAGES}")
         if self.text_min_fillers < 0 or self.text_max_fillers < self.text_min_fillers:
             raise ValueError("need 0 <= text_min_fillers <= text_max_fillers")
+        if self.text_task not in texttasks.TASKS:
+            raise ValueError(f"unknown text task {self.text_task!r}; choose one of {texttasks.TASKS}")
+        self.scene_objects = tuple(self.scene_objects)
+        self.stages = tuple(self.stages)
+
+
+# the settings of the first default recipe that the new default changed
+FIRST_DEFAULT = {"scene_objects": (1, 1), "text_task": "flat", "text_steps": 300, "text_batch": 128, "text_lr": 1.5e-3,
+                 "align_steps": 400, "llava_steps": 1000, "lm_lr_scale": 1.0, "text_replay_batch": 0}
+
+
+def single_recipe(**overrides) -> Recipe:
+    """``organism-single``: the first default recipe, on single-object scenes with the flat text task
+    and the language model trained at the projector's rate."""
+    return Recipe(**{**FIRST_DEFAULT, **overrides})
 
 
 def scratch_recipe(**overrides) -> Recipe:
     """``organism-scratch``: the tower first, then the whole LLaVA at once, with no text pretraining.
     (Its committed checkpoint monitored training on the first 600 scenes of the final evaluation's
     seed; chapter 0 therefore also evaluates it on a fresh seed.)"""
-    return Recipe(**{"stages": ("vision", "llava"), "monitor_seed": 1000, "llava_steps": 850,
+    return Recipe(**{**FIRST_DEFAULT, "stages": ("vision", "llava"), "monitor_seed": 1000, "llava_steps": 850,
                      "llava_question_offset": 2, **overrides})
 
 
+SEED2 = 1
+
+
+def recipe_of(name: str, **overrides) -> Recipe:
+    """The committed recipe of organism ``name`` (``RECIPES``)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown organism recipe {name!r}; choose one of {sorted(RECIPES)}")
+    return RECIPES[name](**overrides)
+
+
+RECIPES = {"organism": Recipe, "organism-seed2": lambda **o: Recipe(**{"seed": SEED2, **o}),
+           "organism-single": single_recipe, "organism-scratch": scratch_recipe}
+
+
 # ------------------------------------------------------------------------------------ fast batches
-_MEAN = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
-_STD = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
-
-
-def to_pixels(images_u8: np.ndarray) -> torch.Tensor:
-    """``(B, H, W, 3) uint8`` -> normalised ``(B, 3, H, W) float32`` (what the processor computes)."""
-    x = torch.from_numpy(np.ascontiguousarray(images_u8)).permute(0, 3, 1, 2).float() / 255.0
-    return (x - _MEAN) / _STD
-
-
 class PromptCache:
     """Token ids of each question's prompt, built once with the real processor and chat template,
     so training batches skip the processor.  Checks the fast pixel path against the processor."""
@@ -190,13 +228,14 @@ def _labels(specs) -> np.ndarray:
 class SceneStream:
     """Endless, seeded batches of freshly rendered training scenes (Fashion-MNIST train split)."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, objects=(1, 1)):
         self.rng = np.random.default_rng(seed)
         self.n_items = len(data.load_fashion_mnist("train")[1])
+        self.objects = tuple(objects)
 
     def next(self, n: int):
         items = self.rng.integers(0, self.n_items, n)
-        specs = data.sample_specs("train", n, int(self.rng.integers(2**31)), items=items)
+        specs = data.sample_specs("train", n, int(self.rng.integers(2**31)), items=items, objects=self.objects)
         images, _ = data.render_many(specs)
         return images, _labels(specs)
 
@@ -240,64 +279,6 @@ def train_vision(model, recipe: Recipe, stream: SceneStream, probe_images, probe
     log["vision_minutes"] = round((time.perf_counter() - t0) / 60, 2)
 
 
-class TextRetrieval:
-    """Seeded batches of the text-only retrieval task (stage ``text``).
-
-    One example: ``<s> USER: w_1 ... w_n <question> ASSISTANT:`` where the context words are one
-    class word, one colour word and one position word among ``n - 3`` filler words (the
-    vocabulary's other plain words), shuffled, ``n - 3`` uniform in ``[min_fillers, max_fillers]``;
-    the target is the context word of the asked type.  Token ids are assembled from pieces the
-    tokenizer produced once (``check`` compares them with the tokenizer on real strings)."""
-
-    def __init__(self, tokenizer, seed: int, min_fillers: int = 3, max_fillers: int = 30,
-                 question_probs=(0.5, 0.25, 0.25)):
-        self.tok = tokenizer
-        self.rng = np.random.default_rng(seed)
-        self.min_fillers, self.max_fillers = min_fillers, max_fillers
-        self.question_probs = np.asarray(question_probs, float)
-        answers = set(sum(ANSWER_WORDS.values(), []))
-        vocab = tokenizer.get_vocab()
-        self.fillers = np.array(sorted(i for w, i in vocab.items() if w not in answers and w not in SPECIAL_TOKENS
-                                       and w not in ("USER", "ASSISTANT", ":")))
-        self.answer_ids = [np.array([vocab[w] for w in ANSWER_WORDS[q]]) for q in QUESTION_TYPES]
-        self.head = np.array(tokenizer("USER:")["input_ids"])  # <s> USER :
-        self.tails = [np.array(tokenizer(QUESTIONS[q] + " ASSISTANT:", add_special_tokens=False)["input_ids"])
-                      for q in QUESTION_TYPES]
-        self.pad_id = tokenizer.pad_token_id
-
-    def sample(self) -> tuple[np.ndarray, int, list[str]]:
-        """One example: ``(token ids, target id, context words)``."""
-        labels = [int(self.rng.integers(len(a))) for a in self.answer_ids]
-        n_fill = int(self.rng.integers(self.min_fillers, self.max_fillers + 1))
-        context = np.concatenate([[a[l] for a, l in zip(self.answer_ids, labels)],
-                                  self.rng.choice(self.fillers, n_fill)])
-        self.rng.shuffle(context)
-        q = int(self.rng.choice(len(QUESTION_TYPES), p=self.question_probs))
-        ids = np.concatenate([self.head, context, self.tails[q]])
-        return ids, int(self.answer_ids[q][labels[q]]), self.tok.convert_ids_to_tokens(context.tolist())
-
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Left-padded ``input_ids``, ``attention_mask``, ``position_ids`` ``(n, L)`` and targets ``(n,)``."""
-        rows, targets = zip(*[self.sample()[:2] for _ in range(n)])
-        L = max(len(r) for r in rows)
-        ids = np.full((n, L), self.pad_id, np.int64)
-        att = np.zeros((n, L), np.int64)
-        for i, r in enumerate(rows):
-            ids[i, L - len(r):] = r
-            att[i, L - len(r):] = 1
-        att = torch.from_numpy(att)
-        return torch.from_numpy(ids), att, (att.cumsum(1) - 1).clamp(min=0), torch.tensor(targets)
-
-    def check(self, n: int = 5) -> None:
-        """Raise if the assembled ids differ from the tokenizer's ids of the same text."""
-        for _ in range(n):
-            ids, _, words = self.sample()
-            q = next(i for i, t in enumerate(self.tails) if np.array_equal(ids[-len(t):], t))
-            text = "USER: " + " ".join(words) + "\n" + QUESTIONS[QUESTION_TYPES[q]] + " ASSISTANT:"
-            if self.tok(text)["input_ids"] != ids.tolist():
-                raise RuntimeError(f"text-task ids differ from the tokenizer's for {text!r}")
-
-
 def _optimizer(groups: list[dict], lr: float, recipe: Recipe):
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), weight_decay=recipe.weight_decay)
 
@@ -307,34 +288,39 @@ def _set_lr(opt, lr: float, step: int, total: int, recipe: Recipe) -> None:
         g["lr"] = lr * g.get("scale", 1.0) * _lr_factor(step, total, recipe.warmup)
 
 
+def text_monitor(recipe: Recipe, processor, n: int = 600):
+    """The fixed text-task batch that text accuracy is measured on after every stage."""
+    return texttasks.make(recipe.text_task, processor.tokenizer, recipe.seed + 4, recipe).batch(n)
+
+
+def text_loss(model, task, n: int, bf16: bool) -> torch.Tensor:
+    ids, att, pos, y, _ = task.batch(n)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=1).logits[:, -1]
+    return F.cross_entropy(logits.float(), y)
+
+
 def train_text(model, recipe: Recipe, processor, log: dict) -> None:
-    """Stage ``text``: the language model alone learns in-context retrieval (no image, no projector)."""
-    task = TextRetrieval(processor.tokenizer, recipe.seed + 3, recipe.text_min_fillers, recipe.text_max_fillers,
-                         recipe.question_probs)
+    """Stage ``text``: the language model alone learns the text task (no image, no projector)."""
+    task = texttasks.make(recipe.text_task, processor.tokenizer, recipe.seed + 3, recipe)
     task.check()
-    monitor = TextRetrieval(processor.tokenizer, recipe.seed + 4, recipe.text_min_fillers, recipe.text_max_fillers,
-                            recipe.question_probs).batch(512)
+    monitor = text_monitor(recipe, processor, 512)
     params = list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
     opt = _optimizer(params, recipe.text_lr, recipe)
     rows, t0 = log.setdefault("text_stage", []), time.perf_counter()
     model.train()
-    bar = tqdm(range(recipe.text_steps), desc="stage text: in-context retrieval", mininterval=5)
+    bar = tqdm(range(recipe.text_steps), desc=f"stage text: {recipe.text_task} retrieval", mininterval=5)
     for step in bar:
         _set_lr(opt, recipe.text_lr, step, recipe.text_steps, recipe)
-        ids, att, pos, y = task.batch(recipe.text_batch)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
-            logits = model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=1).logits[:, -1]
-        loss = F.cross_entropy(logits.float(), y)
+        loss = text_loss(model, task, recipe.text_batch, recipe.bf16)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if (step + 1) % recipe.eval_every == 0 or step + 1 == recipe.text_steps:
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
-                ids, att, pos, y = monitor
-                pred = model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=1).logits[:, -1]
+            acc = texttasks.accuracy(model, monitor, recipe.bf16)
             row = {"step": step + 1, "minutes": round((time.perf_counter() - t0) / 60, 2), "loss": round(loss.item(), 4),
-                   "retrieval": float((pred.argmax(-1) == y).float().mean())}
+                   "retrieval": acc["all"], **{f"retrieval_{k}": v for k, v in acc.items() if k != "all"}}
             rows.append(row)
             bar.set_postfix(loss=f"{loss.item():.3f}", retrieval=f"{row['retrieval']:.3f}")
             tqdm.write(f"[text] {row}")
@@ -342,10 +328,12 @@ def train_text(model, recipe: Recipe, processor, log: dict) -> None:
 
 
 def train_answers(model, recipe: Recipe, stage: str, stream: SceneStream, prompts: PromptCache, eval_images,
-                  eval_labels, log: dict) -> None:
+                  eval_labels, log: dict, replay=None) -> None:
     """Stage ``align`` (projector only) or ``llava`` (projector + language model): answer the three
     question types, loss on the one answer token.  The vision tower is frozen unless
-    ``tower_lr_scale > 0`` (``llava`` only)."""
+    ``tower_lr_scale > 0``; in ``llava`` the language model learns at ``lm_lr_scale`` of the
+    projector's rate, and ``replay`` (a text task) adds ``text_replay_batch`` text examples' loss
+    to every step."""
     projector = list(model.model.multi_modal_projector.parameters())
     lm = list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
     tower = list(model.model.vision_tower.parameters())
@@ -353,8 +341,8 @@ def train_answers(model, recipe: Recipe, stage: str, stream: SceneStream, prompt
         groups = [{"params": projector, "scale": 1.0}]
         steps, batch, lr = recipe.align_steps, recipe.align_batch, recipe.align_lr
     elif stage == "llava":
-        groups, steps, batch, lr = ([{"params": projector + lm, "scale": 1.0}], recipe.llava_steps, recipe.llava_batch,
-                                    recipe.llava_lr)
+        groups, steps, batch, lr = ([{"params": projector, "scale": 1.0}, {"params": lm, "scale": recipe.lm_lr_scale}],
+                                    recipe.llava_steps, recipe.llava_batch, recipe.llava_lr)
         if recipe.tower_lr_scale > 0:
             groups.append({"params": tower, "scale": recipe.tower_lr_scale})
     else:
@@ -373,6 +361,8 @@ def train_answers(model, recipe: Recipe, stage: str, stream: SceneStream, prompt
         qtypes = rng.choice(3, batch, p=list(recipe.question_probs)).tolist()
         targets = torch.stack([prompts.answer_ids[q][labels[i, q]] for i, q in enumerate(qtypes)])
         loss = F.cross_entropy(final_logits(model, prompts, images, qtypes, recipe.bf16), targets)
+        if replay is not None and stage == "llava" and recipe.text_replay_batch:
+            loss = loss + text_loss(model, replay, recipe.text_replay_batch, recipe.bf16)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
         opt.step()
@@ -403,19 +393,23 @@ def load_tower(model, source: str, log: dict) -> None:
     log["vision_inherited_from"] = {"model": source, "sha256": sha256(folder / "model.safetensors")}
 
 
-def train(out: Path, recipe: Recipe) -> dict:
-    """Train the organism by ``recipe.stages`` and save model, processor and ``training_log.json`` in ``out``."""
+def train(out: Path, recipe: Recipe, tower_dir: Path | None = None) -> dict:
+    """Train the organism by ``recipe.stages`` and save model, processor and ``training_log.json`` in
+    ``out`` (:mod:`headflow.models.organism_store`: float16, the vision tower in ``tower_dir``,
+    default ``<out>/../vision-tower``, shared with the other organisms)."""
 
     torch.manual_seed(recipe.seed)
     torch.set_num_threads(recipe.threads)
     t0 = time.perf_counter()
     processor = build_processor()
     model = build_model(processor, recipe)
-    monitor_specs = data.sample_specs("test", recipe.n_eval_during, seed=recipe.monitor_seed)
+    monitor_specs = data.sample_specs("test", recipe.n_eval_during, seed=recipe.monitor_seed, objects=recipe.scene_objects)
     monitor_images, _ = data.render_many(monitor_specs)
     monitor_labels = _labels(monitor_specs)
     prompts = PromptCache(processor, monitor_images[0])
-    stream = SceneStream(recipe.seed + 1)
+    stream = SceneStream(recipe.seed + 1, recipe.scene_objects)
+    text_check = text_monitor(recipe, processor)
+    replay = texttasks.make(recipe.text_task, processor.tokenizer, recipe.seed + 5, recipe)
     log = {"recipe": asdict(recipe), "n_parameters": sum(p.numel() for p in model.parameters()),
            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                         "python": platform.python_version()},
@@ -424,22 +418,30 @@ def train(out: Path, recipe: Recipe) -> dict:
                        "checkpoint_selected": False}}
     if "vision" not in recipe.stages:
         load_tower(model, recipe.tower_from, log)
+    after = log.setdefault("text_retrieval_after_stage", {"init": texttasks.accuracy(model, text_check)})
     for stage in recipe.stages:
         if stage == "vision":
             train_vision(model, recipe, stream, monitor_images, monitor_labels, log)
         elif stage == "text":
             train_text(model, recipe, processor, log)
         else:
-            train_answers(model, recipe, stage, stream, prompts, monitor_images, monitor_labels, log)
+            train_answers(model, recipe, stage, stream, prompts, monitor_images, monitor_labels, log, replay)
+        after[stage] = texttasks.accuracy(model, text_check)
+        tqdm.write(f"[text task after {stage}] {after[stage]}")
     model.eval()
-    eval_specs = data.sample_specs("test", recipe.n_eval_final, seed=recipe.eval_seed)
+    organism_store.round_trip(model)  # the committed checkpoint is float16: evaluate exactly that
+    after["stored"] = texttasks.accuracy(model, text_check)
+    eval_specs = data.sample_specs("test", recipe.n_eval_final, seed=recipe.eval_seed, objects=recipe.scene_objects)
     eval_images, _ = data.render_many(eval_specs)
     log["final"] = {"n_eval": recipe.n_eval_final, "split": "test", "seed": recipe.eval_seed,
                     **quick_accuracy(model, prompts, eval_images, _labels(eval_specs), bf16=False)}
     log["wall_minutes"] = round((time.perf_counter() - t0) / 60, 2)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    organism_store.save(model, processor, out, tower_dir if tower_dir is not None else out.parent / "vision-tower",
+                        replace_tower="vision" in recipe.stages)
+    shared = json.loads((out / organism_store.SHARED_FILE).read_text())
+    log["stored"] = {"dtype": shared["dtype"], "vision_tower": shared["vision_tower"],
+                     "final_evaluated_after_rounding": True}
     (out / "training_log.json").write_text(json.dumps(log, indent=1))
     print(json.dumps(log["final"]), f"wall {log['wall_minutes']} min")
     return log
@@ -476,7 +478,7 @@ def accuracy_table(runs: dict):
     rows = []
     for name, sets in runs.items():
         for set_name, res in sets.items():
-            row = {"organism": name, "set": f"{set_name} ({res['seed']}, n={res['n_eval']})"}
+            row = {"organism": name, "set": f"{set_name} (seed {res['seed']}, n={res['n_eval']})"}
             for q in QUESTION_TYPES:
                 lo, hi = res["ci"][q]
                 row[q] = f"{res['accuracy'][q]:.1%} [{lo:.1%}, {hi:.1%}]"
@@ -484,48 +486,57 @@ def accuracy_table(runs: dict):
     return pd.DataFrame(rows).set_index(["organism", "set"])
 
 
-def accuracy_summary(runs: dict, logs: dict, default: str) -> dict:
-    """``book/results/organism.json``: the default organism's held-out accuracy (``accuracy``, on the
-    training log's held-out seed; ``accuracy_fresh`` on the fresh seed), its recipe, and per organism
-    both sets with intervals."""
+RECIPE_KEYS = ("seed", "stages", "tower_from", "scene_objects", "text_task", "text_steps", "align_steps", "llava_steps",
+               "llava_lr", "lm_lr_scale", "text_replay_batch")
+
+
+def recipe_summary(log: dict) -> dict:
+    """The recipe's defining settings from a training log (older logs: the values they ran with)."""
+    r = log.get("recipe", {})
+    defaults = {"stages": ["vision", "llava"], "scene_objects": [1, 1], "text_task": "flat", "lm_lr_scale": 1.0,
+                "text_replay_batch": 0}
+    return {k: r.get(k, defaults.get(k)) for k in RECIPE_KEYS}
+
+
+def accuracy_summary(runs: dict, logs: dict, default: str, common: str) -> dict:
+    """``book/results/organism.json``: per organism the held-out accuracy on the ``common`` set
+    (``accuracy``, ``accuracy_ci``, ``n_eval``), its recipe, and every set it was evaluated on."""
     def compact(res):
-        return {k: res[k] for k in ("accuracy", "ci", "n_eval", "seed", "split")}
+        return {k: res[k] for k in ("accuracy", "ci", "n_eval", "seed", "split", "objects")}
 
     by = {}
     for name, sets in runs.items():
         log = logs.get(name, {})
-        obj = sets["fresh seed"]
+        obj = sets[common]
         per_class = {c: float(obj["correct"]["object"][obj["labels"]["object"] == i].mean())
                      for i, c in enumerate(data.CLASSES)}
-        by[name] = {"log_seed": compact(sets["log seed"]), "fresh_seed": compact(sets["fresh seed"]),
-                    "per_class_object_fresh": per_class,
-                    "recipe": list(log.get("recipe", {}).get("stages", ("vision", "llava"))),
-                    "wall_minutes": log.get("wall_minutes"), "training_log_final": log.get("final"),
-                    "monitor": log.get("monitor")}
-    d = by[default]
-    return {"model": default, "accuracy": d["log_seed"]["accuracy"], "accuracy_ci": d["log_seed"]["ci"],
-            "accuracy_fresh": d["fresh_seed"]["accuracy"], "n_eval": d["log_seed"]["n_eval"],
-            "eval_seed": d["log_seed"]["seed"], "split": "test", "recipe": d["recipe"], "by_organism": by}
+        by[name] = {"sets": {s: compact(r) for s, r in sets.items()}, "per_class_object": per_class,
+                    "recipe": recipe_summary(log), "wall_minutes": log.get("wall_minutes"),
+                    "training_log_final": log.get("final"), "monitor": log.get("monitor")}
+    return {"model": default, "common_set": common, "split": "test",
+            "accuracy": {n: b["sets"][common]["accuracy"] for n, b in by.items()},
+            "accuracy_ci": {n: b["sets"][common]["ci"] for n, b in by.items()},
+            "n_eval": {n: b["sets"][common]["n_eval"] for n, b in by.items()},
+            "eval_seed": by[default]["sets"][common]["seed"],
+            "recipe": {n: b["recipe"] for n, b in by.items()}, "by_organism": by}
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Train the model organism (the default: about 45 min on 2 cores "
                                              "from the committed vision tower).")
-    ap.add_argument("--out", type=Path, default=Path("data/models/organism"))
-    ap.add_argument("--scratch", action="store_true",
-                    help="the organism-scratch recipe: vision tower, then the whole LLaVA, no text pretraining")
-    ap.add_argument("--train-tower", action="store_true",
-                    help="train the vision tower too (stage 'vision' first) instead of taking it from --tower-from")
+    ap.add_argument("--recipe", default="organism", choices=sorted(RECIPES),
+                    help="which committed recipe (organism-scratch: vision tower, then the whole LLaVA, no text "
+                         "pretraining; organism-single: single-object scenes, flat text task)")
+    ap.add_argument("--out", type=Path, default=None, help="default: data/models/<recipe>")
     ap.add_argument("--tower-from", default=Recipe.tower_from)
     for f in Recipe.__dataclass_fields__.values():  # every int/float field of the recipe is an option
         if type(f.default) in (int, float):
             ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None)
     args = vars(ap.parse_args(argv))
-    out, scratch, train_tower = args.pop("out"), args.pop("scratch"), args.pop("train_tower")
+    name, out = args.pop("recipe"), args.pop("out")
     overrides = {k: v for k, v in args.items() if v is not None}
-    recipe = scratch_recipe(**overrides) if scratch else Recipe(**overrides)
-    if train_tower and "vision" not in recipe.stages:
-        recipe.stages = ("vision",) + tuple(recipe.stages)
+    recipe = recipe_of(name, **overrides)
+    out = out or Path("data/models") / name
     train(out, recipe)
 
 
