@@ -26,15 +26,18 @@ def test_render_needs_the_markers():
         index.render("# no markers here", BOOK)
 
 
-def test_where_heads_rule_covers_every_cutoff():
-    def res(late):
-        by_cut = {str(c): {"late_share": v} for c, v in late.items()}
-        return {"model": "m", "by_organism": {"m": {"by_cutoff": by_cut, "late_from_layer": 4,
-                                                      "share_per_layer": [0.1] * 8}}}
-    assert verdicts.where_heads_status(res({0.05: 0.7, 0.1: 0.6}))["verdict"] == verdicts.REPRODUCED
-    assert verdicts.where_heads_status(res({0.05: 0.7, 0.1: 0.3}))["verdict"] == verdicts.PARTLY
-    assert verdicts.where_heads_status(res({0.05: 0.45, 0.1: 0.4}))["verdict"] == verdicts.PARTLY
-    assert verdicts.where_heads_status(res({0.05: 0.2, 0.1: 0.5}))["verdict"] == verdicts.NOT
+def test_where_heads_rule_is_against_uniform_placement():
+    def d(value, hi):
+        return {"first_third_share": {"value": value, "ci": [value - 0.05, hi], "uniform": 0.375, "layers": 3},
+                "mean_relative_depth": {"value": 0.5, "ci": [0.45, 0.55]}}
+
+    def res(obj, col):
+        return {"model": "m", "question": "object", "by_organism": {"m": {"object": d(*obj), "color": d(*col)}}}
+    assert verdicts.where_heads_status(res((0.2, 0.37), (0.9, 0.95)))["verdict"] == verdicts.REPRODUCED
+    # the upper end, not the point estimate, must clear uniform
+    assert verdicts.where_heads_status(res((0.3, 0.38), (0.9, 0.95)))["verdict"] == verdicts.PARTLY
+    assert verdicts.where_heads_status(res((0.5, 0.6), (0.2, 0.3)))["verdict"] == verdicts.PARTLY
+    assert verdicts.where_heads_status(res((0.5, 0.6), (0.9, 0.95)))["verdict"] == verdicts.NOT
 
 
 def test_faithfulness_rule_uses_the_paired_intervals():

@@ -36,13 +36,26 @@ def test_notebook_runs_and_records_provenance(executed, name):
 
 def test_chapter_results(executed):
     org = json.loads((executed / "results" / "organism.json").read_text())
-    assert org["n_eval"] == 150 and set(org["accuracy"]) == {"object", "color", "position"}
-    assert set(org["by_organism"]) == {"organism", "organism-scratch"} and org["recipe"] == ["text", "align", "llava"]
+    names = {"organism", "organism-single", "organism-scratch"}  # organism-seed2 joins when committed
+    assert org["n_eval"]["organism"] == 150 and set(org["accuracy"]) == names
+    assert all(set(a) == {"object", "color", "position"} for a in org["accuracy"].values())
+    assert org["recipe"]["organism"]["stages"] == ["text", "align", "llava"]
+    assert set(org["pooled_probe_accuracy"]["accuracy"]) == {"object", "color", "position"}
+    assert set(org["counterfactual_follows_main"]) == names
+    assert "text" in org["text_retrieval_after_stage"] and "kept" in org["text_retrieval_after_stage"]
+    assert org["status"]["checks"]
     where = json.loads((executed / "results" / "where_heads.json").read_text())
-    assert set(where["by_organism"]) == {"organism", "organism-scratch"}
-    for r in where["by_organism"].values():
-        assert abs(sum(r["share_per_layer"]) - 1) < 1e-6 and sum(r["top10_layers"]) == 6
-        assert set(r["by_cutoff"]) == {"0.05", "0.1", "0.2", "0.3"} and len(r["probe_by_layer"]["final"]) == 9
+    assert set(where["by_organism"]) == names and set(where["own_set"]) == {"organism-single"}
+    for per_q in where["by_organism"].values():
+        assert set(per_q) == {"object", "color", "position"}
+        for q, r in per_q.items():
+            assert abs(sum(r["share_per_layer"]) - 1) < 1e-6 and sum(r["top10_layers"]) == 6
+            assert set(r["by_cutoff"]) == {"0.05", "0.1", "0.2", "0.3"}
+            f = r["first_third_share"]
+            assert f["uniform"] == 0.375 and f["ci"][0] <= f["ci"][1] and set(r["mean_relative_depth"]) == {"value", "ci"}
+            assert ("probe_by_layer" in r) == (q == "object")
+    assert len(where["by_organism"]["organism"]["object"]["probe_by_layer"]["final"]) == 9
+    assert where["comparisons"] and all({"difference", "ci"} <= set(c) for c in where["comparisons"].values())
     assert where["status"]["verdict"] in ("reproduced", "partly", "not reproduced")
     task = json.loads((executed / "results" / "task.json").read_text())
     assert task["group_sizes"]["image"] == 64 and task["n_images"] == 60

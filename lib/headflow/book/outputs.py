@@ -12,6 +12,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from IPython.display import Markdown, display
 
 from headflow.util.paths import REPO_ROOT
 
@@ -48,14 +49,23 @@ def save_json(name: str, obj) -> Path:
     return path
 
 
+def figure_link(path: Path) -> str:
+    """Where the saved figure ``path`` is, as seen from the notebook showing it: relative to the
+    book folder for an executed chapter (the runner sets ``HEADFLOW_BOOK_DIR``; the executed notebook
+    lives there), else relative to the working directory (a notebook opened by hand)."""
+    start = book_dir() if "HEADFLOW_BOOK_DIR" in os.environ else Path.cwd()
+    return Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
+
+
 def save_figure(fig, name: str, show: bool = True) -> Path:
-    """Save ``fig`` as ``<book>/figures/<name>.png`` and show it inline."""
+    """Save ``fig`` as ``<book>/figures/<name>.png`` and show it inline: as a Markdown image that
+    links the saved file (:func:`figure_link`), so the executed notebook does not hold a second copy
+    of every figure (the book's HTML build copies the file once)."""
 
     path = book_dir() / "figures" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
     if show:
-        plt.show()
-    else:
-        plt.close(fig)
+        display(Markdown(f"![{name}]({figure_link(path)})"))
     return path

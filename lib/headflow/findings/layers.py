@@ -13,6 +13,11 @@ Attribution maps are ``(n_layers, n_heads)``.  The rules, stated once:
   unless nothing carries flow, which is an error).
 - **Top heads at cut-off c**: the ``round(c * n_heads_total)`` (at least 1) heads of largest
   class-equal mean normalised attribution.
+- **Relative depth** of layer l of L: ``(l + 0.5) / L``.  **First-third share**: the layer shares
+  summed over layers of relative depth below 1/3 (layers 0-2 of 8); under a **uniform**
+  placement it is the share of layers that lie there (3 of 8 = 0.375).  **Mean relative depth**:
+  the layer shares' weighted mean of relative depth.  **Negative share**: the negative part of
+  the map as a share of its absolute mass, ``sum max(-a, 0) / sum |a|`` (reported, not used).
 - Uncertainty: bootstrap over images, resampled within each class, recomputing exactly the
   reported statistic (class-equal mean, then share or count).
 """
@@ -35,6 +40,7 @@ from headflow.mechanism import tokens
 from headflow.mechanism.evaluate import wilson_interval
 from headflow.method import experiment
 from headflow.method.stats import class_equal_mean
+from headflow.method import study as studies
 from headflow.method.study import pick_per_class
 from headflow.models.families import visible_region
 
@@ -77,6 +83,24 @@ def per_class_shares(maps: dict, classes: dict) -> dict:
 
 def n_top(share: float, n_total: int) -> int:
     return max(1, int(round(share * n_total)))
+
+
+def relative_depth(n_layers: int) -> np.ndarray:
+    """``(n_layers,)``: ``(l + 0.5) / L``."""
+    return (np.arange(n_layers) + 0.5) / n_layers
+
+
+def first_third(n_layers: int) -> np.ndarray:
+    """``(n_layers,)`` bool: the layers whose relative depth is below 1/3."""
+    return relative_depth(n_layers) < 1 / 3
+
+
+def depth_stats(m: np.ndarray) -> tuple[float, float, float]:
+    """``(first-third share, mean relative depth, negative share)`` of one map (see the module rules)."""
+    share = layer_share(m)
+    a = np.asarray(m, float)
+    neg = float(np.clip(-a, 0, None).sum() / np.abs(a).sum()) if np.abs(a).sum() > 0 else 0.0
+    return float(share[first_third(len(share))].sum()), float(share @ relative_depth(len(share))), neg
 
 
 def top_per_layer(m: np.ndarray, share: float) -> np.ndarray:
@@ -137,7 +161,13 @@ def summarise(maps: dict, classes: dict, cutoffs: Sequence[float], n_boot: int, 
             "n_top": int(counts.sum()), "per_layer": counts, "late_share": late, "late_share_ci": ci(b[:, 0]),
             "layer0_share": zero, "layer0_share_ci": ci(b[:, 1]), "mean_layer": mean_layer,
             "mean_layer_ci": ci(b[:, 2])}
-    out["boot_draws"] = {"layer0_attribution_share": shares[:, 0],
+    depth = np.array([depth_stats(b) for b in boots])
+    first, mean_depth, negative = depth_stats(m)
+    out.update(first_third_share=first, first_third_share_ci=ci(depth[:, 0]),
+               first_third_uniform=float(first_third(n_layers).mean()), first_third_layers=int(first_third(n_layers).sum()),
+               mean_relative_depth=mean_depth, mean_relative_depth_ci=ci(depth[:, 1]), negative_share=negative)
+    out["boot_draws"] = {"layer0_attribution_share": shares[:, 0], "first_third_share": depth[:, 0],
+                         "mean_relative_depth": depth[:, 1],
                          **{f"mean_layer_top{c}": d[:, 2] for c, d in draws.items()}}
     return out
 
@@ -230,15 +260,17 @@ def probes_by_layer(states: dict, labels: np.ndarray, folds: int = 5, seed: int 
 
 # ------------------------------------------------------------------------------------ one model, end to end
 def analyse(st, fits: dict, runs: dict, cutoffs: Sequence[float], n_boot: int, seed: int,
-            n_probe_per_class: int = 0, folds: int = 5) -> dict:
+            n_probe_per_class: int = 0, folds: int = 5, probes: bool = True) -> dict:
     """Chapter 5's analyses of one study: :func:`summarise` of the normalised attribution of its
-    images, plus class probes by layer on ``n_probe_per_class`` images of each class of the set
-    (0: all), answered correctly or not (decodability does not need a correct answer)."""
+    images, plus (if ``probes``) class probes by layer on ``n_probe_per_class`` images of each
+    class of the set (0: all), answered correctly or not (decodability does not need a correct answer)."""
 
     maps, left_out = normalised_attribution(fits, runs, st.n_layers, st.n_heads)
     classes = {t.key: t.class_name for t in st.tasks}
     out = summarise(maps, classes, cutoffs, n_boot, seed)
     out["left_out_non_positive_effect"] = left_out
+    if not probes:
+        return out
     view = lambda h, w: visible_region(st.model, st.processor, h, w)  # noqa: E731 - what the processor keeps
     examples = pick_per_class(coco.load_set(sets.resolve(st.meta["image_set"]),
                                              size=tuple(st.meta.get("image_size") or ()) or None, view=view),
@@ -249,6 +281,65 @@ def analyse(st, fits: dict, runs: dict, cutoffs: Sequence[float], n_boot: int, s
     labels = np.array([st.words.index(e.class_name) for e in examples])
     out["probe_by_layer"] = probes_by_layer(residual_states(st.model, tasks, pos), labels, folds, seed)
     return out
+
+
+def study_layers(model: str, image_set: str, question: str, per_class: int, n_masks: int, *, n_reference: int,
+                 baseline: str, target: str, seed: int, ablation_rate: float, regression: str, cutoffs, n_boot: int,
+                 n_probe_per_class: int = 0, probes: bool = True, image_size=(), keep: str = "correct",
+                 masks_per_head: float = 0, device=None, dtype=None) -> tuple[dict, object]:
+    """One model, image set and question through chapter 5: set-up (correct answers of
+    ``per_class`` images per class), attribution runs, fits and :func:`analyse` (probes only if
+    ``probes``).  Returns ``(result, study)``; the result also holds ``fits``, ``runs`` and the counts
+    ``n_chosen`` (images asked) and ``n_correct`` (analysed)."""
+    st = studies.setup(model, image_set, question, per_class=per_class, n_reference=n_reference, baseline=baseline,
+                       target=target, image_size=image_size, keep=keep, device=device, dtype=dtype)
+    runs = studies.attribution_runs(st, studies.masks_for(st, n_masks, masks_per_head), ablation_rate, seed)
+    fits = studies.fits(runs, regression)
+    res = analyse(st, fits, runs, cutoffs, n_boot, seed, n_probe_per_class, probes=probes)
+    n_used = int(len(next(iter(runs.values()))["y"]))
+    res.update(fits=fits, runs=runs, n_chosen=st.n_images, n_correct=len(st.tasks), n_masks=n_used,
+               model=model, image_set=image_set, question=question)
+    return res, st
+
+
+def mid_to_late(r: dict) -> bool:
+    """Chapter 5's rule: the first third of depth holds less of the positive attribution than a
+    uniform placement would put there, by the upper end of its 95% bootstrap interval."""
+    return bool(r["first_third_share_ci"][1] < r["first_third_uniform"])
+
+
+def compare(results: dict, a: tuple, b: tuple, seed_pair: tuple | None, stat: str = "first_third_share") -> dict:
+    """``a - b`` of ``stat`` (two keys of ``results``) with its 95% interval (:func:`contrast`), and
+    the seed difference ``seed_pair`` (the default's two seeds) on the same statistic.  The
+    difference *counts* when its interval excludes 0 and the interval's end nearest 0 lies
+    farther from 0 than the seed difference."""
+    d = contrast(results[a], results[b], stat)
+    out = {"a": list(a), "b": list(b), **d}
+    if seed_pair is not None:
+        s = contrast(results[seed_pair[0]], results[seed_pair[1]], stat)
+        near = min(abs(d["ci"][0]), abs(d["ci"][1]))
+        out["seed_difference"] = s["difference"]
+        out["seed_ci"] = s["ci"]
+        out["counts"] = bool(d["excludes_zero"] and near > abs(s["difference"]))
+    return out
+
+
+def depth_table(results: dict):
+    """A DataFrame: per (model, image set, question) the images analysed, the first-third share
+    [95% CI] against uniform, the mean relative depth [CI], the negative share and the top-10% per layer."""
+    rows = []
+    for (m, s, q), r in results.items():
+        lo, hi = r["first_third_share_ci"]
+        dlo, dhi = r["mean_relative_depth_ci"]
+        top10 = r["by_cutoff"].get("0.1")
+        rows.append({"model": m, "image set": s, "question": q,
+                     "images (correct / asked)": f"{r['n_correct']} / {r['n_chosen']}",
+                     "first third [95% CI]": f"{r['first_third_share']:.2f} [{lo:.2f}, {hi:.2f}]",
+                     "uniform": f"{r['first_third_uniform']:.3f}", "mid-to-late": mid_to_late(r),
+                     "mean relative depth [95% CI]": f"{r['mean_relative_depth']:.2f} [{dlo:.2f}, {dhi:.2f}]",
+                     "negative share": f"{r['negative_share']:.2f}",
+                     "top 10% per layer": "" if top10 is None else str([int(x) for x in top10["per_layer"]])})
+    return pd.DataFrame(rows).set_index(["model", "image set", "question"])
 
 
 # ------------------------------------------------------------------------------------ tables and results
@@ -268,28 +359,40 @@ def cutoff_table(results: dict):
     return pd.DataFrame(rows).set_index(["model", "top heads"])
 
 
-def results_json(results: dict, default: str, contrast_model: str, contrast: dict, proxies: dict) -> dict:
-    """``book/results/where_heads.json``: the default model's numbers at the top level, every
-    model under ``by_organism``, the contrast, and the attention-weight comparison."""
-    def one(r):
-        top10 = r["by_cutoff"].get("0.1")
-        m = np.asarray(r["class_mean_map"])
-        order = np.argsort(-m.ravel(), kind="stable")
-        return {"n_images": r["n_images"], "n_boot": r["n_boot"], "late_from_layer": r["late_from_layer"],
-                "left_out_non_positive_effect": r["left_out_non_positive_effect"],
-                "share_per_layer": r["share_per_layer"], "share_per_layer_ci": r["share_per_layer_ci"],
-                "top10_layers": None if top10 is None else top10["per_layer"],
-                "top10_heads": [] if top10 is None else [[int(h // m.shape[1]), int(h % m.shape[1])]
-                                                          for h in order[:top10["n_top"]]],
-                "by_cutoff": r["by_cutoff"], "probe_by_layer": r["probe_by_layer"], "class_mean_map": m,
-                "per_class_share": r["per_class_share"]}
+def _one(r: dict) -> dict:
+    top10 = r["by_cutoff"].get("0.1")
+    m = np.asarray(r["class_mean_map"])
+    order = np.argsort(-m.ravel(), kind="stable")
+    out = {k: r[k] for k in ("n_images", "n_boot", "late_from_layer", "left_out_non_positive_effect", "share_per_layer",
+                             "share_per_layer_ci", "by_cutoff", "per_class_share", "first_third_share",
+                             "first_third_share_ci", "first_third_uniform", "first_third_layers", "mean_relative_depth",
+                             "mean_relative_depth_ci", "negative_share", "n_chosen", "n_correct", "n_masks")}
+    out.update(class_mean_map=m, mid_to_late=mid_to_late(r),
+               top10_layers=None if top10 is None else top10["per_layer"],
+               top10_heads=[] if top10 is None else [[int(h // m.shape[1]), int(h % m.shape[1])]
+                                                    for h in order[:top10["n_top"]]])
+    out["first_third_share"] = {"value": r["first_third_share"], "ci": r["first_third_share_ci"],
+                                "uniform": r["first_third_uniform"], "layers": r["first_third_layers"]}
+    out["mean_relative_depth"] = {"value": r["mean_relative_depth"], "ci": r["mean_relative_depth_ci"]}
+    if "probe_by_layer" in r:
+        out["probe_by_layer"] = r["probe_by_layer"]
+    return out
 
-    by = {name: one(r) for name, r in results.items()}
-    d = by[default]
-    return {"model": default, "share_per_layer": d["share_per_layer"], "top10_layers": d["top10_layers"],
-            "top_heads": d["top10_heads"], "by_cutoff": d["by_cutoff"], "probe_by_layer": d["probe_by_layer"],
-            "by_organism": by, "contrast_model": contrast_model, "contrast": contrast,
-            "attention_proxies": proxies}
+
+def results_json(results: dict, default: str, image_set: str, questions, seed_model: str, comparisons: dict,
+                 proxies: dict) -> dict:
+    """``book/results/where_heads.json``: ``by_organism.<model>.<question>`` on the common image set
+    (and ``own_set.<model>.<question>`` for a model's other set), the default's object question at the
+    top level, the comparisons and the attention-weight comparison."""
+    by, own = {}, {}
+    for (m, s, q), r in results.items():
+        (by if s == image_set else own).setdefault(m, {})[q] = {**_one(r), "image_set": s}
+    d = by[default][questions[0]]
+    return {"model": default, "question": questions[0], "image_set": image_set, "questions": list(questions),
+            "seed_model": seed_model, "share_per_layer": d["share_per_layer"], "top10_layers": d["top10_layers"],
+            "top_heads": d["top10_heads"], "by_cutoff": d["by_cutoff"], "probe_by_layer": d.get("probe_by_layer"),
+            "first_third_share": d["first_third_share"], "mean_relative_depth": d["mean_relative_depth"],
+            "by_organism": by, "own_set": own, "comparisons": comparisons, "attention_proxies": proxies}
 
 
 def probe_table(results: dict):
@@ -304,3 +407,10 @@ def probe_table(results: dict):
                 "chance": p["chance"]}
 
     return pd.DataFrame({m: row(r["probe_by_layer"]) for m, r in results.items()})
+
+
+def comparison_table(comparisons: dict):
+    """A DataFrame of :func:`compare` results: the difference [95% CI], the seed difference, whether it counts."""
+    return pd.DataFrame({k: {"difference": f"{v['difference']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]",
+                             "seed difference": f"{v['seed_difference']:+.3f}" if "seed_difference" in v else "",
+                             "counts": v.get("counts", "")} for k, v in comparisons.items()}).T

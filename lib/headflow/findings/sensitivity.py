@@ -280,15 +280,16 @@ def limits(results_dir) -> list[str]:
                    f"{r['task']['group_sizes']['image']} image tokens (LLaVA-1.5-7B: 1,024 heads, 576 image tokens). "
                    "Redundancy, and how many heads a faithful set needs, may grow with both.")
     if "organism" in r:
-        acc = r["organism"]["accuracy"]
+        acc = r["organism"]["accuracy"][r["organism"]["model"]]
         out.append(f"A weak reader: the organism answers the object question correctly for {acc['object']:.0%} of "
                    "held-out scenes; every chapter analyses correctly answered images only, so what it says is about "
                    "images the model can read.")
-    if "where_heads" in r and r["where_heads"].get("contrast"):
-        c = r["where_heads"]["contrast"]["layer0_attribution_share"]
-        out.append(f"Where the heads sit is inherited from training: layer 0's share of attribution differs by "
-                   f"{c['difference']:+.2f} between the two organisms (chapter 5), so layer positions found here do "
-                   "not transfer to real models; only the methods do.")
+    cmp = r.get("where_heads", {}).get("comparisons", {})
+    if cmp:
+        label, c = next(iter(cmp.items()))
+        out.append(f"Where the heads sit is inherited from training: the first-third share of attribution differs by "
+                   f"{c['difference']:+.2f} for {label} (chapter 5), so layer positions found here do not transfer to "
+                   "real models; only the methods do.")
     if "sensitivity" in r:
         s = r["sensitivity"]
         low = [f"{k} ({v['value']:.2f})" for k, v in s["topk_overlap"].items() if k != "reference" and v["ci"][0] < 0.5]

@@ -158,3 +158,29 @@ def accuracy(model, batch, autocast: bool = False) -> dict[str, float]:
     out = {name: float(ok[q.numpy() == i].mean()) for i, name in enumerate(QUESTION_TYPES) if (q.numpy() == i).any()}
     out["all"] = float(ok.mean())
     return out
+
+
+@torch.inference_mode()
+def accuracy_by_items(model, task: BoundRetrieval, n: int = 200) -> dict[int, dict]:
+    """Bound task: accuracy on ``n`` fresh examples per item count k (1..``task.max_items``), beside
+    the *type-guess* level 1/k (naming a random context word of the asked type, no binding):
+    ``{k: {"accuracy", "n", "type_guess"}}``.  Binding is learned where accuracy at k >= 2 clears 1/k."""
+    was = model.training
+    model.eval()
+    out = {}
+    for k in range(1, task.max_items + 1):
+        rows = [task.sample(k) for _ in range(n)]
+        L = max(len(r[0]) for r in rows)
+        ids = torch.full((n, L), task.pad_id, dtype=torch.long, device="cpu")
+        att = torch.zeros((n, L), dtype=torch.long, device="cpu")
+        for i, r in enumerate(rows):
+            ids[i, L - len(r[0]):] = torch.as_tensor(r[0])
+            att[i, L - len(r[0]):] = 1
+        pos = (att.cumsum(1) - 1).clamp(min=0)
+        dev = model.device
+        pred = model(input_ids=ids.to(dev), attention_mask=att.to(dev), position_ids=pos.to(dev),
+                     logits_to_keep=1).logits[:, -1].argmax(-1).cpu()
+        ok = (pred == torch.tensor([r[1] for r in rows])).float()
+        out[k] = {"accuracy": float(ok.mean()), "n": n, "type_guess": 1.0 / k}
+    model.train(was)
+    return out

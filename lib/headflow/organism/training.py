@@ -490,12 +490,28 @@ RECIPE_KEYS = ("seed", "stages", "tower_from", "scene_objects", "text_task", "te
                "llava_lr", "lm_lr_scale", "text_replay_batch")
 
 
+# what the logs written before these recipe fields existed ran with
+_BEFORE = {"stages": ("vision", "llava"), "scene_objects": (1, 1), "text_task": "flat", "lm_lr_scale": 1.0,
+           "text_replay_batch": 0}
+
+
+def recipe_from_log(log: dict) -> Recipe:
+    """The :class:`Recipe` a training log ran with (fields it predates take the values it ran with)."""
+    r = log.get("recipe", {})
+    fields = Recipe.__dataclass_fields__
+    return Recipe(**{**{k: v for k, v in _BEFORE.items() if k not in r}, **{k: v for k, v in r.items() if k in fields}})
+
+
 def recipe_summary(log: dict) -> dict:
     """The recipe's defining settings from a training log (older logs: the values they ran with)."""
-    r = log.get("recipe", {})
-    defaults = {"stages": ["vision", "llava"], "scene_objects": [1, 1], "text_task": "flat", "lm_lr_scale": 1.0,
-                "text_replay_batch": 0}
-    return {k: r.get(k, defaults.get(k)) for k in RECIPE_KEYS}
+    r = recipe_from_log(log)
+    unused = {"text_steps": "text", "text_task": "text", "text_replay_batch": "text", "align_steps": "align",
+              "llava_steps": "llava", "llava_lr": "llava", "lm_lr_scale": "llava"}
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(r, k)) for k in RECIPE_KEYS)}
+    out = {k: (None if k in unused and unused[k] not in r.stages else v) for k, v in out.items()}
+    if "vision" in r.stages:
+        out["tower_from"] = None  # it trains its own
+    return out
 
 
 def accuracy_summary(runs: dict, logs: dict, default: str, common: str) -> dict:

@@ -14,12 +14,20 @@ from headflow.book.figures.faithfulness import heldout_curves
 from headflow.book.figures.flow import group_effects_bars, knockout_accuracy, knockout_curves, share_vs_area, token_maps
 from headflow.book.figures.layers import (
     class_layer_shares,
+    depth_by_organism,
     layer_shares,
     probe_curves,
     proxies_vs_attribution,
     top_layers_by_cutoff,
 )
-from headflow.book.figures.organism import accuracy_bars, accuracy_comparison, confusion, scene_grid, training_curves
+from headflow.book.figures.organism import (
+    accuracy_bars,
+    accuracy_comparison,
+    confusion,
+    scene_grid,
+    text_retrieval_layers,
+    training_curves,
+)
 from headflow.book.figures.semantics import permutation_null, probes_and_embedding, similarity_distributions, transfer_bars
 from headflow.book.figures.sensitivity import interaction_plots, sensitivity_overlaps
 from headflow.book.figures.style import head_map, metric_curves
@@ -27,9 +35,11 @@ from headflow.book.figures.tokens import logit_hist, patch_overlay, token_strip
 
 __all__ = [
     "head_map", "metric_curves", "accuracy_bars", "accuracy_comparison", "confusion", "scene_grid",
-    "training_curves", "logit_hist", "patch_overlay", "token_strip", "class_head_maps", "fit_quality",
+    "text_retrieval_layers", "training_curves", "logit_hist", "patch_overlay", "token_strip", "class_head_maps",
+    "fit_quality",
     "fit_scatter", "redundancy_curve", "redundancy_maps", "single_vs_all", "heldout_curves",
-    "class_layer_shares", "layer_shares", "probe_curves", "proxies_vs_attribution", "top_layers_by_cutoff",
+    "class_layer_shares", "depth_by_organism", "layer_shares", "probe_curves", "proxies_vs_attribution",
+    "top_layers_by_cutoff",
     "permutation_null", "probes_and_embedding", "similarity_distributions", "transfer_bars",
     "group_effects_bars", "knockout_accuracy", "knockout_curves", "share_vs_area", "token_maps",
     "interaction_plots", "sensitivity_overlaps", "performance_bars", "planted_precision", "masks_needed",

@@ -91,3 +91,27 @@ def class_layer_shares(results: dict):
         ax.set(xlabel="layer", title=name)
     fig.tight_layout()
     return fig
+
+
+def depth_by_organism(results: dict, questions, uniform: float):
+    """Per question, each (model, image set)'s first-third share of the positive attribution with its
+    95% interval against the uniform placement (dashed), and its mean relative depth with interval
+    (``results``: ``(model, image set, question) -> summarise output``)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.9 + 0.42 * len(results)), sharey=True)
+    labels = [f"{m} / {q}" + ("" if s == "fashionscenes/eval" else f" ({s})") for (m, s, q) in results]
+    y = np.arange(len(results))[::-1]
+    colours = {q: f"C{i}" for i, q in enumerate(questions)}
+    for ax, stat, title in ((axes[0], "first_third_share", "share of attribution in the first third of depth"),
+                            (axes[1], "mean_relative_depth", "mean relative depth (l + 0.5) / L")):
+        for yi, ((m, s, q), r) in zip(y, results.items()):
+            lo, hi = r[stat + "_ci"]
+            ax.plot([lo, hi], [yi, yi], color=colours.get(q, "k"), lw=2)
+            ax.plot(r[stat], yi, "o", color=colours.get(q, "k"))
+        ax.axvline(uniform if stat == "first_third_share" else 0.5, color="k", ls="--", lw=1,
+                   label="uniform placement")
+        ax.set(title=title, xlim=(0, 1))
+        ax.legend(loc="lower right")
+    axes[0].set_yticks(y)
+    axes[0].set_yticklabels(labels)
+    fig.tight_layout()
+    return fig

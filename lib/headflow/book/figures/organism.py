@@ -140,3 +140,22 @@ def confusion(matrix: np.ndarray, labels: Sequence[str], title: str = "confusion
     ax.set(title=title, xlabel="predicted", ylabel="true")
     fig.tight_layout()
     return fig
+
+
+def text_retrieval_layers(summaries: dict):
+    """Per organism, the share of its text-retrieval attribution per layer (all questions), with
+    the layer-0 share's 95% interval (``summaries``: name -> :func:`headflow.findings.text_retrieval.summary`)."""
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    width = 0.8 / max(len(summaries), 1)
+    for i, (name, s) in enumerate(summaries.items()):
+        share = np.asarray(s["all"]["layer_shares"])
+        x = np.arange(len(share)) + (i - (len(summaries) - 1) / 2) * width
+        ax.bar(x, share, width, label=f"{name} ({s['all']['n_examples']} examples)")
+        lo, hi = s["all"]["layer0_ci"]
+        ax.plot([x[0], x[0]], [lo, hi], color="k", lw=1.5)
+    ax.set_xticks(range(len(share)))
+    ax.set(xlabel="layer", ylabel="share of positive attribution", ylim=(0, 1),
+           title="text-only retrieval: where the context is read (layer 0: 95% CI)")
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,153 @@
+"""Chapter 0's measurements of an organism beyond accuracy: does the task need the main object found?
+
+- :func:`pooled_probes`: linear probes on the vision tower's *mean* patch feature (the feature a
+  head that averages the image would read) for the main object's class, colour and position,
+  trained on train-split scenes and scored on held-out test-split scenes;
+- :func:`counterfactual`: on scenes whose main object and largest other item swapped sizes
+  (:func:`headflow.images.fashionscenes.swap_sizes`), whether the organism's answer follows the
+  new main object or the old one;
+- :func:`text_after_stages`: the text task's accuracy after every training stage (from the log).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from headflow.images import fashionscenes as data
+from headflow.mechanism import evaluate
+from headflow.models.llava_builder import to_pixels
+from headflow.task.prompt import QUESTION_TYPES, question_text
+from headflow.util.devices import to_numpy
+
+_KEYS = {"object": "label", "color": "color", "position": "position"}
+
+
+@torch.inference_mode()
+def mean_features(model, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
+    """``(N, d)``: the vision tower's last hidden state (the layer the projector reads), averaged
+    over the patch tokens, for ``images`` ``(N, H, W, 3) uint8``."""
+    tower = model.model.vision_tower
+    out = []
+    for s in range(0, len(images), batch_size):
+        px = to_pixels(images[s:s + batch_size]).to(device=model.device, dtype=model.dtype)
+        h = tower(px, output_hidden_states=True).hidden_states[model.config.vision_feature_layer][:, 1:]
+        out.append(to_numpy(h.mean(1)))
+    return np.concatenate(out)
+
+
+def pooled_probes(model, n_train: int = 3000, n_test: int = 1000, objects=(2, 3), seed: int = 0) -> dict:
+    """Accuracy (with 95% Wilson interval) of a multinomial logistic probe on the mean patch feature
+    per question type, trained on ``n_train`` train-split scenes, scored on ``n_test`` test-split
+    scenes (seeds ``seed + 11`` and ``seed + 12``), ``objects`` items per scene."""
+    train = data.sample_specs("train", n_train, seed + 11, objects=objects)
+    test = data.sample_specs("test", n_test, seed + 12, objects=objects)
+    f_tr = mean_features(model, data.render_many(train)[0])
+    f_te = mean_features(model, data.render_many(test)[0])
+    out = {"n_train": n_train, "n_test": n_test, "objects": list(objects), "accuracy": {}, "ci": {}}
+    for q in QUESTION_TYPES:
+        y_tr = np.array([getattr(s, _KEYS[q]) for s in train])
+        y_te = np.array([getattr(s, _KEYS[q]) for s in test])
+        clf = LogisticRegression(max_iter=3000).fit(f_tr, y_tr)
+        k = int((clf.predict(f_te) == y_te).sum())
+        out["accuracy"][q] = k / n_test
+        out["ci"][q] = evaluate.wilson_interval(k, n_test)
+    return out
+
+
+def swapped_scenes(specs: list, per_class: int) -> tuple[list, int]:
+    """The counterfactual scenes of the first ``per_class`` scenes of each main-object class in
+    ``specs`` (:func:`headflow.images.fashionscenes.swap_sizes`): ``([(swapped spec, old_main)],
+    n_left_out)``, ``old_main`` the former main object's ``{"object", "color"}``."""
+    seen: dict[int, int] = {}
+    pairs, left_out = [], 0
+    for s in specs:
+        if seen.get(s.label, 0) >= per_class:
+            continue
+        seen[s.label] = seen.get(s.label, 0) + 1
+        w = data.swap_sizes(s)
+        if w is None:
+            left_out += 1
+        else:
+            pairs.append((w, {"object": s.class_name, "color": s.color_name}))
+    return pairs, left_out
+
+
+def counterfactual(model, processor, swapped: list, batch_size: int = 100) -> dict:
+    """On size-swapped scenes (``swapped``: ``(spec, old_main)`` pairs; ``old_main`` the former main
+    object's ``{"object", "color"}``), per question type (object, colour): the share of answers
+    naming the new main object (``follows_main``) and the former one (``follows_old``), with 95%
+    Wilson intervals, over the scenes where the two differ in that attribute."""
+    out = {}
+    for q, key, words in (("object", "label", data.CLASSES), ("color", "color", data.COLOR_NAMES)):
+        rows = [(s, words.index(old[q])) for s, old in swapped if getattr(s, key) != words.index(old[q])]
+        specs = [s for s, _ in rows]
+        images, _ = data.render_many(specs)
+        new = [getattr(s, key) for s in specs]
+        res = evaluate.evaluate(model, processor, images, words, new, question_text(q), batch_size=batch_size)
+        said = np.asarray(res["predicted_word_index"])
+        n = len(specs)
+        k_new, k_old = int((said == np.array(new)).sum()), int((said == np.array([o for _, o in rows])).sum())
+        out[q] = {"n": n, "follows_main": k_new / n, "follows_main_ci": evaluate.wilson_interval(k_new, n),
+                  "follows_old": k_old / n, "follows_old_ci": evaluate.wilson_interval(k_old, n)}
+    return out
+
+
+def text_after_stages(log: dict) -> dict | None:
+    """``{stage: {question: accuracy, "all": ...}}`` from a training log (None for logs before it was kept),
+    with ``kept``: the final stage's accuracy over the ``text`` stage's (overall)."""
+    after = log.get("text_retrieval_after_stage")
+    if not after or "text" not in after:
+        return None
+    last = list(after)[-1]
+    return {**after, "kept": after[last]["all"] / after["text"]["all"] if after["text"]["all"] > 0 else None,
+            "task": log["recipe"].get("text_task", "flat")}
+
+
+# ------------------------------------------------------------------------------------ tables (chapter 0)
+def _ci(v, lohi, pct=True) -> str:
+    return f"{v:.1%} [{lohi[0]:.1%}, {lohi[1]:.1%}]" if pct else f"{v:.2f} [{lohi[0]:.2f}, {lohi[1]:.2f}]"
+
+
+def text_after_table(after: dict):
+    """A DataFrame: per organism, the text task's accuracy after each stage."""
+
+    return pd.DataFrame({m: {f"after {k}": f"{v['all']:.1%}" if isinstance(v, dict) else v for k, v in a.items()}
+                         for m, a in after.items() if a}).fillna("")
+
+
+def pooled_table(pooled: dict, accuracy: dict, name: str):
+    """A DataFrame: the pooled-feature probe's accuracy [CI] beside the organism's, per question."""
+
+    return pd.DataFrame({"pooled-feature probe": {q: _ci(pooled["accuracy"][q], pooled["ci"][q]) for q in QUESTION_TYPES},
+                         name: {q: f"{accuracy[q]:.1%}" for q in QUESTION_TYPES}})
+
+
+def counterfactual_table(follows: dict):
+    """A DataFrame: per organism and question, how often the answer follows the new and the old main object."""
+
+    return pd.DataFrame({(m, q): {"scenes": r["n"],
+                                  "follows the new main object": _ci(r["follows_main"], r["follows_main_ci"]),
+                                  "follows the old one": _ci(r["follows_old"], r["follows_old_ci"])}
+                         for m, d in follows.items() for q, r in d.items()}).T
+
+
+def text_attribution_table(text: dict):
+    """A DataFrame: per organism, layer 0's share of the text-retrieval attribution [CI], the median
+    held-out r and the examples (correctly answered)."""
+
+    return pd.DataFrame({m: {"layer 0 share [95% CI]": _ci(s["all"]["layer0_share"], s["all"]["layer0_ci"], pct=False),
+                             "median held-out r": f"{s['all']['median_heldout_r']:.2f}",
+                             "examples (correct)": f"{s['all']['n_examples']} ({s['all']['n_correct']})"}
+                         for m, s in text.items()})
+
+
+def by_items_table(by_items: dict):
+    """A DataFrame: per item count, the bound task's accuracy [95% Wilson CI] beside the type-guess level 1/k."""
+    rows = {}
+    for k, r in by_items.items():
+        lo, hi = evaluate.wilson_interval(int(round(r["accuracy"] * r["n"])), r["n"])
+        rows[f"k = {k}"] = {"accuracy [95% CI]": _ci(r["accuracy"], (lo, hi)), "type guess (1/k)": f"{r['type_guess']:.1%}",
+                            "clears the type guess": lo > r["type_guess"]}
+    return pd.DataFrame(rows).T
