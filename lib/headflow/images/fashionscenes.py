@@ -65,16 +65,8 @@ MIN_VISIBLE = 0.6
 PLACEMENT_TRIES = 20
 
 
-@dataclass(frozen=True)
-class Other:
-    """An item of a multi-object scene that is not the main object (drawn behind it)."""
-
-    item: int
-    label: int
-    color: int
-    size: int
-    x0: int
-    y0: int
+class _Item:
+    """Names and box of an item (``label``, ``color``, ``size``, ``x0``, ``y0`` fields)."""
 
     @property
     def class_name(self) -> str:
@@ -86,11 +78,25 @@ class Other:
 
     @property
     def bbox(self) -> tuple[int, int, int, int]:
+        """COCO box (x, y, width, height) of the item's square."""
         return (self.x0, self.y0, self.size, self.size)
 
 
 @dataclass(frozen=True)
-class SceneSpec:
+class Other(_Item):
+    """An item of a multi-object scene that is not the main object (drawn behind it)."""
+
+    item: int
+    label: int
+    color: int
+    size: int
+    x0: int
+    y0: int
+
+
+
+@dataclass(frozen=True)
+class SceneSpec(_Item):
     """Everything needed to draw one scene.  Positions are the object's top-left corner."""
 
     item: int  # index into the Fashion-MNIST split
@@ -111,23 +117,11 @@ class SceneSpec:
         """The inverse of ``dataclasses.asdict`` (the ``spec`` attribute of a committed scene)."""
         return cls(**{**d, "others": tuple(Other(**o) for o in d.get("others", ()))})
 
-    @property
-    def class_name(self) -> str:
-        return CLASSES[self.label]
-
-    @property
-    def color_name(self) -> str:
-        return COLOR_NAMES[self.color]
 
     @property
     def position_name(self) -> str | None:
         """The position word; ``None`` for a counterfactual scene where no word holds (position -1)."""
         return POSITIONS[self.position] if self.position >= 0 else None
-
-    @property
-    def bbox(self) -> tuple[int, int, int, int]:
-        """COCO box (x, y, width, height) of the object's square."""
-        return (self.x0, self.y0, self.size, self.size)
 
 
 # ------------------------------------------------------------------------------------ sources
