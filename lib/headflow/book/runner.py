@@ -195,6 +195,20 @@ def _stores_read(log: Path) -> list[dict]:
     return out
 
 
+def images_used(out: Path, written: list[str]) -> dict:
+    """``{image_set: {"analysed": [...], "reference": [...]}}``: the image ids that the results files
+    among ``written`` record (:func:`headflow.method.study.images_record`), merged per image set."""
+    merged: dict[str, dict[str, set]] = {}
+    for rel in written:
+        if not (rel.startswith("results/") and rel.endswith(".json")):
+            continue
+        for name, ids in json.loads((out / rel).read_text()).get("images", {}).items():
+            got = merged.setdefault(name, {"analysed": set(), "reference": set()})
+            for kind in got:
+                got[kind].update(ids.get(kind, []))
+    return {name: {k: sorted(v) for k, v in ids.items()} for name, ids in merged.items()}
+
+
 def collapse_code(executed: Path) -> None:
     """Tag every code cell of an executed notebook ``hide-input`` (the injected parameters too), so
     the rendered chapter reads like a paper: narrative, figures and tables in view, code one click away."""
@@ -233,7 +247,8 @@ def execute(path: Path, params: dict, out: Path, profile: str, timeout: int | No
               "seeds": {k: v for k, v in effective.items() if "seed" in k},
               "wall_seconds": round(wall, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "git": git_commit(), "lib_sha256": lib_hash(), "versions": versions(),
-              "run_stores": stores, "outputs": {k: sha256(out / k) for k in written}}
+              "run_stores": stores, "outputs": {k: sha256(out / k) for k in written},
+              "images": images_used(out, written)}
     prov = out / "_provenance" / f"{path.stem}.json"
     prov.parent.mkdir(parents=True, exist_ok=True)
     prov.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")

@@ -14,16 +14,34 @@ from headflow.method import metrics, rankings
 from headflow.method.experiment import masks_y
 
 
-def single_and_joint(st) -> tuple[dict, dict]:
-    """Per image: single-head effects ``(n_layers, n_heads)`` and the all-heads effect."""
-    single, joint = {}, {}
+def clean_and_none(st) -> dict[str, tuple[float, float]]:
+    """Per image: ``(y_clean, y_none)``, the target with nothing and with every head ablated."""
     ends = torch.stack([torch.ones(st.n_layers, st.n_heads, dtype=torch.bool, device="cpu"),
                         torch.zeros(st.n_layers, st.n_heads, dtype=torch.bool, device="cpu")])
+    out = {}
     for t in st.tasks:
-        single[t.key] = rankings.single_head(st.model, t, st.baseline, st.target)
         y = masks_y(st.model, t, st.baseline, ends, st.target)
-        joint[t.key] = float(y[0] - y[1])
-    return single, joint
+        out[t.key] = (float(y[0]), float(y[1]))
+    return out
+
+
+def single_and_joint(st, ends: dict | None = None) -> tuple[dict, dict]:
+    """Per image: single-head effects ``(n_layers, n_heads)`` and the all-heads effect
+    ``y_clean - y_none`` (from ``ends``, :func:`clean_and_none`, computed when not given)."""
+    ends = clean_and_none(st) if ends is None else ends
+    single = {t.key: rankings.single_head(st.model, t, st.baseline, st.target) for t in st.tasks}
+    return single, {k: c - n for k, (c, n) in ends.items()}
+
+
+def ends_by_class(st, ends: dict):
+    """A DataFrame: per class of the main object, the images and the median ``y_clean``, ``y_none``
+    and image effect (the baseline's reference set is class-stratified: :mod:`headflow.method.reference`)."""
+    rows = [{"class": t.class_name, "y_clean": ends[t.key][0], "y_none": ends[t.key][1],
+             "effect": ends[t.key][0] - ends[t.key][1]} for t in st.tasks]
+    df = pd.DataFrame(rows)
+    out = df.groupby("class")[["y_clean", "y_none", "effect"]].median()
+    out.insert(0, "images", df.groupby("class").size())
+    return out
 
 
 def usable(joint: dict) -> tuple[list[str], list[str]]:
@@ -59,8 +77,9 @@ def random_sets(st, single: dict, joint: dict, n_random_sets: int, seed: int, n_
     return pd.DataFrame(rows)
 
 
-def summary_json(model: str, st, single: dict, joint: dict, red) -> dict:
-    """``book/results/single_head.json`` (medians over images with a positive effect)."""
+def summary_json(model: str, st, single: dict, joint: dict, red, ends: dict | None = None) -> dict:
+    """``book/results/single_head.json`` (medians over images with a positive effect; with ``ends``
+    also the medians of ``y_clean``, ``y_none`` and the effect per class, over every image)."""
     keys, left = usable(joint)
     S = np.stack([single[k].ravel() for k in keys])
     J = np.array([joint[k] for k in keys])
@@ -72,4 +91,5 @@ def summary_json(model: str, st, single: dict, joint: dict, red) -> dict:
             "median_sum_single_share": float(np.median(S.sum(1) / J)), "median_joint_effect": float(np.median(J)),
             "redundancy_by_k": by_k.reset_index().to_dict("records"), "superadditivity_k": int(big),
             # the ratio needs a positive sum of single effects; with none the sets are called super-additive (inf)
-            "superadditivity": float(by_k.loc[big, "joint"] / sums) if sums > 0 else float("inf")}
+            "superadditivity": float(by_k.loc[big, "joint"] / sums) if sums > 0 else float("inf"),
+            **({"by_class": ends_by_class(st, ends).to_dict("index")} if ends is not None else {})}

@@ -17,7 +17,7 @@ from headflow.images import coco, sets
 from headflow.images.fashionscenes import ANSWER_WORDS
 from headflow.mechanism import evaluate
 from headflow.mechanism import interventions as iv
-from headflow.method import attribution, experiment
+from headflow.method import attribution, experiment, reference
 from headflow.models import loading as models
 from headflow.models.families import blocking_problem, visible_region
 from headflow.store.fingerprint import code_sha256, fingerprint
@@ -44,6 +44,8 @@ class Study:
     n_layers: int
     n_heads: int
     meta: dict = field(default_factory=dict)
+    reference_set: reference.Reference | None = None  # the baseline's reference images (headflow.method.reference)
+    analysed_ids: list[int] = field(default_factory=list)  # every image asked (correct or not)
 
     @property
     def classes(self) -> list[str]:
@@ -90,8 +92,10 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
           image_size=(), device: str | None = None, dtype: str | None = None, answer_case: str = "as-labelled") -> Study:
     """Load the model, ask the question about ``per_class`` images of each class (after the first
     ``offset`` of each class, so that chapters can take images disjoint from another study's), keep
-    the correctly answered ones, and build the ablation baseline from ``n_reference`` other images
-    of the set.
+    the correctly answered ones, and build the ablation baseline from about ``n_reference`` other
+    images of the set, the same number from every class (:mod:`headflow.method.reference`: the
+    images are analysed from the part of each class that is not the reference pool, so no analysed
+    image is ever in a reference).
 
     ``keep="all"`` keeps every chosen image, answered correctly or not: a *mechanics run* (a
     random-weight model, such as :mod:`headflow.models.tiny`'s, answers nothing correctly); its numbers
@@ -118,7 +122,8 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
     view = lambda h, w: visible_region(net, processor, h, w)  # noqa: E731 - the part the processor keeps
     all_examples = coco.load_set(set_file, size=tuple(image_size) or None, view=view)
     words = answer_words(question, set_file)
-    chosen = pick_per_class(all_examples, per_class, offset)
+    analysable, pools = reference.split(all_examples)
+    chosen = pick_per_class(analysable, per_class, offset)
     q = question_text(question)
     res = evaluate.evaluate(net, processor, [e.load_image() for e in chosen], words,
                             [words.index(answer_of(e, question)) for e in chosen], q, batch_size=batch_size,
@@ -131,9 +136,8 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
         print(f"mechanics run: all {len(chosen)} images kept, {int(np.sum(res['correct']))} answered correctly; "
               "these numbers test the code path, not the model")
     tasks = experiment.prepare(processor, correct, words, q, [answer_of(e, question) for e in correct], answer_case)
-    chosen_ids = {e.image_id for e in chosen}
-    reference = [e for e in all_examples if e.image_id not in chosen_ids][:n_reference] or chosen[:n_reference]
-    ref_tasks = experiment.prepare(processor, reference, words, q, [answer_of(e, question) for e in reference],
+    ref = reference.choose(pools, n_reference)
+    ref_tasks = experiment.prepare(processor, ref.examples, words, q, [answer_of(e, question) for e in ref.examples],
                                    answer_case)
     n_layers, n_heads = iv.text_layers_and_heads(net)
     if baseline == "dataset-mean":
@@ -147,10 +151,36 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
     meta = {"model": model, "image_set": image_set, "question": question, "per_class": per_class, "offset": offset,
             "keep": keep, "image_size": list(image_size), "device": str(net.device),
             "dtype": str(net.dtype).removeprefix("torch."),
-            "n_reference": len(reference), "baseline": baseline, "target": target, "base": base, "answer_case": answer_case,
-            "fingerprint": fingerprint(models.resolve_path(model), [e.path for e in chosen + reference])}
-    return Study(model, net, processor, words, q, tasks, len(chosen), float(res["accuracy"]), bl, baseline, target,
-                 n_layers, n_heads, meta)
+            "n_reference": len(ref.examples), "reference_per_class": ref.per_image_class, "baseline": baseline,
+            "target": target, "base": base, "answer_case": answer_case,
+            "fingerprint": fingerprint(models.resolve_path(model), [e.path for e in chosen + ref.examples])}
+    st = Study(model, net, processor, words, q, tasks, len(chosen), float(res["accuracy"]), bl, baseline, target,
+               n_layers, n_heads, meta, ref, [e.image_id for e in chosen])
+    register(image_set, analysed=st.analysed_ids, ref=ref)
+    return st
+
+
+# the images this process's studies analysed and referenced, per image set (chapters record them)
+_USED: dict[str, dict] = {}
+
+
+def register(image_set: str, analysed=(), ref: reference.Reference | None = None) -> None:
+    """Record image ids that a chapter ``analysed`` (head effects measured on them) and its reference."""
+    used = _USED.setdefault(image_set, {"analysed": set(), "reference": set(), "reference_sets": []})
+    used["analysed"].update(int(i) for i in analysed)
+    if ref is not None:
+        used["reference"].update(int(e.image_id) for e in ref.examples)
+        if ref.record() not in used["reference_sets"]:
+            used["reference_sets"].append(ref.record())
+
+
+def images_record() -> dict:
+    """``{"reference_set": {image_set: [record, ...]}, "images": {image_set: {"analysed": [...],
+    "reference": [...]}}}`` of every study set up in this process (a chapter adds it to its result;
+    :mod:`headflow.run` copies ``images`` into the chapter's provenance)."""
+    return {"reference_set": {s: u["reference_sets"] for s, u in _USED.items() if u["reference_sets"]},
+            "images": {s: {"analysed": sorted(u["analysed"]), "reference": sorted(u["reference"])}
+                       for s, u in _USED.items()}}
 
 
 def store_for(st: Study, kind: str, computed_by: str | None = None, **params) -> RunStore:
