@@ -27,17 +27,24 @@ def test_render_needs_the_markers():
 
 
 def test_where_heads_rule_is_against_uniform_placement():
-    def d(value, hi):
-        return {"first_third_share": {"value": value, "ci": [value - 0.05, hi], "uniform": 0.375, "layers": 3},
+    def d(value, hi, p=0.5):
+        return {"first_third_share": {"value": value, "ci": [value - 0.05, hi], "uniform": 0.375, "layers": 3,
+                                      "p_below_uniform": p},
                 "mean_relative_depth": {"value": 0.5, "ci": [0.45, 0.55]}}
 
-    def res(obj, col):
-        return {"model": "m", "question": "object", "by_organism": {"m": {"object": d(*obj), "color": d(*col)}}}
+    def res(obj, col, pos=(0.9, 0.95)):
+        return {"model": "m", "question": "object",
+                "by_organism": {"m": {"object": d(*obj), "color": d(*col), "position": d(*pos)}}}
     assert verdicts.where_heads_status(res((0.2, 0.37), (0.9, 0.95)))["verdict"] == verdicts.REPRODUCED
     # the upper end, not the point estimate, must clear uniform
     assert verdicts.where_heads_status(res((0.3, 0.38), (0.9, 0.95)))["verdict"] == verdicts.PARTLY
-    assert verdicts.where_heads_status(res((0.5, 0.6), (0.2, 0.3)))["verdict"] == verdicts.PARTLY
+    assert verdicts.where_heads_status(res((0.5, 0.6), (0.2, 0.3, 0.001)))["verdict"] == verdicts.PARTLY
     assert verdicts.where_heads_status(res((0.5, 0.6), (0.9, 0.95)))["verdict"] == verdicts.NOT
+    # the secondary questions are one family: two p of 0.02 are 0.04 after Holm, above 0.025
+    both = verdicts.where_heads_status(res((0.5, 0.6), (0.3, 0.37, 0.02), (0.3, 0.37, 0.02)))
+    assert both["verdict"] == verdicts.NOT and any("Holm p 0.040" in line for line in both["lines"])
+    one = verdicts.where_heads_status(res((0.5, 0.6), (0.3, 0.37, 0.01), (0.3, 0.37, 0.5)))
+    assert one["verdict"] == verdicts.PARTLY
 
 
 def test_faithfulness_rule_uses_the_paired_intervals():

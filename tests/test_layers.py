@@ -63,3 +63,47 @@ def test_probe_reads_a_planted_class_and_not_noise():
     planted[np.arange(100), y] += 4.0
     assert layers.probe_accuracy(planted, y) > 0.9
     assert layers.probe_accuracy(X, y) < 0.5
+
+
+def test_split_half_overlap_is_one_for_a_shared_map_and_near_chance_for_noise():
+    rng = np.random.default_rng(0)
+    shared = rng.normal(size=(8, 8))
+    classes = {f"i{j}": f"c{j % 4}" for j in range(24)}
+    same = {k: shared + 1e-3 * rng.normal(size=(8, 8)) for k in classes}
+    got = layers.split_half_overlap(same, classes, k=6, n_splits=20, seed=0)
+    assert got["overlap"] == 1.0 and got["ci"] == [1.0, 1.0] and got["chance"] == 6 / 64
+    assert got["images_per_half"] == 12 and got["classes"] == 4
+    noise = {k: rng.normal(size=(8, 8)) for k in classes}
+    got = layers.split_half_overlap(noise, classes, k=6, n_splits=200, seed=0)
+    assert got["ci"][0] <= got["overlap"] <= got["ci"][1] and abs(got["overlap"] - 6 / 64) < 0.08
+    assert layers.split_half_overlap({"a": shared, "b": shared}, {"a": "x", "b": "y"}, 6, 5, 0) is None
+
+
+def test_count_stats_match_a_direct_count():
+    rng = np.random.default_rng(1)
+    classes = {f"i{j}": f"c{j % 3}" for j in range(9)}
+    maps = {k: rng.normal(size=(4, 5)) for k in classes}
+    got = layers.count_stats(maps, classes, k=7, n_boot=30, seed=0)
+    m = layers.class_equal_mean(maps, classes)
+    top = np.argsort(-m.ravel(), kind="stable")[:7]
+    layer_of = top // 5
+    assert got["per_layer"].tolist() == [int((layer_of == i).sum()) for i in range(4)]
+    assert got["late_share"] == (layer_of >= 2).mean() and got["layer0_share"] == (layer_of == 0).mean()
+    assert got["late_share_ci"][0] <= got["late_share_ci"][1] and got["mean_layer_ci"][0] <= got["mean_layer_ci"][1]
+
+
+def test_holm_matches_its_step_down_definition():
+    p = {"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.5}
+    got = stats.holm(p)
+    # sorted: a 0.01*4=0.04, c 0.03*3=0.09, b 0.04*2=0.08 -> max(0.09, 0.08)=0.09, d 0.5*1 -> 0.5
+    assert got == pytest.approx({"a": 0.04, "c": 0.09, "b": 0.09, "d": 0.5})
+    assert stats.holm({"x": 0.6, "y": 0.7}) == pytest.approx({"x": 1.0, "y": 1.0})
+    assert stats.holm({}) == {}
+
+
+def test_bootstrap_p_counts_draws_against_the_alternative():
+    d = np.array([-1.0, 0.0, 1.0, 2.0, 3.0])
+    assert stats.bootstrap_p(d, 0, "greater") == 0.4 and stats.bootstrap_p(d, 0, "less") == 0.8
+    assert stats.bootstrap_p(d, 0) == 0.8 and stats.bootstrap_p([np.inf, np.inf], 0, "greater") == 0.0
+    with pytest.raises(ValueError, match="unknown alternative"):
+        stats.bootstrap_p(d, 0, "bigger")

@@ -38,7 +38,8 @@ from headflow.util.devices import to_device
 from headflow.images import coco, sets
 from headflow.mechanism import tokens
 from headflow.mechanism.evaluate import wilson_interval
-from headflow.method import experiment
+from headflow.method import crossfit, experiment
+from headflow.method import stats
 from headflow.method.stats import class_equal_mean
 from headflow.method import study as studies
 from headflow.method.study import pick_per_class
@@ -179,7 +180,61 @@ def contrast(a: dict, b: dict, stat: str) -> dict:
     n = min(len(da), len(db))
     diff = da[:n] - db[:n]
     return {"statistic": stat, "difference": float(np.median(diff)), "ci": ci(diff).tolist(),
-            "excludes_zero": bool((ci(diff) > 0).all() or (ci(diff) < 0).all())}
+            "excludes_zero": bool((ci(diff) > 0).all() or (ci(diff) < 0).all()),
+            "p": stats.bootstrap_p(diff, 0.0, "two-sided")}
+
+
+def top_set(m: np.ndarray, k: int) -> set[int]:
+    """The flat indices of the ``k`` largest entries of a map (ties by index)."""
+    return set(np.argsort(-np.asarray(m).ravel(), kind="stable")[:k].tolist())
+
+
+def split_half_overlap(maps: dict, classes: dict, k: int, n_splits: int, seed: int) -> dict | None:
+    """Stability of the top-k heads between disjoint halves of the images: each class's images are
+    split at random into two halves of equal size (an odd one out is left out of both), the
+    class-equal mean map is computed on each half (over the classes with at least 2 images), and the
+    overlap is ``|top_k(A) & top_k(B)| / k``.  Over ``n_splits`` random splits: the mean overlap,
+    its 95% interval over splits, and ``chance`` = k / H (the expected overlap of two random k-sets).
+    None where fewer than 2 classes have 2 images."""
+    by: dict[str, list] = {}
+    for key in maps:
+        by.setdefault(classes[key], []).append(key)
+    split = {c: v for c, v in by.items() if len(v) >= 2}
+    if len(split) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    H = next(iter(maps.values())).size
+    got = []
+    for _ in range(n_splits):
+        halves = ([], [])
+        for c, keys in split.items():
+            perm = rng.permutation(len(keys))
+            h = len(keys) // 2
+            halves[0].extend(keys[i] for i in perm[:h])
+            halves[1].extend(keys[i] for i in perm[h:2 * h])
+        a, b = (class_equal_mean({key: maps[key] for key in half}, classes) for half in halves)
+        got.append(len(top_set(a, k) & top_set(b, k)) / k)
+    got = np.array(got)
+    return {"k": int(k), "overlap": float(got.mean()), "ci": ci(got).tolist(), "chance": k / H, "n_splits": n_splits,
+            "images_per_half": int(sum(len(v) // 2 for v in split.values())), "classes": len(split)}
+
+
+def count_stats(maps: dict, classes: dict, k: int, n_boot: int, seed: int, late_from: int | None = None) -> dict:
+    """The top ``k`` heads of the class-equal mean map by layer (as :func:`summarise` does for its
+    cut-offs): per-layer counts, the share in late layers and in layer 0 and the mean layer, each with
+    a 95% interval from images resampled within classes and the top k recomputed in every draw."""
+    m = class_equal_mean(maps, classes)
+    n_layers, n_heads = m.shape
+    late_from = n_layers // 2 if late_from is None else late_from
+
+    def stats(x):
+        counts = np.bincount(np.array(sorted(top_set(x, k))) // n_heads, minlength=n_layers)
+        return counts, counts[late_from:].sum() / k, counts[0] / k, float(np.arange(n_layers) @ counts / k)
+
+    counts, late, zero, mean_layer = stats(m)
+    b = np.array([stats(x)[1:] for x in bootstrap_maps(maps, classes, n_boot, seed)])
+    return {"n_top": int(k), "per_layer": counts, "late_share": late, "late_share_ci": ci(b[:, 0]),
+            "layer0_share": zero, "layer0_share_ci": ci(b[:, 1]), "mean_layer": mean_layer, "mean_layer_ci": ci(b[:, 2])}
 
 
 # ------------------------------------------------------------------------------------ attention as a proxy
@@ -286,11 +341,15 @@ def analyse(st, fits: dict, runs: dict, cutoffs: Sequence[float], n_boot: int, s
 def study_layers(model: str, image_set: str, question: str, per_class: int, n_masks: int, *, n_reference: int,
                  baseline: str, target: str, seed: int, ablation_rate: float, regression: str, cutoffs, n_boot: int,
                  n_probe_per_class: int = 0, probes: bool = True, image_size=(), keep: str = "correct",
-                 masks_per_head: float = 0, device=None, dtype=None) -> tuple[dict, object]:
+                 masks_per_head: float = 0, device=None, dtype=None, spec_k: bool = False,
+                 n_splits: int = 200) -> tuple[dict, object]:
     """One model, image set and question through chapter 5: set-up (correct answers of
     ``per_class`` images per class), attribution runs, fits and :func:`analyse` (probes only if
     ``probes``).  Returns ``(result, study)``; the result also holds ``fits``, ``runs`` and the counts
-    ``n_chosen`` (images asked) and ``n_correct`` (analysed)."""
+    ``n_chosen`` (images asked) and ``n_correct`` (analysed), and ``split_half`` (:func:`split_half_overlap`
+    at 10% of the heads, over ``n_splits`` splits).  With ``spec_k`` also the spec's top heads: the
+    held-out k at 0.8 (:func:`headflow.method.crossfit.top_heads`; suffix passes on the same images),
+    their layers (:func:`count_stats`) and their split-half overlap."""
     st = studies.setup(model, image_set, question, per_class=per_class, n_reference=n_reference, baseline=baseline,
                        target=target, image_size=image_size, keep=keep, device=device, dtype=dtype)
     runs = studies.attribution_runs(st, studies.masks_for(st, n_masks, masks_per_head), ablation_rate, seed)
@@ -299,6 +358,19 @@ def study_layers(model: str, image_set: str, question: str, per_class: int, n_ma
     n_used = int(len(next(iter(runs.values()))["y"]))
     res.update(fits=fits, runs=runs, n_chosen=st.n_images, n_correct=len(st.tasks), n_masks=n_used,
                model=model, image_set=image_set, question=question)
+    maps, _ = normalised_attribution(fits, runs, st.n_layers, st.n_heads)
+    classes = {t.key: t.class_name for t in st.tasks}
+    H = st.n_layers * st.n_heads
+    res["split_half"] = {"top10%": split_half_overlap(maps, classes, n_top(0.1, H), n_splits, seed)}
+    if spec_k:
+        try:
+            top = crossfit.top_heads(st, runs, seed=seed)
+        except ValueError as e:  # the held-out faithfulness never reaches 0.8: no spec top set to cut
+            res["spec_top"] = {"k": None, "reason": str(e)}
+        else:
+            res["spec_top"] = {"k": top["k"], "heldout_faithfulness": top["curve"],
+                               **count_stats(maps, classes, top["k"], n_boot, seed)}
+            res["split_half"]["k_at_0.8"] = split_half_overlap(maps, classes, top["k"], n_splits, seed)
     return res, st
 
 
@@ -320,7 +392,24 @@ def compare(results: dict, a: tuple, b: tuple, seed_pair: tuple | None, stat: st
         near = min(abs(d["ci"][0]), abs(d["ci"][1]))
         out["seed_difference"] = s["difference"]
         out["seed_ci"] = s["ci"]
-        out["counts"] = bool(d["excludes_zero"] and near > abs(s["difference"]))
+        out["clears_seed_difference"] = bool(d["excludes_zero"] and near > abs(s["difference"]))
+        out["counts"] = out["clears_seed_difference"]  # until judge_comparisons adds the family's correction
+    return out
+
+
+def judge_comparisons(comparisons: dict) -> dict:
+    """Holm over the family of comparisons between organisms (the seed rows, the noise floor, are
+    not tests): each gets ``p_holm``; it *counts* where it clears the seed difference and its
+    Holm-adjusted two-sided p is below ``ALPHA``."""
+    family = {k: c["p"] for k, c in comparisons.items() if "clears_seed_difference" in c}
+    adjusted = stats.holm(family)
+    out = {}
+    for k, c in comparisons.items():
+        c = dict(c)
+        if k in adjusted:
+            c["p_holm"] = adjusted[k]
+            c["counts"] = bool(c["clears_seed_difference"] and adjusted[k] < stats.ALPHA)
+        out[k] = c
     return out
 
 
@@ -367,12 +456,18 @@ def _one(r: dict) -> dict:
                              "share_per_layer_ci", "by_cutoff", "per_class_share", "first_third_share",
                              "first_third_share_ci", "first_third_uniform", "first_third_layers", "mean_relative_depth",
                              "mean_relative_depth_ci", "negative_share", "n_chosen", "n_correct", "n_masks")}
+    out["split_half_overlap"] = r.get("split_half", {})
+    if "spec_top" in r:
+        out["spec_top"] = r["spec_top"]
     out.update(class_mean_map=m, mid_to_late=mid_to_late(r),
                top10_layers=None if top10 is None else top10["per_layer"],
                top10_heads=[] if top10 is None else [[int(h // m.shape[1]), int(h % m.shape[1])]
                                                     for h in order[:top10["n_top"]]])
     out["first_third_share"] = {"value": r["first_third_share"], "ci": r["first_third_share_ci"],
-                                "uniform": r["first_third_uniform"], "layers": r["first_third_layers"]}
+                                "uniform": r["first_third_uniform"], "layers": r["first_third_layers"],
+                                # one-sided bootstrap p of "below uniform" (for the secondary questions' Holm)
+                                "p_below_uniform": stats.bootstrap_p(r["boot_draws"]["first_third_share"],
+                                                                     r["first_third_uniform"], "less")}
     out["mean_relative_depth"] = {"value": r["mean_relative_depth"], "ci": r["mean_relative_depth_ci"]}
     if "probe_by_layer" in r:
         out["probe_by_layer"] = r["probe_by_layer"]
@@ -409,8 +504,29 @@ def probe_table(results: dict):
     return pd.DataFrame({m: row(r["probe_by_layer"]) for m, r in results.items()})
 
 
+def stability_table(results: dict):
+    """A DataFrame: per (model, image set, question) the split-half overlap of the top heads [95%
+    interval over splits] beside chance (k / H), at 10% of the heads and at the spec's held-out k at
+    0.8, and the spec top heads per layer."""
+    rows = []
+    for (m, s, q), r in results.items():
+        row = {"model": m, "image set": s, "question": q}
+        for label, d in r.get("split_half", {}).items():
+            row[f"overlap at {label}"] = ("" if d is None else
+                                          f"k={d['k']}: {d['overlap']:.2f} [{d['ci'][0]:.2f}, {d['ci'][1]:.2f}] "
+                                          f"(chance {d['chance']:.2f})")
+        spec = r.get("spec_top")
+        if spec:
+            row["spec top heads per layer"] = (spec.get("reason", "") if spec["k"] is None
+                                               else str([int(x) for x in spec["per_layer"]]))
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(["model", "image set", "question"]).fillna("")
+
+
 def comparison_table(comparisons: dict):
-    """A DataFrame of :func:`compare` results: the difference [95% CI], the seed difference, whether it counts."""
+    """A DataFrame of :func:`compare` results: the difference [95% CI], the seed difference, the
+    Holm-adjusted p (:func:`judge_comparisons`) and whether it counts."""
     return pd.DataFrame({k: {"difference": f"{v['difference']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]",
                              "seed difference": f"{v['seed_difference']:+.3f}" if "seed_difference" in v else "",
+                             "Holm p": f"{v['p_holm']:.3f}" if "p_holm" in v else "",
                              "counts": v.get("counts", "")} for k, v in comparisons.items()}).T

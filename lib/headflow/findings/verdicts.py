@@ -9,6 +9,8 @@ number in the index is typed by hand.
 """
 from __future__ import annotations
 
+from headflow.method.stats import ALPHA, holm
+
 REPRODUCED, PARTLY, NOT = "reproduced", "partly", "not reproduced"
 
 
@@ -19,6 +21,18 @@ def status(chapter: str, paper: str, model: str, finding: str, verdict: str) -> 
 def _pct(ci) -> str:
     return f"[{ci[0]:.1%}, {ci[1]:.1%}]"
 
+
+# Multiple comparisons.  Each chapter's verdict reads a family of tests; the family is named in the
+# chapter's rule and controlled by Holm's step-down method at ALPHA (headflow.method.stats.holm).
+FAMILY_RULE = {
+    "2-single-head-ablation": "two threshold rules on medians (no test): nothing to correct",
+    "3-head-attribution": "one threshold rule on the median held-out r (no test): nothing to correct",
+    "4-faithfulness-completeness": "every paired difference k(method) - k(attribution), methods x metrics "
+                                   f"(one-sided paired bootstrap), Holm at {ALPHA}",
+    "5-where-the-heads-are": "the verdict's one primary test (the default's object question, 95% interval); the "
+                             "secondary questions (colour, position) and the comparisons between organisms each a "
+                             f"family, Holm at {ALPHA} (one-sided bootstrap p-values)",
+}
 
 # ------------------------------------------------------------------------------------ chapters
 ORGANISM_BARS = {"object": 0.75, "color": 0.95, "position": 0.90}  # held-out accuracy of the default
@@ -108,9 +122,10 @@ def head_attribution(res: dict) -> dict:
 def faithfulness(res: dict) -> dict:
     """Chapter 4, on held-out images.  For each metric (faithfulness, completeness) and each other
     method (single head, attention weight from the final token and from the text, attribution
-    patching, random), *attribution needs fewer heads* if the 95% paired-bootstrap interval of
-    k(method) - k(attribution) lies above 0.  Reproduced if it does for every pair; partly if for
-    at least half of the pairs; otherwise not reproduced."""
+    patching, random), *attribution needs fewer heads* if the one-sided paired-bootstrap p-value of
+    k(method) - k(attribution) > 0, Holm-adjusted over all the pairs (``FAMILY_RULE``), is below
+    ``ALPHA``.  Reproduced if it does for every pair; partly if for at least half of the pairs;
+    otherwise not reproduced."""
     paired = res["paired_vs_attribution"]
     wins = [v["attribution_needs_fewer"] for metric in paired.values() for v in metric.values()]
     verdict = REPRODUCED if all(wins) else PARTLY if sum(wins) >= len(wins) / 2 else NOT
@@ -119,8 +134,8 @@ def faithfulness(res: dict) -> dict:
     order = ["attribution", "single_head", "attribution_patching", "attention_weight", "random"]
     fmt = lambda m: ", ".join(f"{n.replace('_', ' ')} {show(k[m][n])}" for n in order if n in k[m])  # noqa: E731
     finding = (f"held-out images, heads to reach 0.8: faithfulness {fmt('faithfulness')}; completeness "
-               f"{fmt('completeness')}; attribution needs fewer (paired bootstrap) in {sum(wins)} of {len(wins)} "
-               "comparisons")
+               f"{fmt('completeness')}; attribution needs fewer (paired bootstrap, Holm over {len(wins)}) in "
+               f"{sum(wins)} of {len(wins)} comparisons")
     return status("4-faithfulness-completeness", "Sec. 4", res["model"], finding, verdict)
 
 
@@ -133,9 +148,11 @@ def where_heads_status(res: dict) -> dict:
     """Chapter 5.  *Mid-to-late* holds for a model and question when the upper end of the 95%
     interval of the first-third share (positive attribution in layers of relative depth < 1/3) is
     below the uniform placement's share.  Paper: mid-to-late on the default's object question ->
-    reproduced; on colour or position only, or the object question's point estimate below uniform
-    -> partly; otherwise not reproduced.  Contrasts between organisms are reported by whether they
-    *count* (interval excludes 0 and clears the seed difference)."""
+    reproduced; on colour or position only (those two a family: one-sided bootstrap p of "below
+    uniform", Holm-adjusted, below ``ALPHA`` / 2), or the object question's point estimate below
+    uniform -> partly; otherwise not reproduced.  Contrasts between organisms are reported by
+    whether they *count* (:func:`headflow.findings.layers.judge_comparisons`: clear the seed
+    difference, Holm-adjusted p below ``ALPHA``)."""
     by = res["by_organism"][res["model"]]
     q0 = res.get("question", "object")
 
@@ -144,7 +161,10 @@ def where_heads_status(res: dict) -> dict:
         return f["ci"][1] < f["uniform"]
 
     obj = by[q0]["first_third_share"]
-    others = [q for q in by if q != q0 and holds(by[q])]
+    # the secondary questions: one family, Holm; one-sided, so at ALPHA / 2 (as the primary's 95% interval)
+    secondary = holm({q: d["first_third_share"]["p_below_uniform"] for q, d in by.items()
+                      if q != q0 and "p_below_uniform" in d["first_third_share"]})
+    others = [q for q, p in secondary.items() if p < ALPHA / 2]
     if holds(by[q0]):
         verdict = REPRODUCED
     elif others or obj["value"] < obj["uniform"]:
@@ -157,12 +177,19 @@ def where_heads_status(res: dict) -> dict:
         parts.append(f"{q}: first third {f['value']:.2f} [{f['ci'][0]:.2f}, {f['ci'][1]:.2f}] vs uniform "
                      f"{f['uniform']:.3f}, mean relative depth {m['value']:.2f} [{m['ci'][0]:.2f}, {m['ci'][1]:.2f}]")
     finding = f"`{res['model']}`: " + "; ".join(parts)
-    lines = [f"{res['model']} / {p} -> {'mid-to-late' if holds(by[p.split(':')[0]]) else 'not mid-to-late'}"
-             for p in parts]
+    lines = []
+    for q, part in zip(by, parts):
+        if q == q0:
+            lines.append(f"{res['model']} / {part} -> {'mid-to-late' if holds(by[q]) else 'not mid-to-late'} (primary)")
+        elif q in secondary:
+            lines.append(f"{res['model']} / {part}, Holm p {secondary[q]:.3f} -> "
+                         f"{'mid-to-late' if q in others else 'not mid-to-late'} (secondary)")
     for label, c in res.get("comparisons", {}).items():
         diff = f"{label}: difference {c['difference']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]"
         if "counts" in c:
-            lines.append(f"{diff}, seeds {c['seed_difference']:+.3f} -> " + ("counts" if c["counts"] else "does not count"))
+            holm_p = f", Holm p {c['p_holm']:.3f}" if "p_holm" in c else ""
+            lines.append(f"{diff}, seeds {c['seed_difference']:+.3f}{holm_p} -> "
+                         + ("counts" if c["counts"] else "does not count"))
         elif not label.startswith("seeds"):
             lines.append(f"{diff} -> not judged: no second seed of the default to read it against")
     lines.append(f"paper's claim ({q0} question, `{res['model']}`) -> {verdict}")

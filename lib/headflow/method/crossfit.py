@@ -105,7 +105,7 @@ def run(st, scores: dict, runs: dict, n_folds: int, seed: int, n_random: int, n_
     keys = [t.key for t in st.tasks]
     classes = {t.key: t.class_name for t in st.tasks}
     all_k = list(range(H + 1))
-    k_random = metrics.k_grid(H, n_k_random)
+    k_random = all_k if n_k_random <= 0 else metrics.k_grid(H, n_k_random)  # 0: every k (the chapters)
     fold_list = folds(keys, [classes[k] for k in keys], n_folds, seed)
     task_of = {t.key: t for t in st.tasks}
     y = {}
@@ -158,7 +158,9 @@ def _stack(cf: dict, names: Sequence[str], metric: str) -> np.ndarray:
 
 def summarise(cf: dict, n_boot: int, seed: int, min_images: int = 2, threshold: float = 0.8) -> dict:
     """Aggregates (the rule of :mod:`headflow.method.metrics`), k at ``threshold`` with bootstrap intervals,
-    paired bootstrap differences of k against attribution, per-class curves, values above 1."""
+    paired bootstrap differences of k against attribution (each with a one-sided bootstrap p-value,
+    Holm-adjusted over the whole family of methods x metrics: ``attribution_needs_fewer`` where the
+    adjusted p is below ``stats.ALPHA`` and the median difference is positive), per-class curves, values above 1."""
     eff, cls = cf["effects"], cf["classes"]
     held = list(METHODS)
     random_names = sorted(n for n in cf["curves"] if n.startswith("random/"))
@@ -191,7 +193,7 @@ def summarise(cf: dict, n_boot: int, seed: int, min_images: int = 2, threshold: 
             lo, hi = metrics.interval(d)
             out["paired_vs_attribution"][metric][m] = {
                 "median_difference": float(np.median(d)), "ci": [lo, hi],
-                "attribution_needs_fewer": bool(lo is not None and lo > 0)}
+                "p": stats.bootstrap_p(d, 0.0, "greater")}
         for suffix, key in (("/class", "class_rankings"), ("/in-sample", "in_sample")):
             names = [m + suffix for m in held if m + suffix in cf["curves"]]
             out[key][metric] = {}
@@ -205,6 +207,15 @@ def summarise(cf: dict, n_boot: int, seed: int, min_images: int = 2, threshold: 
             for k, v in zip(ks_rand if m == "random" else ks_all, r["curve"]):
                 if v > 1:
                     out["above_one"].append({"metric": metric, "method": m, "k": int(k), "value": float(v)})
+    # the family: every paired difference of the chapter (methods x metrics), Holm at stats.ALPHA
+    family = {(metric, m): d["p"] for metric, ds in out["paired_vs_attribution"].items() for m, d in ds.items()}
+    adjusted = stats.holm(family)
+    for (metric, m), p_adj in adjusted.items():
+        d = out["paired_vs_attribution"][metric][m]
+        d["p_holm"] = p_adj
+        d["attribution_needs_fewer"] = bool(p_adj < stats.ALPHA and d["median_difference"] > 0)
+    out["family"] = {"tests": len(family), "correction": "Holm", "alpha": stats.ALPHA,
+                     "test": "one-sided paired bootstrap: k(method) - k(attribution) > 0"}
     return out
 
 
@@ -227,7 +238,7 @@ def k_table(summary: dict, cost_per_image: dict):
             p = summary["paired_vs_attribution"][metric].get(m)
             row[f"{metric}: k - k(attribution)"] = ("" if p is None else
                                                     f"{p['median_difference']:+.0f} [{show(p['ci'][0])}, "
-                                                    f"{show(p['ci'][1])}]")
+                                                    f"{show(p['ci'][1])}], Holm p {p['p_holm']:.3f}")
         c = cost_per_image.get(m, {})
         row["full passes / image"] = c.get("full_passes", 0)
         row["suffix passes / image"] = c.get("suffix_passes", 0)
@@ -255,7 +266,8 @@ def results_json(summary: dict, cost_per_image: dict, model: str, n_heads_total:
            "min_images": summary["min_images"], "left_out": summary["left_out"],
            "k_at_0.8_heldout": {metric: {m: {"k": main[m][metric]["k"], "ci": main[m][metric]["ci"]}
                                           for m in main} for metric in ("faithfulness", "completeness")},
-           "paired_vs_attribution": summary["paired_vs_attribution"],
+           "paired_vs_attribution": summary["paired_vs_attribution"], "family": summary["family"],
+           "random_ks": "every k" if list(summary["ks_random"]) == list(summary["ks"]) else "grid",
            "cost_forward_passes": {**cost_per_image, "random": {"full_passes": 0, "suffix_passes": 0,
                                                                 "gradient_passes": 0}},
            "curves_heldout": {metric: {m: main[m][metric]["curve"] for m in main}

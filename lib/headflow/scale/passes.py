@@ -56,8 +56,8 @@ def baseline_rankings(H: int) -> Passes:
 
 def judge(H: int, n_orders: int, n_random: int, n_k_random: int) -> Passes:
     """Chapter 4 per held-out image: every ranking's top-k kept alone and ablated, at every k for
-    ``n_orders`` rankings and at the ``n_k_random``-point grid for ``n_random`` random ones."""
-    random_ks = len(metrics.k_grid(H, n_k_random)) if n_random else 0
+    ``n_orders`` rankings and at the ``n_k_random``-point grid (0: every k) for ``n_random`` random ones."""
+    random_ks = (H + 1 if n_k_random <= 0 else len(metrics.k_grid(H, n_k_random))) if n_random else 0
     return Passes(1, 2 * (n_orders * (H + 1) + n_random * random_ks))
 
 
