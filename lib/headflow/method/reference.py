@@ -70,3 +70,16 @@ def choose(pools: dict[str, list], n_reference: int) -> Reference:
     kept = {c: p[:m] for c, p in filled.items() if len(p) >= m}
     left_out = sorted(c for c in pools if c not in kept)
     return Reference([e for p in kept.values() for e in p], {c: len(p) for c, p in kept.items()}, left_out, m)
+
+
+def table(examples: list, n_reference: int):
+    """A DataFrame per class: the images, the reference pool, the images chapters may analyse, and
+    the reference chosen for ``n_reference`` (0 where the class is left out)."""
+    import pandas as pd
+
+    analysable, pools = split(examples)
+    ref = choose(pools, n_reference)
+    counts = {c: sum(e.class_name == c for e in examples) for c in pools}
+    return ref, pd.DataFrame({"images": counts, "reference pool": {c: len(p) for c, p in pools.items()},
+                              "analysable": {c: counts[c] - len(pools[c]) for c in pools},
+                              f"reference (n_reference={n_reference})": {c: ref.per_class.get(c, 0) for c in pools}})
