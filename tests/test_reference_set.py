@@ -46,15 +46,20 @@ def test_small_classes_are_left_out_and_named():
     assert ref.per_image_class == 10 and ref.per_class == {"big": 10} and ref.left_out == ["mid", "pair", "tiny"]
     ref = reference.choose(pools, 3)  # one each: every class with a pool
     assert ref.per_class == {"big": 1, "mid": 1, "pair": 1} and ref.left_out == ["tiny"]
-    assert [e.class_name for e in analysable].count("tiny") == 1 and [e.class_name for e in analysable].count("pair") == 1
     assert "file order" in ref.record()["rule"] and ref.record()["left_out"] == ["tiny"]
+    ref = reference.choose(pools, 2)  # fewer than the classes: the two largest pools
+    assert ref.per_class == {"big": 1, "mid": 1} and ref.left_out == ["pair", "tiny"]
+    assert [e.class_name for e in analysable].count("tiny") == 1 and [e.class_name for e in analysable].count("pair") == 1
 
 
-def test_many_classes_get_one_reference_image_each():
-    exs = _set({f"k{i}": 3 for i in range(80)})  # COCO-like: more classes than n_reference
+def test_more_classes_than_n_reference_take_one_each_from_the_largest_pools():
+    exs = _set({**{f"k{i}": 3 for i in range(78)}, "big": 12, "mid": 8})  # COCO-like: 80 classes
     _, pools = reference.split(exs)
     ref = reference.choose(pools, 50)
-    assert ref.per_image_class == 1 and len(ref.examples) == 80 and set(ref.per_class.values()) == {1}
+    assert ref.per_image_class == 1 and len(ref.examples) == 50 and set(ref.per_class.values()) == {1}
+    assert {"big", "mid"} <= set(ref.per_class) and len(ref.left_out) == 30
+    first_seen = list(dict.fromkeys(e.class_name for e in exs if e.class_name.startswith("k")))
+    assert set(ref.per_class) == {"big", "mid", *first_seen[:48]}  # ties: file order
 
 
 def test_no_pool_is_a_clear_error():

@@ -10,8 +10,10 @@ The rule, one for every chapter (:func:`headflow.method.study.setup` applies it)
 - A reference of ``n_reference`` images takes the same number ``m`` from every class:
   ``m = min(n_reference // c, largest pool)``, ``c`` the classes with a non-empty pool (at least 1).
   The classes whose pool holds fewer than ``m`` images are left out of the reference and named
-  (:func:`choose`).  So a reference may hold fewer images than ``n_reference`` (or more, one per
-  class, where the set has more classes than that); every result records its ``per_class`` counts.
+  (:func:`choose`); where the set has more classes than ``n_reference``, one image each comes from
+  the ``n_reference`` classes with the largest pools (ties in file order) and the rest are left out.
+  So a reference may hold fewer images than ``n_reference``, never more; every result records its
+  ``per_class`` counts.
 
 FashionScenes' evaluation set (40 per class): a pool of 10 per class, 30 per class to analyse.
 """
@@ -68,6 +70,9 @@ def choose(pools: dict[str, list], n_reference: int) -> Reference:
                          "from the analysed images; use baseline='image-mean' or 'zero', or a larger set")
     m = max(1, min(n_reference // len(filled), max(len(p) for p in filled.values())))
     kept = {c: p[:m] for c, p in filled.items() if len(p) >= m}
+    if len(kept) * m > n_reference:  # more classes than n_reference: one each from the largest pools
+        largest = sorted(kept, key=lambda c: -len(pools[c]))[:n_reference]  # stable: ties in file order
+        kept = {c: p for c, p in kept.items() if c in largest}
     left_out = sorted(c for c in pools if c not in kept)
     return Reference([e for p in kept.values() for e in p], {c: len(p) for c, p in kept.items()}, left_out, m)
 
