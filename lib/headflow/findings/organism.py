@@ -1,8 +1,9 @@
 """Chapter 0's measurements of an organism beyond accuracy: does the task need the main object found?
 
-- :func:`pooled_probes`: linear probes on the vision tower's *mean* patch feature (the feature a
-  head that averages the image would read) for the main object's class, colour and position,
-  trained on train-split scenes and scored on held-out test-split scenes;
+- :func:`tower_probes`: linear probes on the vision tower's *mean* patch feature (the feature a
+  head that averages the image would read) and on the main object's own tokens (what a head that
+  found it would read), for the main object's class, colour and position, trained on train-split
+  scenes and scored on held-out test-split scenes;
 - :func:`counterfactual`: on scenes whose main object and largest other item swapped sizes
   (:func:`headflow.images.fashionscenes.swap_sizes`), whether the organism's answer follows the
   new main object or the old one;
@@ -25,34 +26,65 @@ _KEYS = {"object": "label", "color": "color", "position": "position"}
 
 
 @torch.inference_mode()
-def mean_features(model, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
-    """``(N, d)``: the vision tower's last hidden state (the layer the projector reads), averaged
-    over the patch tokens, for ``images`` ``(N, H, W, 3) uint8``."""
+def tower_tokens(model, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
+    """``(N, T, d)``: the vision tower's patch tokens at the layer the projector reads, for
+    ``images`` ``(N, H, W, 3) uint8`` (T = 64 on the organism)."""
     tower = model.model.vision_tower
     out = []
     for s in range(0, len(images), batch_size):
         px = to_pixels(images[s:s + batch_size]).to(device=model.device, dtype=model.dtype)
         h = tower(px, output_hidden_states=True).hidden_states[model.config.vision_feature_layer][:, 1:]
-        out.append(to_numpy(h.mean(1)))
+        out.append(to_numpy(h.float()))
     return np.concatenate(out)
 
 
-def pooled_probes(model, n_train: int = 3000, n_test: int = 1000, objects=(2, 3), seed: int = 0) -> dict:
-    """Accuracy (with 95% Wilson interval) of a multinomial logistic probe on the mean patch feature
-    per question type, trained on ``n_train`` train-split scenes, scored on ``n_test`` test-split
-    scenes (seeds ``seed + 11`` and ``seed + 12``), ``objects`` items per scene."""
+def mean_features(model, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
+    """``(N, d)``: the patch tokens (:func:`tower_tokens`) averaged over the image (what a head
+    that averages the image reads)."""
+    return tower_tokens(model, images, batch_size).mean(1)
+
+
+def object_features(tokens: np.ndarray, masks: np.ndarray, min_cover: float = 0.5) -> np.ndarray:
+    """``(N, d)``: the mean of the tokens ``(N, T, d)`` whose patch the main object's visible mask
+    ``(N, H, W)`` covers at least ``min_cover`` of (the most covered patch where none does): what a
+    head that found the main object reads."""
+    n, t, _ = tokens.shape
+    side = int(round(t ** 0.5))
+    ph, pw = masks.shape[1] // side, masks.shape[2] // side
+    cover = masks.reshape(n, side, ph, side, pw).mean((2, 4)).reshape(n, t)
+    w = (cover >= min_cover).astype(np.float64)
+    none = w.sum(1) == 0
+    w[none] = cover[none] == cover[none].max(1, keepdims=True)
+    return np.einsum("nt,ntd->nd", w / w.sum(1, keepdims=True), tokens)
+
+
+def _probe(f_tr, y_tr, f_te, y_te) -> tuple[float, tuple]:
+    k = int((LogisticRegression(max_iter=3000).fit(f_tr, y_tr).predict(f_te) == y_te).sum())
+    return k / len(y_te), evaluate.wilson_interval(k, len(y_te))
+
+
+def tower_probes(model, n_train: int = 3000, n_test: int = 1000, objects=(2, 3), seed: int = 0) -> dict:
+    """Accuracy (with 95% Wilson interval) of multinomial logistic probes per question type, trained
+    on ``n_train`` train-split scenes and scored on ``n_test`` test-split scenes (seeds ``seed + 11``
+    and ``seed + 12``), ``objects`` items per scene, on two read-outs of the vision tower:
+    ``"pooled"`` (:func:`mean_features`) and ``"main_object_tokens"`` (:func:`object_features`,
+    given the main object's mask).  Returns ``{"n_train", "n_test", "objects", "pooled":
+    {"accuracy", "ci"}, "main_object_tokens": {"accuracy", "ci"}}``."""
     train = data.sample_specs("train", n_train, seed + 11, objects=objects)
     test = data.sample_specs("test", n_test, seed + 12, objects=objects)
-    f_tr = mean_features(model, data.render_many(train)[0])
-    f_te = mean_features(model, data.render_many(test)[0])
-    out = {"n_train": n_train, "n_test": n_test, "objects": list(objects), "accuracy": {}, "ci": {}}
-    for q in QUESTION_TYPES:
-        y_tr = np.array([getattr(s, _KEYS[q]) for s in train])
-        y_te = np.array([getattr(s, _KEYS[q]) for s in test])
-        clf = LogisticRegression(max_iter=3000).fit(f_tr, y_tr)
-        k = int((clf.predict(f_te) == y_te).sum())
-        out["accuracy"][q] = k / n_test
-        out["ci"][q] = evaluate.wilson_interval(k, n_test)
+    feats = {}
+    for split, specs in (("train", train), ("test", test)):
+        images, masks = data.render_many(specs)
+        tok = tower_tokens(model, images)
+        feats[split] = {"pooled": tok.mean(1), "main_object_tokens": object_features(tok, masks)}
+    out = {"n_train": n_train, "n_test": n_test, "objects": list(objects)}
+    for readout in ("pooled", "main_object_tokens"):
+        out[readout] = {"accuracy": {}, "ci": {}}
+        for q in QUESTION_TYPES:
+            y_tr = np.array([getattr(s, _KEYS[q]) for s in train])
+            y_te = np.array([getattr(s, _KEYS[q]) for s in test])
+            acc, ci = _probe(feats["train"][readout], y_tr, feats["test"][readout], y_te)
+            out[readout]["accuracy"][q], out[readout]["ci"][q] = acc, ci
     return out
 
 
@@ -117,10 +149,13 @@ def text_after_table(after: dict):
                          for m, a in after.items() if a}).fillna("")
 
 
-def pooled_table(pooled: dict, accuracy: dict, name: str):
-    """A DataFrame: the pooled-feature probe's accuracy [CI] beside the organism's, per question."""
+def probe_table(probes: dict, accuracy: dict, name: str):
+    """A DataFrame: per question, the two tower probes' accuracy [CI] (:func:`tower_probes`) beside the organism's."""
 
-    return pd.DataFrame({"pooled-feature probe": {q: _ci(pooled["accuracy"][q], pooled["ci"][q]) for q in QUESTION_TYPES},
+    return pd.DataFrame({"pooled-feature probe": {q: _ci(probes["pooled"]["accuracy"][q], probes["pooled"]["ci"][q])
+                                                  for q in QUESTION_TYPES},
+                         "main-object-token probe": {q: _ci(probes["main_object_tokens"]["accuracy"][q],
+                                                            probes["main_object_tokens"]["ci"][q]) for q in QUESTION_TYPES},
                          name: {q: f"{accuracy[q]:.1%}" for q in QUESTION_TYPES}})
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pandas as pd
+
 RESERVE_SHARE = 0.25
 RESERVE_MAX = 10
 
@@ -77,14 +79,17 @@ def choose(pools: dict[str, list], n_reference: int) -> Reference:
     return Reference([e for p in kept.values() for e in p], {c: len(p) for c, p in kept.items()}, left_out, m)
 
 
-def table(examples: list, n_reference: int):
-    """A DataFrame per class: the images, the reference pool, the images chapters may analyse, and
-    the reference chosen for ``n_reference`` (0 where the class is left out)."""
-    import pandas as pd
-
+def table(examples: list, n_reference: int) -> tuple[dict, pd.DataFrame]:
+    """What the rule gives on ``examples``: the reference's record (:meth:`Reference.record`; with a
+    ``problem`` and no images where no class can spare one) and a DataFrame per class: the images,
+    the reference pool, the images chapters may analyse, and the reference for ``n_reference``."""
     analysable, pools = split(examples)
-    ref = choose(pools, n_reference)
+    try:
+        ref = choose(pools, n_reference)
+        record, per_class = ref.record(), ref.per_class
+    except ValueError as e:
+        record, per_class = {"per_class": {}, "n": 0, "left_out": sorted(pools), "problem": str(e)}, {}
     counts = {c: sum(e.class_name == c for e in examples) for c in pools}
-    return ref, pd.DataFrame({"images": counts, "reference pool": {c: len(p) for c, p in pools.items()},
-                              "analysable": {c: counts[c] - len(pools[c]) for c in pools},
-                              f"reference (n_reference={n_reference})": {c: ref.per_class.get(c, 0) for c in pools}})
+    return record, pd.DataFrame({"images": counts, "reference pool": {c: len(p) for c, p in pools.items()},
+                                 "analysable": {c: counts[c] - len(pools[c]) for c in pools},
+                                 f"reference (n_reference={n_reference})": {c: per_class.get(c, 0) for c in pools}})
