@@ -36,11 +36,12 @@ def test_notebook_runs_and_records_provenance(executed, name):
 
 def test_chapter_results(executed):
     org = json.loads((executed / "results" / "organism.json").read_text())
-    names = {"organism", "organism-single", "organism-scratch"}  # organism-seed2 joins when committed
+    names = {"organism", "organism-seed2", "organism-single", "organism-scratch"}
     assert org["n_eval"]["organism"] == 150 and set(org["accuracy"]) == names
     assert all(set(a) == {"object", "color", "position"} for a in org["accuracy"].values())
     assert org["recipe"]["organism"]["stages"] == ["text", "align", "llava"]
     assert set(org["pooled_probe_accuracy"]["accuracy"]) == {"object", "color", "position"}
+    assert set(org["object_token_probe_accuracy"]["accuracy"]) == {"object", "color", "position"}
     assert set(org["counterfactual_follows_main"]) == names
     assert "text" in org["text_retrieval_after_stage"] and "kept" in org["text_retrieval_after_stage"]
     assert org["status"]["checks"]
@@ -57,6 +58,15 @@ def test_chapter_results(executed):
     assert len(where["by_organism"]["organism"]["object"]["probe_by_layer"]["final"]) == 9
     assert where["comparisons"] and all({"difference", "ci"} <= set(c) for c in where["comparisons"].values())
     assert where["status"]["verdict"] in ("reproduced", "partly", "not reproduced")
+    for m, per_q in where["by_organism"].items():
+        halves = per_q["object"]["split_half_overlap"]
+        assert {"top10%"} <= set(halves), m
+        for d in halves.values():
+            if d is not None:
+                assert d["ci"][0] <= d["overlap"] <= d["ci"][1] and d["chance"] == d["k"] / 64
+    att = json.loads((executed / "results" / "attribution.json").read_text())
+    assert att["random_ks"] == "every k" and att["family"]["correction"] == "Holm"
+    assert all("p_holm" in d for ds in att["paired_vs_attribution"].values() for d in ds.values())
     task = json.loads((executed / "results" / "task.json").read_text())
     assert task["group_sizes"]["image"] == 64 and task["n_images"] == 60
     att = json.loads((executed / "results" / "attribution.json").read_text())
@@ -93,6 +103,27 @@ def test_chapter_results(executed):
     assert all(d <= 1e-4 for r in perf["details"].values() for d in r["max_abs_logit_diff_vs_batched"].values())
     assert 0 < perf["scaling_efficiency_2_workers"] <= 1.5 and perf["scaling"]["n_units"] >= 8
     assert len(perf["targets"]) == 5
+
+
+def test_no_chapter_analyses_a_reference_image_and_references_are_balanced(executed):
+    analysed, referenced, listed = {}, {}, []
+    for prov in sorted((executed / "_provenance").glob("*.json")):
+        images = json.loads(prov.read_text()).get("images", {})
+        if images:
+            listed.append(prov.stem)
+        for image_set, ids in images.items():
+            analysed.setdefault(image_set, set()).update(ids["analysed"])
+            referenced.setdefault(image_set, set()).update(ids["reference"])
+    assert {"02-single-head-ablation", "03-head-attribution", "04-faithfulness-completeness",
+            "05-where-the-heads-are"} <= set(listed), listed
+    for image_set in analysed:
+        assert analysed[image_set] and referenced[image_set], image_set
+        both = analysed[image_set] & referenced[image_set]
+        assert not both, (image_set, sorted(both))
+    for res in sorted((executed / "results").glob("*.json")):
+        for image_set, records in json.loads(res.read_text()).get("reference_set", {}).items():
+            for rec in records:  # the same number of images from every class the reference holds
+                assert len(set(rec["per_class"].values())) == 1 and sum(rec["per_class"].values()) == rec["n"], res.name
 
 
 @pytest.mark.parametrize("name", [p.stem for p in run.notebooks()])

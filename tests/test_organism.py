@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY
@@ -63,8 +64,10 @@ def test_a_changed_tower_is_refused(tmp_path):
         models.load(str(tmp_path / "organism-single"))
 
 
-def test_default_organism_log_meets_the_bars():
-    log = json.loads((models.ORGANISMS["organism"] / "training_log.json").read_text())
+@pytest.mark.parametrize("name", ["organism", "organism-seed2"])
+def test_default_recipe_logs_record_the_recipe_and_the_held_out_evaluation(name):
+    log = json.loads((models.ORGANISMS[name] / "training_log.json").read_text())
+    assert organism.recipe_from_log(log) == organism.recipe_of(name)
     final = log["final"]
     assert final["n_eval"] >= 3000 and final["split"] == "test"
     assert final["seed"] != log["monitor"]["seed"], "the held-out set must not be the monitoring set"
@@ -84,7 +87,7 @@ def test_single_object_organism_logs(name):
 
 def test_committed_chapter0_result_matches_the_training_logs():
     res = json.loads((REPO_ROOT / "book" / "results" / "organism.json").read_text())
-    for name in [n for n in ("organism", "organism-seed2") if n in models.ORGANISMS]:
+    for name in ("organism", "organism-seed2"):
         log = json.loads((models.ORGANISMS[name] / "training_log.json").read_text())
         got = res["by_organism"][name]["sets"]["multi-object"]
         if got["n_eval"] != log["final"]["n_eval"] or got["seed"] != log["final"]["seed"]:
@@ -210,12 +213,31 @@ def test_text_retrieval_attribution_on_a_tiny_model(tiny_llava):
     assert abs(sum(s["all"]["layer_shares"]) - 1) < 1e-9 and s["all"]["layer0_ci"][0] <= s["all"]["layer0_share"] + 1e-9
 
 
-def test_pooled_probes_and_counterfactual_on_a_tiny_model(tiny_llava):
+def test_object_features_average_the_covered_patches():
+    from headflow.findings import organism as probes
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(3, 64, 5))
+    masks = np.zeros((3, 64, 64), bool)
+    masks[0, 0:8, 0:8] = True  # one whole patch (0)
+    masks[0, 8:12, 0:8] = True  # half of patch 8: covered >= 0.5, counted
+    masks[1, 0:3, 8:16] = True  # 3/8 of patch 1 only: no patch reaches 0.5, the most covered is taken
+    masks[1, 8:10, 0:8] = True  # 2/8 of patch 8
+    masks[2, 16:24, 16:32] = True  # patches 18 and 19
+    got = probes.object_features(tokens, masks)
+    np.testing.assert_allclose(got[0], tokens[0, [0, 8]].mean(0))
+    np.testing.assert_allclose(got[1], tokens[1, 1])
+    np.testing.assert_allclose(got[2], tokens[2, [18, 19]].mean(0))
+
+
+def test_tower_probes_and_counterfactual_on_a_tiny_model(tiny_llava):
     from headflow.findings import organism as probes
     model, processor = tiny_llava
-    pooled = probes.pooled_probes(model, n_train=60, n_test=30)
-    assert set(pooled["accuracy"]) == {"object", "color", "position"}
-    assert all(0 <= v <= 1 and pooled["ci"][q][0] <= v <= pooled["ci"][q][1] for q, v in pooled["accuracy"].items())
+    got = probes.tower_probes(model, n_train=60, n_test=30)
+    for readout in ("pooled", "main_object_tokens"):
+        r = got[readout]
+        assert set(r["accuracy"]) == {"object", "color", "position"}
+        assert all(0 <= v <= 1 and r["ci"][q][0] <= v <= r["ci"][q][1] for q, v in r["accuracy"].items())
+    assert got["pooled"]["accuracy"] != got["main_object_tokens"]["accuracy"]  # two read-outs, not one twice
     specs = data.sample_specs("test", 40, seed=7, objects=(2, 3))
     pairs, left_out = probes.swapped_scenes(specs, per_class=2)
     assert len(pairs) + left_out == sum(min(2, sum(s.label == c for s in specs)) for c in range(10))

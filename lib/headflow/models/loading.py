@@ -23,10 +23,8 @@ MODELS_DIR = REPO_ROOT / "data" / "models"
 ORGANISM_DIR = Path(os.environ.get("HEADFLOW_ORGANISM", MODELS_DIR / "organism"))
 # The organisms committed in this repository (chapter 0): name -> folder (stored by
 # headflow.models.organism_store: float16, one shared vision tower in data/models/vision-tower/).
-# (organism-seed2, the default's recipe with another seed, joins when its checkpoint is committed;
-# `make organism-seed2` trains it into data/models/organism-seed2.)
-ORGANISMS = {"organism": ORGANISM_DIR, "organism-single": MODELS_DIR / "organism-single",
-             "organism-scratch": MODELS_DIR / "organism-scratch"}
+ORGANISMS = {"organism": ORGANISM_DIR, "organism-seed2": MODELS_DIR / "organism-seed2",
+             "organism-single": MODELS_DIR / "organism-single", "organism-scratch": MODELS_DIR / "organism-scratch"}
 TOWER_DIR = MODELS_DIR / "vision-tower"
 
 # Families whose token groups (tokens.py) and interventions are tested here on tiny models

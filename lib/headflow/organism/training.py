@@ -124,6 +124,7 @@ class Recipe(LlavaArch):
             raise ValueError(f"unknown text task {self.text_task!r}; choose one of {texttasks.TASKS}")
         self.scene_objects = tuple(self.scene_objects)
         self.stages = tuple(self.stages)
+        self.question_probs = tuple(self.question_probs)
 
 
 # the settings of the first default recipe that the new default changed
@@ -538,7 +539,7 @@ def accuracy_summary(runs: dict, logs: dict, default: str, common: str) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description="Train the model organism (the default: about 45 min on 2 cores "
+    ap = argparse.ArgumentParser(description="Train the model organism (the default: about an hour on 2 cores "
                                              "from the committed vision tower).")
     ap.add_argument("--recipe", default="organism", choices=sorted(RECIPES),
                     help="which committed recipe (organism-scratch: vision tower, then the whole LLaVA, no text "
