@@ -106,9 +106,20 @@ def depth_stats(m: np.ndarray) -> tuple[float, float, float]:
 
 def top_per_layer(m: np.ndarray, share: float) -> np.ndarray:
     """How many of the top ``share`` of heads sit in each layer, ``(n_layers,)``."""
+    return top_k_per_layer(m, n_top(share, m.size))
+
+
+def top_k_per_layer(m: np.ndarray, k: int) -> np.ndarray:
+    """How many of the ``k`` largest heads sit in each layer, ``(n_layers,)``."""
     n_layers, n_heads = m.shape
-    top = np.argsort(-m.ravel(), kind="stable")[:n_top(share, m.size)]
+    top = np.argsort(-m.ravel(), kind="stable")[:k]
     return np.bincount(top // n_heads, minlength=n_layers)
+
+
+def _top_stats(counts: np.ndarray, late_from: int) -> tuple:
+    """Per-layer counts of a top set -> (counts, late share, layer-0 share, mean layer)."""
+    k = counts.sum()
+    return counts, counts[late_from:].sum() / k, counts[0] / k, float(np.arange(len(counts)) @ counts / k)
 
 
 def bootstrap_maps(maps: dict, classes: dict, n_boot: int, seed: int) -> np.ndarray:
@@ -149,9 +160,7 @@ def summarise(maps: dict, classes: dict, cutoffs: Sequence[float], n_boot: int, 
            "per_class_share": per_class_shares(maps, classes)}
 
     def stats(x, share):
-        counts = top_per_layer(x, share)
-        k = counts.sum()
-        return counts, counts[late_from:].sum() / k, counts[0] / k, float(np.arange(n_layers) @ counts / k)
+        return _top_stats(top_per_layer(x, share), late_from)
 
     draws = {}
     for c in cutoffs:
@@ -228,8 +237,7 @@ def count_stats(maps: dict, classes: dict, k: int, n_boot: int, seed: int, late_
     late_from = n_layers // 2 if late_from is None else late_from
 
     def stats(x):
-        counts = np.bincount(np.array(sorted(top_set(x, k))) // n_heads, minlength=n_layers)
-        return counts, counts[late_from:].sum() / k, counts[0] / k, float(np.arange(n_layers) @ counts / k)
+        return _top_stats(top_k_per_layer(x, k), late_from)
 
     counts, late, zero, mean_layer = stats(m)
     b = np.array([stats(x)[1:] for x in bootstrap_maps(maps, classes, n_boot, seed)])
