@@ -34,38 +34,52 @@ def test_pick_per_class_offset():
 
 
 def test_knockout_plan_equals_one_knockout_per_row(tiny_study):
-    """Every row of a batched plan equals the same knockout run alone (heads given per layer)."""
+    """Every row of a batched plan equals the same knockout run alone (heads given per layer), for the
+    logit and the logit difference; role-only is role without the final token."""
     st = tiny_study
     t = st.tasks[0]
-    plan = flow.Plan(["question->final", "image->final", "image->question"], flow.windows(st.n_layers, 1),
-                     {"all heads": None, "some": np.array([1, 6])})
+    plan = flow.chapter_plan(st.n_layers, {"all heads": None, "some": np.array([1, 6])}, window=1,
+                             sensitivity_window=2)
+    assert len(plan.select("image->final", 1, "some")) == st.n_layers and not plan.select("image->role", 1, "some")
+    assert len(plan.select("question->role-only", 2)) == st.n_layers - 1
     got = flow.run_image(st, t, plan)
     g = flow.group_masks(st, t)
-    for r, (f, w, s) in enumerate(plan.rows):
+    assert g["role-only"].any() and not (g["role-only"] & g["final"]).any()
+    assert ((g["role-only"] | g["final"]) == g["role"]).all()
+    ids = [t.target_id] + list(t.other_ids)
+    for r, (f, layers, s) in enumerate(plan.rows):
         src, dst = flow.FLOWS[f]
-        layer = plan.wins[w][0]
-        heads = None if s == "all heads" else [h % st.n_heads for h in (1, 6) if h // st.n_heads == layer]
-        if heads == []:
-            want = got["y_clean"]
-        else:
-            with torch.inference_mode(), iv.intervene(st.model, knockouts=[iv.Knockout(g[dst], g[src], [layer], heads)]):
-                want = float(st.model(**t.inputs).logits[0, -1, t.target_id])
-        assert abs(got["y"][r] - want) < 1e-4, (f, w, s)
+        heads = {layer: None if s == "all heads" else [h % st.n_heads for h in (1, 6) if h // st.n_heads == layer]
+                 for layer in layers}
+        kos = [iv.Knockout(g[dst], g[src], [layer], hs) for layer, hs in heads.items() if hs != []]
+        with torch.inference_mode(), iv.intervene(st.model, knockouts=kos):
+            logits = st.model(**t.inputs).logits[0, -1, ids].double()
+        assert abs(got["y"][r] - float(logits[0])) < 1e-4, (f, layers, s)
+        assert abs(got["y_diff"][r] - float(logits[0] - logits[1:].max())) < 1e-4, (f, layers, s)
     assert (np.abs(got["y"] - got["y_clean"]) > 1e-4).sum() >= 6  # the knockouts act
     with pytest.raises(ValueError, match="window size"):
-        flow.windows(st.n_layers, 3)
+        flow.windows(st.n_layers, st.n_layers + 1)
 
 
-def test_timing_statistic():
-    c = np.array([1.0, 2.0, 3.0])
-    assert flow.mean_layer(np.array([1.0, 0.0, -1.0]), c, 0.05) == 1.0
-    assert np.isnan(flow.mean_layer(np.array([0.01, 0.0, 0.0]), c, 0.05))
-    draws = {"q": np.full(100, 1.0), "i": np.full(100, 2.5)}
-    summ = {"mean_layer_draws": draws, "mean_layer": {"q": 1.0, "i": 2.5}}
-    assert flow.timing(summ, "q", "i")["answer"] == "yes"
-    assert flow.timing(summ, "i", "q")["answer"] == "no (later)"
-    draws["i"] = np.where(np.arange(100) < 10, np.nan, 2.5)
-    assert flow.timing(summ, "q", "i")["answer"] == "undetermined"
+def test_onset_and_timing_statistics():
+    assert flow.onset(np.array([0.05, 0.3, 0.5]), np.array([0.0, 0.08, 0.2]), 0.1) == 2  # by the interval's lower end
+    assert flow.onset(np.array([0.05, 0.3]), None, 0.1) == 1 and flow.onset(np.array([0.05, 0.02]), None, 0.1) is None
+    draws = np.array([[0.0, 0.2, 0.3], [0.0, 0.0, 0.05]])
+    assert np.array_equal(flow.onset_draws(draws, 0.1), [1.0, np.nan], equal_nan=True)
+    q = {"onset": 0, "draws": np.zeros(200)}
+    i = {"onset": 2, "draws": np.full(200, 2.0)}
+    t = flow.timing(q, i)
+    assert t["difference"] == 2 and t["p"] == 0.0 and t["ci"] == [2.0, 2.0]
+    none = flow.timing(q, {"onset": None, "draws": np.full(200, np.nan)})
+    assert none["p"] is None and none["difference"] is None
+    patchy = flow.timing(q, {"onset": 2, "draws": np.where(np.arange(200) < 20, np.nan, 2.0)})
+    assert patchy["p"] is None and patchy["difference"] == 2  # 10% of the draws without an onset
+    later = flow.timing(i, q)
+    noisy = flow.timing(q, {"onset": 1, "draws": np.where(np.arange(200) < 90, 0.0, 1.0)})
+    judged = flow.judge({"a": t, "b": later, "c": noisy, "d": none})
+    assert judged["a"]["answer"] == "yes" and judged["b"]["answer"] == "no (later)"
+    assert judged["c"]["answer"] == "undetermined" and judged["d"]["answer"] == "undetermined"
+    assert judged["d"]["p_holm"] is None and judged["c"]["p_holm"] >= judged["c"]["p"]
 
 
 def test_group_effects_rows_are_position_ablations(tiny_study):
@@ -164,9 +178,10 @@ def test_new_chapter_rules():
     assert verdicts.semantics(sem)["verdict"] == verdicts.PARTLY
 
     def ko(answers):
-        return {"model": "m", "peak_layer": {"color": {"image->final": [1, 2]}},
-                "timing": {q: {g: {"answer": a, "difference": 1.0} for g in ("role", "final")}
-                           for q, a in answers.items()}}
+        tim = {q: {g: {"answer": a, "difference": 1, "question_onset": 0, "image_onset": 1} for g in ("role", "final")}
+               for q, a in answers.items()}
+        return {"model": "m", "onset_share": 0.1, "timing": tim,
+                "role_without_final": {q: v["role"] for q, v in tim.items()}, "logit_diff": {"timing": tim}}
     assert verdicts.knockout(ko({"object": "undetermined", "color": "yes", "position": "yes"}))["verdict"] == "reproduced"
     assert verdicts.knockout(ko({"color": "yes", "position": "undetermined"}))["verdict"] == "partly"
     assert verdicts.knockout(ko({"color": "yes", "position": "no (later)"}))["verdict"] == "not reproduced"

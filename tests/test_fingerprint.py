@@ -110,3 +110,17 @@ def test_a_finding_that_stores_its_own_results_keys_them_by_its_code(tmp_path, m
     assert study.store_for(st, "knockout", computed_by="headflow.findings.page", window=1).done("u")
     (pkg / "findings" / "page.py").write_text("def y(x):\n    return 4 * x\n")
     assert not study.store_for(st, "knockout", computed_by="headflow.findings.page", window=1).done("u")
+
+
+def test_chapters_that_choose_other_images_share_one_store(model_and_images, tmp_path):
+    """Only the images a study chooses differ (per_class, offset, keep): one store, so a unit that two
+    chapters analyse is computed once; anything that changes a unit's contents is another store."""
+    folder, images = model_and_images
+    meta = {"model": str(folder), "n_reference": 50, "fingerprint": fingerprint.fingerprint(str(folder), images)}
+    a = study.store_for(SimpleNamespace(meta={**meta, "per_class": 10, "offset": 0, "keep": "correct"}), "attribution",
+                        n_masks=10, seed=0)
+    b = study.store_for(SimpleNamespace(meta={**meta, "per_class": 4, "offset": 2, "keep": "all"}), "attribution",
+                        n_masks=10, seed=0)
+    c = study.store_for(SimpleNamespace(meta={**meta, "n_reference": 20, "per_class": 10}), "attribution",
+                        n_masks=10, seed=0)
+    assert a.root == b.root and a.root != c.root

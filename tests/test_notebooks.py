@@ -9,7 +9,7 @@ from pathlib import Path
 import browser
 import pytest
 
-from headflow.book import index, site
+from headflow.book import audit, index, site
 from headflow.book import runner as run
 from headflow.util.paths import REPO_ROOT
 
@@ -124,6 +124,25 @@ def test_no_chapter_analyses_a_reference_image_and_references_are_balanced(execu
         for image_set, records in json.loads(res.read_text()).get("reference_set", {}).items():
             for rec in records:  # the same number of images from every class the reference holds
                 assert len(set(rec["per_class"].values())) == 1 and sum(rec["per_class"].values()) == rec["n"], res.name
+
+
+def test_executed_chapters_keep_no_warning_or_stderr_and_show_their_source_code(executed):
+    """No progress bar, warning or other stderr output in any executed chapter, and every code cell
+    as in its source notebook (headflow.book.audit; the committed book is checked the same way)."""
+    noise = [p for nb in run.notebooks() for p in audit.kept_noise(executed / nb.name)]
+    assert not noise, noise[:10]
+    stale = [p for nb in run.notebooks() for p in audit.stale_code(executed / nb.name, nb)]
+    assert not stale, stale
+
+
+def test_one_build_one_commit_and_no_unit_computed_twice(executed):
+    """Every chapter of the build ran at one commit and lib/ hash, and no run-store unit was computed
+    twice (also not under two store keys for the same computation)."""
+    records = [json.loads(p.read_text()) for p in sorted((executed / "_provenance").glob("*.json"))]
+    assert len(records) == len(run.notebooks())
+    assert audit.provenance_split(records, require_clean=False) == []
+    assert audit.repeated_units(records) == []
+    assert sum(s["units_computed"] for r in records for s in r["run_stores"]) > 0 or os.environ.get("CI") != "true"
 
 
 @pytest.mark.parametrize("name", [p.stem for p in run.notebooks()])

@@ -38,6 +38,11 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PROFILE_FILE = NOTEBOOK_DIR / "profiles.yml"
 PROFILES = ("ci", "default", "full", "families", "shadows")
 MECHANICS = ("families", "shadows")  # random-weight models: never into book/
+# set for every executed chapter (the kernel inherits them): no progress bars or advisory logging in the
+# book's outputs (headflow.util.progress, transformers and huggingface_hub honour these); the terminal shows one
+# progress line per chapter (papermill's, over cells) instead
+QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+             "RAY_BACKEND_LOG_LEVEL": "error"}
 VERSIONED = ("headflow", "torch", "transformers", "numpy", "scikit-learn", "papermill", "nbformat",
              "matplotlib", "seaborn", "pycocotools", "jupyter-book")
 
@@ -178,20 +183,24 @@ def _snapshot(out: Path) -> dict:
 
 def _stores_read(log: Path) -> list[dict]:
     """The run stores a notebook opened: key (folder name), the parameters and fingerprint it is keyed
-    by, units found at opening (hits) and units computed during the run."""
-    seen: dict[str, dict] = {}
+    by, units found at opening (hits) and the units computed during the run (their keys)."""
+    opened: dict[str, dict] = {}
+    computed: dict[str, list[str]] = {}
     if log.exists():
         for line in log.read_text().splitlines():
             rec = json.loads(line)
-            seen.setdefault(rec["store"], rec)
+            if "computed" in rec:
+                computed.setdefault(rec["store"], []).append(rec["computed"])
+            else:
+                opened.setdefault(rec["store"], rec)
         log.unlink()
     out = []
-    for root, rec in seen.items():
+    for root, rec in opened.items():
         root = Path(root)
-        n_now = len([p for p in root.glob("*.npz") if not p.name.startswith(".")])
         params = json.loads((root / "params.json").read_text()) if (root / "params.json").exists() else {}
+        units = computed.get(str(root), [])
         out.append({"key": root.name, "keyed_by": params, "units_hit": rec["units_found"],
-                    "units_computed": n_now - rec["units_found"]})
+                    "units_computed": len(units), "computed": units})
     return out
 
 
@@ -230,13 +239,15 @@ def execute(path: Path, params: dict, out: Path, profile: str, timeout: int | No
     before = _snapshot(out)
     os.environ["HEADFLOW_BOOK_DIR"] = str(out.resolve())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.update(QUIET_ENV)
     store_log = out / "_provenance" / f".{path.stem}.stores.jsonl"
     store_log.parent.mkdir(parents=True, exist_ok=True)
     store_log.unlink(missing_ok=True)
     os.environ["HEADFLOW_STORE_LOG"] = str(store_log)
     t0 = time.time()
     pm.execute_notebook(str(path), str(out / path.name), parameters=params, kernel_name="python3",
-                        cwd=str(NOTEBOOK_DIR), progress_bar=False, execution_timeout=timeout)
+                        cwd=str(NOTEBOOK_DIR), execution_timeout=timeout,
+                        progress_bar={"desc": path.stem, "unit": "cell", "disable": False, "mininterval": 5})
     wall = time.time() - t0
     collapse_code(out / path.name)
     os.environ.pop("HEADFLOW_STORE_LOG", None)

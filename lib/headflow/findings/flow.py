@@ -1,25 +1,32 @@
 """Token-level flow (chapter 7): which token group reaches which, in which layers.
 
 An **attention knockout** (:class:`headflow.mechanism.interventions.Knockout`) blocks attention from a
-query group to a key group in a *window* of ``size`` consecutive layers.  Sliding the window over
-all layers and measuring what the answer loses says where a flow happens.  The flows:
+query group to a key group in a *window* of consecutive layers.  Sliding the window over all layers
+and measuring what the answer loses says where a flow happens.  The flows:
 
-    question -> role, question -> final, image -> role, image -> final, image -> question
+    question -> role, question -> final, image -> role, image -> final, image -> question,
+    question -> role-only, image -> role-only
 
-each knocked out in every head, in the top heads only (:func:`headflow.method.crossfit.top_heads`), and
-in size-matched random head sets (the control).  One batch per image holds every (flow, window,
-head set) as a row: each row's knockout is confined to that row by its per-row query mask and
-head mask, so a whole image is one batched forward.
+where *role-only* is the role tokens without the final token (for the LLaVA template the final
+token is the role's ":", so "role" contains "final" and only role-only tells the two apart).
 
-Effect of a knockout on an image: ``y_clean - y_knockout`` (logit lost), aggregated over images
-by the one rule (:func:`headflow.method.metrics.aggregate`: relative to the image effect
-``y_clean - y_none``); plus whether the answer stays correct.
+The plan (:func:`chapter_plan`): every flow in every window of ``window`` layers (primary: 1) and
+of ``sensitivity_window`` layers (3), in all heads; and the control flow (image -> final) in every
+primary window within the top heads (:func:`headflow.method.crossfit.top_heads`) and within
+size-matched random head sets.  One batch per image holds every row: each row's knockout is confined
+to that row by its per-row query mask and head mask, so a whole image is one batched forward.
 
-**Timing statistic**: the *effect-weighted mean layer* of a flow, ``sum_w c_w e_w+ / sum_w e_w+``
-over windows (``c_w`` the window's centre layer, ``e_w+`` the aggregate effect clipped at 0).  It
-is defined only if the flow's total clipped effect ``sum_w e_w+`` reaches ``min_mass`` (a flow
-that does nothing has no timing); :func:`timing` decides "question before image" by a paired
-bootstrap of the difference of mean layers.
+Effect of a knockout on an image: ``y_clean - y_knockout`` (logit lost), aggregated over images by
+the one rule (:func:`headflow.method.metrics.aggregate`: relative to the image effect ``y_clean -
+y_none``), for two targets from the same forwards: the answer's logit and the logit difference
+(answer minus the best other answer), which tells disruption (every logit moves) from information;
+plus whether the answer stays correct.
+
+**Timing statistic**: a flow's *onset*, the first layer whose knockout loses more than
+``share`` of the image effect by the lower end of its 95% bootstrap interval
+(:data:`headflow.findings.verdicts.ONSET_SHARE`; in a bootstrap draw, the first layer whose drawn
+value exceeds the share).  A flow with no such layer has no onset.  :func:`timing` compares two flows'
+onsets by the paired bootstrap (images resampled within classes, both onsets from the same draw).
 """
 from __future__ import annotations
 
@@ -29,17 +36,20 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from headflow.mechanism import interventions as iv
 from headflow.mechanism import tokens
-from headflow.method import attribution, crossfit, metrics, study
+from headflow.method import attribution, crossfit, metrics, stats, study
 from headflow.method.experiment import ImageTask, masks_y, repeat_inputs
 from headflow.util.devices import to_device
+from headflow.util import progress
 
 FLOWS = {"question->role": ("question", "role"), "question->final": ("question", "final"),
          "image->role": ("image", "role"), "image->final": ("image", "final"),
-         "image->question": ("image", "question")}
+         "image->question": ("image", "question"),
+         "question->role-only": ("question", "role-only"), "image->role-only": ("image", "role-only")}
+GROUPS = ("role", "final", "role-only")  # the receiving groups whose timing the chapter tests
+CONTROL_FLOW = "image->final"  # the flow knocked out in the top heads and in random head sets
 
 
 def windows(n_layers: int, size: int) -> list[list[int]]:
@@ -55,7 +65,8 @@ def centres(wins: Sequence[Sequence[int]]) -> np.ndarray:
 
 def group_masks(st, task: ImageTask) -> dict[str, torch.Tensor]:
     """``{group: (L,) bool}`` of the prompt's token groups (from the processor's output); ``image`` is
-    the image span, separators included (:func:`headflow.models.families.image_span`)."""
+    the image span, separators included (:func:`headflow.models.families.image_span`); ``role-only``
+    the role tokens that are not the final token."""
     g = tokens.resolve(st.processor, st.model.config, st.question, task.inputs, n_forced=task.n_forced)
     L = task.inputs["input_ids"].shape[1]
     out = {"image": iv.image_mask(st.model, task.inputs["input_ids"])[0]}  # the whole image span
@@ -63,20 +74,31 @@ def group_masks(st, task: ImageTask) -> dict[str, torch.Tensor]:
         m = torch.zeros(L, dtype=torch.bool, device="cpu")
         m[g.nonempty(name)] = True
         out[name] = m
+    out["role-only"] = out["role"] & ~out["final"]
     return out
 
 
 @dataclass
 class Plan:
-    """The rows of one image's batch: ``rows[i] = (flow, window index, head set name)``."""
+    """The rows of one image's batch: ``rows[i] = (flow, layers, head set name)``; ``head_sets``:
+    name -> flat head indices, or None for every head."""
 
-    flows: list[str]
-    wins: list[list[int]]
-    head_sets: dict  # name -> flat head indices, or None for every head
+    rows: list[tuple[str, tuple[int, ...], str]]
+    head_sets: dict
 
-    @property
-    def rows(self) -> list[tuple[str, int, str]]:
-        return [(f, w, s) for f in self.flows for w in range(len(self.wins)) for s in self.head_sets]
+    def select(self, flow: str, size: int, head_set: str = "all heads") -> list[int]:
+        """Indices of the rows of ``flow`` in ``head_set`` over the windows of ``size`` layers, in layer order."""
+        return [i for i, (f, w, s) in enumerate(self.rows) if f == flow and len(w) == size and s == head_set]
+
+
+def chapter_plan(n_layers: int, head_sets: dict, window: int = 1, sensitivity_window: int | None = 3,
+                 control_flow: str = CONTROL_FLOW) -> Plan:
+    """Every flow of :data:`FLOWS` in every window of ``window`` and of ``sensitivity_window`` layers
+    in all heads; ``control_flow`` in every window of ``window`` layers in each other head set."""
+    sizes = [window] + ([sensitivity_window] if sensitivity_window and sensitivity_window != window else [])
+    rows = [(f, tuple(w), "all heads") for size in sizes for f in FLOWS for w in windows(n_layers, size)]
+    rows += [(control_flow, tuple(w), s) for s in head_sets if s != "all heads" for w in windows(n_layers, window)]
+    return Plan(rows, head_sets)
 
 
 def knockouts_for(plan: Plan, groups: dict[str, torch.Tensor], n_layers: int, n_heads: int) -> list[iv.Knockout]:
@@ -88,8 +110,8 @@ def knockouts_for(plan: Plan, groups: dict[str, torch.Tensor], n_layers: int, n_
         q = torch.zeros(B, L, dtype=torch.bool, device="cpu")
         k = torch.zeros(B, L, dtype=torch.bool, device="cpu")
         hm = torch.zeros(B, n_heads, dtype=torch.bool, device="cpu")
-        for r, (flow, w, s) in enumerate(rows):
-            if layer not in plan.wins[w]:
+        for r, (flow, layers, s) in enumerate(rows):
+            if layer not in layers:
                 continue
             src, dst = FLOWS[flow]
             q[r], k[r] = groups[dst], groups[src]
@@ -106,12 +128,14 @@ def knockouts_for(plan: Plan, groups: dict[str, torch.Tensor], n_layers: int, n_
 
 @torch.inference_mode()
 def run_image(st, task: ImageTask, plan: Plan, batch_size: int = 64) -> dict:
-    """y and correctness of every row of ``plan`` on one image, with ``y_clean`` and ``y_none``."""
+    """Per row of ``plan`` on one image: the answer's logit ``y``, the logit difference ``y_diff``
+    (answer minus the best other answer) and whether the answer is still chosen; with ``y_clean``,
+    ``y_none`` and their logit differences ``y_clean_diff``, ``y_none_diff``."""
     groups = group_masks(st, task)
     kos = knockouts_for(plan, groups, st.n_layers, st.n_heads)
     B = len(plan.rows)
     ids = [task.target_id] + list(task.other_ids)
-    ys, ok = [], []
+    ys, diffs, ok = [], [], []
     for s in range(0, B, batch_size):
         n = min(batch_size, B - s)
         dev = st.model.device
@@ -119,33 +143,45 @@ def run_image(st, task: ImageTask, plan: Plan, batch_size: int = 64) -> dict:
                             head_mask=ko.head_mask[s:s + n].to(dev)) for ko in kos if ko.queries[s:s + n].any()]
         with iv.intervene(st.model, knockouts=part):
             inputs = to_device(repeat_inputs(task.inputs, n), dev)
-            logits = st.model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1].float().cpu()
-        ys.append(logits[:, task.target_id].double().numpy())
-        ok.append((logits[:, ids].argmax(-1) == 0).numpy())
+            logits = st.model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1].double().cpu()
+        answers = logits[:, ids]
+        ys.append(answers[:, 0].numpy())
+        diffs.append((answers[:, 0] - answers[:, 1:].amax(-1)).numpy())
+        ok.append((answers.argmax(-1) == 0).numpy())
     ends = torch.stack([torch.ones(st.n_layers, st.n_heads, dtype=torch.bool, device="cpu"),
                         torch.zeros(st.n_layers, st.n_heads, dtype=torch.bool, device="cpu")])
     y_clean, y_none = masks_y(st.model, task, st.baseline, ends, "logit")
-    return {"y": np.concatenate(ys), "correct": np.concatenate(ok), "y_clean": float(y_clean), "y_none": float(y_none)}
+    d_clean, d_none = masks_y(st.model, task, st.baseline, ends, "logit-diff")
+    return {"y": np.concatenate(ys), "y_diff": np.concatenate(diffs), "correct": np.concatenate(ok),
+            "y_clean": float(y_clean), "y_none": float(y_none), "y_clean_diff": float(d_clean),
+            "y_none_diff": float(d_none)}
+
+
+TARGETS = {"logit": ("y", "y_clean", "y_none"), "logit-diff": ("y_diff", "y_clean_diff", "y_none_diff")}
 
 
 def run(st, tasks: Sequence[ImageTask], plan: Plan, store=None, batch_size: int = 64) -> dict:
-    """Every image of ``tasks`` (resumable through ``store``): ``lost (n_images, F, W, S)`` logit lost,
-    ``correct`` (same shape), ``effects`` ``(n_images,)``, ``classes``, ``keys``."""
-    F, W, S = len(plan.flows), len(plan.wins), len(plan.head_sets)
-    out = {"lost": [], "correct": [], "effects": [], "classes": [], "keys": []}
-    for t in tqdm(tasks, desc="knockouts"):
+    """Every image of ``tasks`` (resumable through ``store``): per target of :data:`TARGETS`,
+    ``lost[target] (n_images, R)`` the loss of each row and ``effects[target] (n_images,)`` the image
+    effect; ``correct (n_images, R)``; ``classes``; ``keys``."""
+    out = {"lost": {t: [] for t in TARGETS}, "effects": {t: [] for t in TARGETS}, "correct": [], "classes": [],
+           "keys": []}
+    for t in progress.bar(tasks, desc="knockouts"):
         if store is not None and store.done(t.key):
             r = store.load(t.key)
         else:
             r = run_image(st, t, plan, batch_size)
             if store is not None:
                 store.save(t.key, **{k: np.asarray(v) for k, v in r.items()})
-        out["lost"].append((float(r["y_clean"]) - np.asarray(r["y"])).reshape(F, W, S))
-        out["correct"].append(np.asarray(r["correct"]).reshape(F, W, S))
-        out["effects"].append(float(r["y_clean"]) - float(r["y_none"]))
+        for target, (y, clean, none) in TARGETS.items():
+            out["lost"][target].append(float(r[clean]) - np.asarray(r[y]))
+            out["effects"][target].append(float(r[clean]) - float(r[none]))
+        out["correct"].append(np.asarray(r["correct"]))
         out["classes"].append(t.class_name)
         out["keys"].append(t.key)
-    return {k: np.array(v) if k in ("lost", "correct", "effects") else v for k, v in out.items()}
+    return {"lost": {t: np.array(v) for t, v in out["lost"].items()},
+            "effects": {t: np.array(v) for t, v in out["effects"].items()},
+            "correct": np.array(out["correct"]), "classes": out["classes"], "keys": out["keys"]}
 
 
 def random_head_sets(n_total: int, size: int, n_sets: int, seed: int, exclude: Sequence[int] = ()) -> list[np.ndarray]:
@@ -158,53 +194,95 @@ def random_head_sets(n_total: int, size: int, n_sets: int, seed: int, exclude: S
 
 
 # ------------------------------------------------------------------------------------ statistics
-def mean_layer(curve: np.ndarray, c: np.ndarray, min_mass: float) -> float:
-    """Effect-weighted mean layer of one flow's aggregate curve over windows (NaN below ``min_mass``)."""
-    pos = np.clip(curve, 0, None)
-    mass = pos.sum()
-    return float((pos * c).sum() / mass) if mass >= min_mass else float("nan")
+def onset(curve: np.ndarray, lower: np.ndarray | None, share: float) -> int | None:
+    """The first window (index) whose ``lower`` interval end (or, without intervals, whose value in
+    ``curve``) exceeds ``share``; None if none does."""
+    above = np.asarray(curve if lower is None else lower, float) > share
+    return int(np.argmax(above)) if above.any() else None
 
 
-def summarise(res: dict, plan: Plan, n_boot: int, seed: int, min_mass: float = 0.05, min_images: int = 2) -> dict:
-    """Aggregate curves ``(F, W, S)`` with per-class quartile bands and 95% bootstrap intervals,
-    accuracy under each knockout, the peak window and effect-weighted mean layer of each flow (all
-    heads), with bootstrap draws of the mean layers for :func:`timing`."""
-    agg = metrics.aggregate(res["lost"], res["effects"], res["classes"], min_images)
-    draws = metrics.bootstrap_aggregate(res["lost"], res["effects"], res["classes"], n_boot, seed, min_images)
-    per_class = np.stack(list(agg["per_class"].values()))
-    c = centres(plan.wins)
-    sets = list(plan.head_sets)
-    all_i = sets.index("all heads")
-    peak, ml, ml_draws = {}, {}, {}
-    for i, f in enumerate(plan.flows):
-        curve = agg["value"][i, :, all_i]
-        peak[f] = int(np.argmax(curve))
-        ml[f] = mean_layer(curve, c, min_mass)
-        ml_draws[f] = np.array([mean_layer(d[i, :, all_i], c, min_mass) for d in draws])
-    return {"curve": agg["value"], "ci": np.quantile(draws, [0.025, 0.975], axis=0),
-            "band": np.quantile(per_class, [0.25, 0.75], axis=0), "accuracy": res["correct"].mean(0),
-            "peak_window": peak, "peak_layers": {f: plan.wins[w] for f, w in peak.items()},
-            "mean_layer": ml, "mean_layer_draws": ml_draws, "n_images": agg["n_images_used"],
-            "images_left_out": len(agg["images_left_out"]), "sets": sets, "flows": list(plan.flows),
-            "centres": c.tolist()}
+def onset_draws(draws: np.ndarray, share: float) -> np.ndarray:
+    """The onset of each bootstrap draw ``(n_boot, W)``: its first window above ``share``; NaN if none."""
+    above = np.asarray(draws, float) > share
+    return np.where(above.any(-1), above.argmax(-1), np.nan).astype(float)
 
 
-def timing(summ: dict, first: str, second: str) -> dict:
-    """Does ``first`` (e.g. question->final) happen before ``second`` (image->final)?  The paired
-    bootstrap difference of effect-weighted mean layers ``second - first``: "yes" if its 95%
-    interval lies above 0, "no (later)" below 0, "undetermined" if it spans 0 or if more than 5% of
-    the draws leave either flow without timing (too little effect)."""
-    a, b = summ["mean_layer_draws"][first], summ["mean_layer_draws"][second]
-    d = b - a
-    defined = np.isfinite(d)
-    point = summ["mean_layer"][second] - summ["mean_layer"][first]
-    if defined.mean() < 0.95 or not np.isfinite(point):
-        return {"difference": None if not np.isfinite(point) else float(point), "ci": [None, None],
-                "defined_share": float(defined.mean()), "answer": "undetermined"}
-    lo, hi = np.quantile(d[defined], [0.025, 0.975])
-    answer = "yes" if lo > 0 else "no (later)" if hi < 0 else "undetermined"
-    return {"difference": float(point), "ci": [float(lo), float(hi)], "defined_share": float(defined.mean()),
-            "answer": answer}
+def summarise(res: dict, plan: Plan, n_boot: int, seed: int, min_images: int = 2) -> dict:
+    """Per target: the aggregate of every row, its 95% bootstrap interval and 25-75% spread over
+    classes, and the bootstrap draws (for onsets); accuracy under each row; the images and classes
+    that enter (those with a positive image effect, classes with at least ``min_images``)."""
+    out = {"plan": plan, "accuracy": res["correct"].mean(0), "targets": {}}
+    for target in TARGETS:
+        lost, eff = res["lost"][target], res["effects"][target]
+        agg = metrics.aggregate(lost, eff, res["classes"], min_images)
+        draws = metrics.bootstrap_aggregate(lost, eff, res["classes"], n_boot, seed, min_images)
+        per_class = np.stack(list(agg["per_class"].values()))
+        out["targets"][target] = {
+            "value": agg["value"], "ci": np.quantile(draws, [0.025, 0.975], axis=0),
+            "band": np.quantile(per_class, [0.25, 0.75], axis=0), "draws": draws,
+            "n_images": agg["n_images_used"], "images_left_out": len(agg["images_left_out"]),
+            "classes": {c: int(sum(1 for i, k in enumerate(res["classes"]) if k == c and eff[i] > 0))
+                        for c in agg["per_class"]},
+            "classes_left_out": agg["classes_left_out"]}
+    return out
+
+
+def curve(summ: dict, flow: str, size: int, head_set: str = "all heads", target: str = "logit",
+          what: str = "value") -> np.ndarray:
+    """One flow's aggregate over windows of ``size`` layers (``what``: value ``(W,)``, ci ``(2, W)``,
+    band ``(2, W)`` or draws ``(n_boot, W)``)."""
+    idx = summ["plan"].select(flow, size, head_set)
+    if not idx:
+        raise ValueError(f"the plan has no rows of {flow!r} over {size}-layer windows in {head_set!r}")
+    x = summ["targets"][target][what]
+    return x[idx] if what == "value" else x[..., idx]
+
+
+def flow_onset(summ: dict, flow: str, size: int, share: float, target: str = "logit") -> dict:
+    """The onset of one flow (:func:`onset` on its interval's lower end) and its bootstrap draws."""
+    ci = curve(summ, flow, size, target=target, what="ci")
+    return {"onset": onset(curve(summ, flow, size, target=target), ci[0], share),
+            "draws": onset_draws(curve(summ, flow, size, target=target, what="draws"), share)}
+
+
+def timing(question: dict, image: dict, max_undefined: float = 0.05) -> dict:
+    """Does the question's flow (``question``: :func:`flow_onset`) start before the image's?  The
+    paired bootstrap difference of onsets ``image - question`` (layers): its point value, 95%
+    interval and a two-sided bootstrap p-value (:func:`headflow.method.stats.bootstrap_p`), which
+    :func:`judge` corrects over the chapter's family.  No test ("undetermined", p = None) if either
+    flow has no onset or more than ``max_undefined`` of the draws leave one without an onset."""
+    d = image["draws"] - question["draws"]
+    defined = float(np.isfinite(d).mean())
+    if question["onset"] is None or image["onset"] is None or defined < 1 - max_undefined:
+        point = None if question["onset"] is None or image["onset"] is None else image["onset"] - question["onset"]
+        return {"difference": point, "ci": [None, None], "defined_share": defined, "p": None,
+                "question_onset": question["onset"], "image_onset": image["onset"]}
+    d = d[np.isfinite(d)]
+    return {"difference": int(image["onset"] - question["onset"]), "ci": metrics.interval(d),
+            "defined_share": defined, "p": stats.bootstrap_p(d, 0.0, "two-sided"),
+            "question_onset": question["onset"], "image_onset": image["onset"]}
+
+
+def judge(tests: dict, alpha: float = stats.ALPHA) -> dict:
+    """Holm over a family ``{name: timing}`` (tests without a p are not in it): each gets ``p_holm``
+    and ``answer``: "yes" (the question first: adjusted p below ``alpha`` and a positive difference),
+    "no (later)" (significant and negative), else "undetermined"."""
+    ps = stats.holm({n: t["p"] for n, t in tests.items() if t["p"] is not None})
+    out = {}
+    for n, t in tests.items():
+        p = ps.get(n)
+        sig = p is not None and p < alpha and t["difference"] not in (None, 0)
+        answer = "undetermined" if not sig else "yes" if t["difference"] > 0 else "no (later)"
+        out[n] = {**t, "p_holm": p, "answer": answer}
+    return out
+
+
+def timings(summ: dict, size: int, share: float, target: str = "logit") -> dict:
+    """``{group: timing}`` of question -> group against image -> group for every group of :data:`GROUPS`,
+    and the onsets of every flow ``{"onsets": {flow: layer or None}}``."""
+    on = {f: flow_onset(summ, f, size, share, target) for f in FLOWS}
+    return {"onsets": {f: o["onset"] for f, o in on.items()},
+            "tests": {g: timing(on[f"question->{g}"], on[f"image->{g}"]) for g in GROUPS}}
 
 
 # ------------------------------------------------------------------------------------ the chapter
@@ -225,10 +303,11 @@ def top_heads_for(model: str, image_set: str, question: str, n_fit: int, n_masks
 
 def analyse(model: str, image_set: str, questions: Sequence[str], n_fit: int, fit_masks: int, n_eval: int,
             window: int, n_random: int, n_boot: int, seed: int, n_reference: int, rate: float = 0.5,
-            min_mass: float = 0.05, masks_per_head: float = 0, **setup_kw) -> dict:
-    """Per question: top heads from the fitting images, knockouts of every flow and window on the
-    next ``n_eval`` images per class (all heads, top heads, ``n_random`` size-matched random sets),
-    the summary and the timing comparisons.  ``masks_per_head``, ``setup_kw``: as :func:`top_heads_for`."""
+            sensitivity_window: int | None = 3, masks_per_head: float = 0, **setup_kw) -> dict:
+    """Per question: top heads from the fitting images, the knockouts of :func:`chapter_plan` on the
+    next ``n_eval`` images per class (all heads over windows of ``window`` and ``sensitivity_window``
+    layers; the control flow in the top heads and ``n_random`` size-matched random sets), and the
+    summary.  ``masks_per_head``, ``setup_kw``: as :func:`top_heads_for`."""
 
     out = {}
     for q in questions:
@@ -240,45 +319,83 @@ def analyse(model: str, image_set: str, questions: Sequence[str], n_fit: int, fi
         sets = {"all heads": None, "top heads": top["heads"]}
         for i, r in enumerate(random_head_sets(H, top["k"], n_random, seed + len(out), exclude=top["heads"])):
             sets[f"random {i + 1}"] = r
-        plan = Plan(list(FLOWS), windows(ev.n_layers, window), sets)
-        key = json.dumps({s: (None if v is None else [int(x) for x in v]) for s, v in sets.items()})
-        store = study.store_for(ev, "knockout", computed_by=__name__, window=window, head_sets=key,
-                                baseline_from=fit.meta)
+        plan = chapter_plan(ev.n_layers, sets, window, sensitivity_window)
+        key = json.dumps({"rows": plan.rows, "sets": {s: (None if v is None else [int(x) for x in v])
+                                                      for s, v in sets.items()}})
+        store = study.store_for(ev, "knockout", computed_by=__name__, plan=key, baseline_from=fit.meta)
         res = run(ev, ev.tasks, plan, store)
-        summ = summarise(res, plan, n_boot, seed, min_mass)
-        out[q] = {"top": top, "plan": plan, "result": res, "summary": summ, "n_eval_images": len(ev.tasks),
-                  "n_asked": ev.n_images,
-                  "timing": {g: timing(summ, f"question->{g}", f"image->{g}") for g in ("role", "final")},
-                  "top_vs_random": top_vs_random(res, plan, n_boot, seed)}
+        out[q] = {"top": top, "plan": plan, "result": res, "summary": summarise(res, plan, n_boot, seed),
+                  "n_eval_images": len(ev.tasks), "n_asked": ev.n_images, "window": window,
+                  "sensitivity_window": sensitivity_window,
+                  "top_vs_random": {t: top_vs_random(res, plan, window, n_boot, seed, target=t) for t in TARGETS}}
     return out
 
 
-def top_vs_random(res: dict, plan: Plan, n_boot: int, seed: int, flow: str = "image->final") -> dict:
+def top_vs_random(res: dict, plan: Plan, size: int, n_boot: int, seed: int, flow: str = CONTROL_FLOW,
+                  target: str = "logit") -> dict:
     """Knockout of ``flow`` in the top heads vs in size-matched random heads: the aggregate effect
-    summed over windows, and the paired bootstrap interval of top minus the random sets' mean."""
-    f = plan.flows.index(flow)
-    sets = list(plan.head_sets)
-    top = res["lost"][:, f, :, sets.index("top heads")].sum(-1)
-    rnd = np.mean([res["lost"][:, f, :, i] for i, s in enumerate(sets) if s.startswith("random")], 0).sum(-1)
+    summed over the windows of ``size`` layers, and the paired bootstrap interval of top minus the
+    random sets' mean; with the number of images and classes that enter."""
+    sets = [s for s in plan.head_sets if s.startswith("random")]
+    lost = res["lost"][target]
+    top = lost[:, plan.select(flow, size, "top heads")].sum(-1)
+    rnd = np.mean([lost[:, plan.select(flow, size, s)].sum(-1) for s in sets], 0)
     num = np.stack([top, rnd], 1)
-    agg = metrics.aggregate(num, res["effects"], res["classes"])
-    draws = metrics.bootstrap_aggregate(num, res["effects"], res["classes"], n_boot, seed)
-    return {"flow": flow, "top": float(agg["value"][0]), "random": float(agg["value"][1]),
+    agg = metrics.aggregate(num, res["effects"][target], res["classes"])
+    draws = metrics.bootstrap_aggregate(num, res["effects"][target], res["classes"], n_boot, seed)
+    return {"flow": flow, "target": target, "k": len(plan.head_sets["top heads"]), "n_random_sets": len(sets),
+            "top": float(agg["value"][0]), "random": float(agg["value"][1]),
             "difference": float(agg["value"][0] - agg["value"][1]),
-            "difference_ci": metrics.interval(draws[:, 0] - draws[:, 1])}
+            "difference_ci": metrics.interval(draws[:, 0] - draws[:, 1]),
+            "n_images": agg["n_images_used"], "n_classes": len(agg["per_class"])}
 
 
-def results_json(out: dict, model: str, params: dict) -> dict:
-    """``book/results/knockout.json``: per question the peak layers, mean layers, timing and the
-    top-vs-random comparison; ``question_before_image`` is filled in by the chapter's verdict."""
-    res = {"model": model, **params, "peak_layer": {}, "mean_layer": {}, "timing": {}, "top_vs_random": {},
-           "top_heads": {}, "n_images": {}}
+def verdict_inputs(out: dict, shares: Sequence[float], primary_share: float) -> dict:
+    """The chapter's numbers for :func:`headflow.findings.verdicts.knockout`: per target, window size
+    and onset share, the onsets of every flow and the timing tests of every question and group, Holm-
+    corrected over each (target, window, share)'s family of ``questions x GROUPS`` tests."""
+    res: dict = {}
+    for target in TARGETS:
+        for size in sorted({d["window"] for d in out.values()} | {d["sensitivity_window"] for d in out.values()
+                                                                   if d["sensitivity_window"]}):
+            for share in shares:
+                got = {q: timings(d["summary"], size, share, target) for q, d in out.items()}
+                tests = judge({f"{q}/{g}": t for q, v in got.items() for g, t in v["tests"].items()})
+                res[f"{target}|{size}|{share:g}"] = {
+                    "target": target, "window": size, "share": share,
+                    "primary": target == "logit" and size == next(iter(out.values()))["window"] and share == primary_share,
+                    "onset_layer": {q: v["onsets"] for q, v in got.items()},
+                    "timing": {q: {g: tests[f"{q}/{g}"] for g in GROUPS} for q in got}}
+    return res
+
+
+def results_json(out: dict, model: str, params: dict, shares: Sequence[float], primary_share: float) -> dict:
+    """``book/results/knockout.json``: the primary analysis (logit target, window ``window``, onset
+    share ``primary_share``) at the top level: ``onset_layer`` per question and flow, ``timing`` (the
+    paper's groups role and final, and ``role_without_final``), and beside it ``logit_diff`` (the
+    same analysis on the logit difference), ``sensitivity`` (every window and share), the
+    top-vs-random comparisons, the peak windows, and the images and classes that enter."""
+    every = verdict_inputs(out, shares, primary_share)
+    w = next(iter(out.values()))["window"]
+    primary = every[f"logit|{w}|{primary_share:g}"]
+    diff = every[f"logit-diff|{w}|{primary_share:g}"]
+    res = {"model": model, **params, "onset_share": primary_share, "onset_shares": list(shares),
+           "onset_layer": primary["onset_layer"],
+           "timing": {q: {g: v[g] for g in ("role", "final")} for q, v in primary["timing"].items()},
+           "role_without_final": {q: v["role-only"] for q, v in primary["timing"].items()},
+           "logit_diff": {"onset_layer": diff["onset_layer"], "timing": diff["timing"]},
+           "sensitivity": {k: {"target": v["target"], "window": v["window"], "share": v["share"],
+                               "answers": {q: {g: t["answer"] for g, t in tv.items()} for q, tv in v["timing"].items()},
+                               "onset_layer": v["onset_layer"]} for k, v in every.items()},
+           "family": f"the {len(out) * len(GROUPS)} timing tests of one analysis (questions x receiving groups "
+                     f"{list(GROUPS)}), Holm at {stats.ALPHA}",
+           "flows": list(FLOWS), "peak_layer": {}, "top_vs_random": {}, "top_heads": {}, "n_images": {}}
     for q, d in out.items():
-        s = d["summary"]
-        res["peak_layer"][q] = {f: s["peak_layers"][f] for f in s["flows"]}
-        res["mean_layer"][q] = {f: (None if not np.isfinite(v) else v) for f, v in s["mean_layer"].items()}
-        res["timing"][q] = d["timing"]
+        s = d["summary"]["targets"]["logit"]
+        res["peak_layer"][q] = {f: int(np.argmax(curve(d["summary"], f, w))) for f in FLOWS}
         res["top_vs_random"][q] = d["top_vs_random"]
         res["top_heads"][q] = {"k": d["top"]["k"], "heads": [int(h) for h in d["top"]["heads"]]}
-        res["n_images"][q] = {"used": s["n_images"], "asked": d["n_asked"], "left_out": s["images_left_out"]}
+        res["n_images"][q] = {"used": s["n_images"], "asked": d["n_asked"], "left_out": s["images_left_out"],
+                              "per_class": s["classes"], "classes": len(s["classes"]),
+                              "classes_left_out": s["classes_left_out"]}
     return res

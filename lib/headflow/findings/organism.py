@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from headflow.images import fashionscenes as data
 from headflow.mechanism import evaluate
@@ -59,7 +61,9 @@ def object_features(tokens: np.ndarray, masks: np.ndarray, min_cover: float = 0.
 
 
 def _probe(f_tr, y_tr, f_te, y_te) -> tuple[float, tuple]:
-    k = int((LogisticRegression(max_iter=3000).fit(f_tr, y_tr).predict(f_te) == y_te).sum())
+    # standardised features: lbfgs converges on them (on the raw tower features it stopped at its limit)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+    k = int((probe.fit(f_tr, y_tr).predict(f_te) == y_te).sum())
     return k / len(y_te), evaluate.wilson_interval(k, len(y_te))
 
 

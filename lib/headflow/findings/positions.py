@@ -21,13 +21,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from headflow.mechanism import interventions as iv
 from headflow.mechanism import tokens
 from headflow.mechanism.prefix_reuse import PrefixReuse
 from headflow.method import attribution, metrics
 from headflow.method.experiment import ImageTask, as_y, target_of
+from headflow.util import progress
 
 GROUPS = ("object", "background", "object+background", "random")
 
@@ -61,7 +61,7 @@ def group_effects(st, tasks: Sequence[ImageTask], heads: Sequence[int] | None, n
     keep_heads = head_keep(heads, st.n_layers, st.n_heads)
     out = {"lost": [], "effects": [], "n_object": [], "n_image": [], "classes": [], "keys": []}
     rng = np.random.default_rng(seed)
-    for t in tqdm(tasks, desc="object / background ablations"):
+    for t in progress.bar(tasks, desc="object / background ablations"):
         obj = object_slots(st, t)["object"]
         n = len(obj)
         rows = [obj, ~obj, np.ones(n, bool)]
@@ -156,7 +156,7 @@ def analyse(st, top: dict, n_random: int, token_masks: int, token_rate: float, t
     draws = metrics.bootstrap_aggregate(num, g["effects"], g["classes"], n_boot, seed)
     heads = top["heads"] if token_heads == "top" else None
     attr, obj, fits, grids = {}, {}, {}, {}
-    for i, t in enumerate(tqdm(st.tasks, desc="token attribution")):
+    for i, t in enumerate(progress.bar(st.tasks, desc="token attribution")):
         ta = token_attribution(st, t, heads, token_masks, token_rate, seed * 1_000_003 + int(t.example.image_id))
         o = object_slots(st, t)
         attr[t.key], obj[t.key], grids[t.key] = ta["attribution"], o["object"], o

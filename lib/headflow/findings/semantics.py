@@ -32,13 +32,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from tqdm.auto import tqdm
 
 from headflow.images import coco, sets
 from headflow.mechanism import evaluate
 from headflow.method import attribution, experiment, metrics, stats
 from headflow.method.study import pick_per_class, store_for
 from headflow.util.hashing import files_sha256
+from headflow.util import progress
 
 APPEARANCES = ("original", "color", "polarity", "sketch", "background", "scale")
 
@@ -248,7 +248,7 @@ def transfer(st, images: Sequence[Image], V: dict, runs: dict, k: int, n_folds: 
     used = [im for im in images if im.key in V]
     classes = sorted({im.class_name for im in used})
     num_same, num_other, eff, cls = [], [], [], []
-    for fold in tqdm(item_folds(used, n_folds, seed), desc="class head sets: transfer"):
+    for fold in progress.bar(item_folds(used, n_folds, seed), desc="class head sets: transfer"):
         fit = [im for im in used if im.item not in fold]
         sets = {}
         for c in classes:

@@ -28,11 +28,11 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 from sklearn.linear_model import LinearRegression
-from tqdm.auto import tqdm
 
 from headflow.findings import layers
 from headflow.method import attribution, experiment, stats
 from headflow.method.study import Study, store_for
+from headflow.util import progress
 
 REFERENCE = {"baseline": "dataset-mean", "scope": "text", "target": "logit", "rate": 0.5, "regression": "auto",
              "masks": None, "seed": 0}
@@ -117,7 +117,7 @@ def run(st: Study, n_masks: int, k: int, n_boot: int, seed: int, factors: dict |
     classes = {t.key: t.class_name for t in st.tasks}
     sets = settings(factors)
     done = {}
-    for s in tqdm(sets, desc="sensitivity settings"):
+    for s in progress.bar(sets, desc="sensitivity settings"):
         done[(s["factor"], s["value"])] = run_setting(st, s, n_masks)
     ref = done[("reference", "")]
     rows = []
@@ -148,7 +148,7 @@ def pair_effects(st: Study, runs: dict, heads: Sequence[int], batch_size: int = 
     pairs = list(combinations([int(h) for h in heads], 2))
     singles = sorted({h for p in pairs for h in p})
     out = {"actual": [], "linear": [], "additive": [], "pairs": pairs, "keys": []}
-    for t in tqdm(st.tasks, desc="pair ablations"):
+    for t in progress.bar(st.tasks, desc="pair ablations"):
         r = runs[t.key]
         effect = float(r["y_clean"]) - float(r["y_none"])
         if effect <= 0:
@@ -258,7 +258,8 @@ def flow_json(results_dir, model: str) -> dict:
                           "class_head_set_transfer": {k: sem["transfer"][k] for k in
                                                       ("same", "other", "difference", "difference_ci", "k")},
                           "verdict": sem["status"]["verdict"]},
-            "knockout": {"peak_layer": ko["peak_layer"], "mean_layer": ko["mean_layer"], "timing": ko["timing"],
+            "knockout": {"peak_layer": ko["peak_layer"], "onset_layer": ko["onset_layer"], "timing": ko["timing"],
+                         "role_without_final": ko["role_without_final"], "logit_diff": ko["logit_diff"],
                          "question_before_image": ko["question_before_image"], "verdict": ko["status"]["verdict"]},
             "tokens": {k: tok[k] for k in ("object_effect", "background_effect", "both_effect", "random_effect",
                                            "object_minus_random", "object_attribution_share", "object_area_share")}

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from headflow.mechanism import interventions as iv
 from headflow.method import attribution
 from headflow.util.devices import to_numpy
+from headflow.util import progress
 
 
 @torch.inference_mode()
@@ -52,7 +52,7 @@ def attribute(model, task, n_examples: int = 60, n_masks: int = 300, ablation_ra
     keep = attribution.sample_masks(n_masks, n_layers, n_heads, ablation_rate, seed)
     full = torch.ones(1, n_layers, n_heads, dtype=torch.bool, device="cpu")
     rows = {"attribution": [], "question": [], "heldout_r": [], "correct": []}
-    for _ in tqdm(range(n_examples), desc="text-retrieval attribution", mininterval=5):
+    for _ in progress.bar(range(n_examples), desc="text-retrieval attribution", mininterval=5):
         ids, target, q, _, span = task.sample(n_items) if n_items and hasattr(task, "min_items") else task.sample()
         y = example_y(model, ids, span, target, torch.cat([full, keep]), batch_size)
         f = attribution.fit(keep.numpy(), y[1:], method="auto", seed=seed)

@@ -32,6 +32,10 @@ FAMILY_RULE = {
     "5-where-the-heads-are": "the verdict's one primary test (the default's object question, 95% interval); the "
                              "secondary questions (colour, position) and the comparisons between organisms each a "
                              f"family, Holm at {ALPHA} (one-sided bootstrap p-values)",
+    "7-token-flow": "every timing test of the primary analysis (questions x receiving groups role, final, role-only; "
+                    f"two-sided paired bootstrap of the onset difference), Holm at {ALPHA}; the sensitivity analyses "
+                    "(other windows, onset shares, the logit-difference target) are corrected the same way and reported "
+                    "beside it, not read by the verdict",
 }
 
 # ------------------------------------------------------------------------------------ chapters
@@ -250,25 +254,38 @@ def semantics(res: dict) -> dict:
     return status("6-semantics", "Sec. 5", res["model"], finding, verdict)
 
 
+# Chapter 7, fixed before the run: a flow's onset is the first layer whose knockout loses more than this
+# share of the image effect (lower end of its 95% interval); the other shares are the sensitivity analysis
+ONSET_SHARE = 0.10
+ONSET_SENSITIVITY = (0.05, 0.20)
+MIN_TOP_K = 2  # top vs random heads: a set of fewer heads is not a comparison of head *sets*
+
+
 def knockout(res: dict) -> dict:
-    """Chapter 7.  For each question and each receiving group (role, final), question -> group is
-    *before* image -> group if the paired-bootstrap 95% interval of the difference of effect-weighted
-    mean layers (image minus question) lies above 0 (:func:`headflow.findings.flow.timing`).  Reproduced if
-    it does for both groups on the colour and position questions (where the question decides the
-    answer; the object question may leave question -> final without effect); not reproduced if any
-    comparison finds the question *later*; otherwise partly."""
+    """Chapter 7.  For each question and receiving group, question -> group comes *before* image ->
+    group if the paired-bootstrap difference of onsets (image minus question; window of one layer,
+    share ``ONSET_SHARE``, logit target) is positive with its Holm-adjusted p below ALPHA over the
+    chapter's family (every question x {role, final, role-only}); *later* if negative and significant;
+    otherwise, or if a flow has no onset, *undetermined*.  Reproduced if "before" holds for role and
+    final on the colour and position questions (the paper's groups; role-only is reported beside
+    them, the test that tells role from final); not reproduced if any role or final test finds the
+    question later; otherwise partly."""
     answers = {q: {g: d["answer"] for g, d in v.items()} for q, v in res["timing"].items()}
     decisive = [answers[q][g] for q in ("color", "position") if q in answers for g in ("role", "final")]
     later = any(a == "no (later)" for v in answers.values() for a in v.values())
     verdict = NOT if later else REPRODUCED if decisive and all(a == "yes" for a in decisive) else PARTLY
-    parts = []
-    for q, v in res["timing"].items():
-        d = v["final"]
-        diff = "n/a" if d["difference"] is None else f"{d['difference']:+.1f}"
-        parts.append(f"{q}: image->final {diff} layers after question->final ({d['answer']})")
-    peaks = res["peak_layer"].get("color", next(iter(res["peak_layer"].values())))
-    finding = "; ".join(parts) + "; peak layers (colour question): " + ", ".join(
-        f"{f} {p}" for f, p in peaks.items())
+
+    def say(d):
+        if d["difference"] is None:
+            return f"undetermined (onsets: question {d['question_onset']}, image {d['image_onset']})"
+        return f"{d['difference']:+d} layers, {d['answer']}"
+    parts = [f"{q}: final {say(v['final'])}, role {say(v['role'])}, role-only {say(res['role_without_final'][q])}"
+             for q, v in res["timing"].items()]
+    agree = [q for q in res["timing"] if all(res["logit_diff"]["timing"][q][g]["answer"] == res["timing"][q][g]["answer"]
+                                             for g in ("role", "final"))]
+    finding = (f"onset (first layer losing > {res['onset_share']:.0%} of the image effect) of image -> group minus "
+               "question -> group: " + "; ".join(parts)
+               + f"; the logit-difference target agrees on {len(agree)} of {len(res['timing'])} questions")
     return status("7-token-flow", "Sec. 6", res["model"], finding, verdict)
 
 

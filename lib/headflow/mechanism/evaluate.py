@@ -10,13 +10,13 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from headflow.util.devices import to_device
 from headflow.images import fashionscenes as data
 from headflow.images.fashionscenes import ANSWER_WORDS
 from headflow.task.answers import answers, matches, normalise
 from headflow.task.prompt import QUESTION_TYPES, build_prompt, question_text
+from headflow.util.progress import bar
 
 
 def _as_pil(img) -> Image.Image:
@@ -35,7 +35,7 @@ def final_logits(model, processor, images: Sequence, question: str, batch_size: 
     prompt = build_prompt(processor, question)
     out = []
     steps = range(0, len(images), batch_size)
-    for s in tqdm(steps, desc="clean forward", disable=not progress):
+    for s in bar(steps, desc="clean forward", show=progress):
         inputs = to_device(_inputs(processor, images[s:s + batch_size], prompt), model.device)
         logits = model(**inputs, logits_to_keep=1).logits[:, -1]
         out.append(logits.float().cpu())
@@ -118,7 +118,7 @@ def greedy_answers(model, processor, images: Sequence, question: str, max_new_to
     tok = getattr(processor, "tokenizer", processor)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     first, out = [], []
-    for s in tqdm(range(0, len(images), batch_size), desc="greedy answers", disable=not progress):
+    for s in bar(range(0, len(images), batch_size), desc="greedy answers", show=progress):
         inputs = to_device(_inputs(processor, images[s:s + batch_size], prompt), model.device)
         n = inputs["input_ids"].shape[1]
         gen = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad,

@@ -17,11 +17,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from headflow.method import attribution, cost, metrics, rankings, stats
 from headflow.method.experiment import masks_y
 from headflow.method.study import fits
+from headflow.util import progress
 
 METHODS = ("attribution", "single_head", "attention_weight", "attention_weight_text", "attribution_patching")
 LOGIT_VALUED = {"attribution", "single_head", "attribution_patching"}  # divided by the image effect
@@ -48,7 +48,7 @@ def method_scores(st, fits: dict, runs: dict, n_masks: int, batch_size: int = 12
     rerunning its ``n_masks + 2`` masks, since its runs come from the run store)."""
     scores = {m: {} for m in METHODS}
     spent = {m: [] for m in METHODS}
-    for t in tqdm(st.tasks, desc="baseline rankings"):
+    for t in progress.bar(st.tasks, desc="baseline rankings"):
         scores["attribution"][t.key] = fits[t.key].attribution.reshape(st.n_layers, st.n_heads)
         for m, fn in (("single_head", lambda: rankings.single_head(st.model, t, st.baseline, st.target, batch_size)),
                       ("attention_weight", lambda: rankings.attention_weight(st.model, t, "final")),
@@ -109,10 +109,10 @@ def run(st, scores: dict, runs: dict, n_folds: int, seed: int, n_random: int, n_
     fold_list = folds(keys, [classes[k] for k in keys], n_folds, seed)
     task_of = {t.key: t for t in st.tasks}
     y = {}
-    for f, held in enumerate(tqdm(fold_list, desc="cross-fitting folds")):
+    for f, held in enumerate(progress.bar(fold_list, desc="cross-fitting folds")):
         fit_keys = [k for k in keys if k not in set(held)]
         glob = {m: build_ranking(scores[m], runs, classes, fit_keys, m) for m in METHODS}
-        for k in tqdm(held, desc=f"fold {f + 1}/{n_folds}: judging held-out images", leave=False):
+        for k in progress.bar(held, desc=f"fold {f + 1}/{n_folds}: judging held-out images", leave=False):
             c = classes[k]
             same = [j for j in fit_keys if classes[j] == c
                     and float(runs[j]["y_clean"]) - float(runs[j]["y_none"]) > 0]
@@ -301,7 +301,7 @@ def top_heads(st, runs: dict, n_folds: int = 5, seed: int = 0, threshold: float 
     task_of = {t.key: t for t in st.tasks}
     all_k = list(range(H + 1))
     num, eff = np.zeros((len(keys), H + 1)), np.zeros(len(keys))
-    for held in tqdm(folds(keys, [classes[k] for k in keys], n_folds, seed), desc="top heads: cross-fitting"):
+    for held in progress.bar(folds(keys, [classes[k] for k in keys], n_folds, seed), desc="top heads: cross-fitting"):
         fit_keys = [k for k in keys if k not in set(held)]
         order = build_ranking(fitted, runs, classes, fit_keys, "attribution")
         for k in held:

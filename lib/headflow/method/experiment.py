@@ -11,7 +11,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from headflow.util.devices import to_device
 from headflow.mechanism import interventions as iv
@@ -22,6 +21,7 @@ from headflow.models import families
 from headflow.store.runstore import RunStore
 from headflow.task.answers import answers as answer_targets
 from headflow.task.prompt import build_prompt
+from headflow.util.progress import bar
 
 TARGETS = ("logit", "logit-diff")
 
@@ -155,7 +155,7 @@ def run_attribution(model, tasks: Sequence[ImageTask], baseline: iv.Baseline, st
     """Random-mask ablations of every image: per image ``keep (S, L, H)``, ``y (S,)``,
     ``y_clean`` and ``y_none``.  Finished images are read back from ``store``; each image is one
     :func:`attribution_unit` (resumable inside itself)."""
-    for task in tqdm(tasks, desc="head attribution", disable=not progress):
+    for task in bar(tasks, desc="head attribution", show=progress):
         attribution_unit(model, task, baseline, store, n_masks, ablation_rate, seed, target, batch_size, scope=scope)
     return {t.key: load_run(store, t.key) for t in tasks}
 

@@ -153,7 +153,9 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
             "dtype": str(net.dtype).removeprefix("torch."),
             "n_reference": len(ref.examples), "reference_per_class": ref.per_image_class, "baseline": baseline,
             "target": target, "base": base, "answer_case": answer_case,
-            "fingerprint": fingerprint(models.resolve_path(model), [e.path for e in chosen + ref.examples])}
+            # every image of the set (any of them can be a unit or in the reference): a unit's store is then
+            # the same whichever images a chapter chooses (SELECTION is not part of a store's key)
+            "fingerprint": fingerprint(models.resolve_path(model), sorted({str(e.path) for e in all_examples}))}
     st = Study(model, net, processor, words, q, tasks, len(chosen), float(res["accuracy"]), bl, baseline, target,
                n_layers, n_heads, meta, ref, [e.image_id for e in chosen])
     register(image_set, analysed=st.analysed_ids, ref=ref)
@@ -183,13 +185,20 @@ def images_record() -> dict:
                        for s, u in _USED.items()}}
 
 
+# study parameters that choose *which* images are analysed, not what one image's unit holds (its masks
+# are seeded by the image: experiment.unit_masks; the baseline's reference depends on n_reference only)
+SELECTION = ("per_class", "offset", "keep")
+
+
 def store_for(st: Study, kind: str, computed_by: str | None = None, **params) -> RunStore:
     """A run store keyed by everything that determines its contents: the study's parameters, the
     run's parameters and the fingerprint (model files, images, code of the computing layers,
     versions; :mod:`headflow.store.fingerprint`).  ``computed_by``: the module of a higher layer
-    (a finding) whose own code computes what the store holds; its source joins the key."""
+    (a finding) whose own code computes what the store holds; its source joins the key.  The
+    parameters that only choose images (:data:`SELECTION`) are left out, so chapters that analyse
+    overlapping images share one store and no unit is computed twice."""
     extra = {"computed_by": {computed_by: code_sha256([computed_by])[:16]}} if computed_by else {}
-    full = {"kind": kind, **st.meta, **params, **extra}
+    full = {"kind": kind, **{k: v for k, v in st.meta.items() if k not in SELECTION}, **params, **extra}
     digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:12]
     return RunStore(RUN_DIR / f"{kind}-{digest}", full)
 

@@ -74,7 +74,9 @@ def _offline() -> bool:
 
 
 def load(name_or_path: str = "organism", attn_implementation: str = "sdpa", dtype=None, device: str | None = None):
-    """Return ``(model, processor)`` in eval mode.
+    """Return ``(model, processor)`` in eval mode, its parameters frozen: every analysis is inference
+    (attribution patching takes its gradients to activations, never to weights), so a forward pass
+    builds no autograd graph over the weights.
 
     ``name_or_path``: ``"organism"`` (the default organism), ``"organism-scratch"``, a local folder
     saved with ``save_pretrained``, or a hub id
@@ -113,7 +115,7 @@ def load(name_or_path: str = "organism", attn_implementation: str = "sdpa", dtyp
                                                             dtype=dtype if dtype is not None else "auto", **kwargs)
     if device is not None:
         model = model.to(device)
-    return model.eval(), processor
+    return model.eval().requires_grad_(False), processor
 
 
 def load_processor(path: str, model_type: str, **kwargs):

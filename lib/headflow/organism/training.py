@@ -54,7 +54,6 @@ import torch
 import torch.nn.functional as F
 import transformers
 from PIL import Image
-from tqdm.auto import tqdm
 
 from headflow.images import fashionscenes as data
 from headflow.images.fashionscenes import ANSWER_WORDS
@@ -64,6 +63,7 @@ from headflow.models.llava_builder import LlavaArch, build_model, build_processo
 from headflow.organism import texttasks
 from headflow.task.prompt import QUESTION_TYPES, QUESTIONS, answer_token_ids, build_prompt
 from headflow.util.hashing import sha256
+from headflow.util import progress
 
 STAGES = ("vision", "text", "align", "llava")
 
@@ -255,7 +255,7 @@ def train_vision(model, recipe: Recipe, stream: SceneStream, probe_images, probe
             return hidden.mean(1)
 
     t0 = time.perf_counter()
-    bar = tqdm(range(recipe.vision_steps), desc="stage vision: tower", mininterval=5)
+    bar = progress.bar(range(recipe.vision_steps), desc="stage vision: tower", mininterval=5)
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = recipe.vision_lr * _lr_factor(step, recipe.vision_steps, recipe.warmup)
@@ -276,7 +276,7 @@ def train_vision(model, recipe: Recipe, stream: SceneStream, probe_images, probe
                    "loss": round(loss.item(), 4), "probe_object": acc_c, "probe_color": acc_k}
             log.setdefault("vision_stage", []).append(row)
             bar.set_postfix(loss=f"{loss.item():.3f}", probe_object=f"{acc_c:.3f}")
-            tqdm.write(f"[vision] {row}")
+            progress.write(f"[vision] {row}")
     log["vision_minutes"] = round((time.perf_counter() - t0) / 60, 2)
 
 
@@ -310,7 +310,7 @@ def train_text(model, recipe: Recipe, processor, log: dict) -> None:
     opt = _optimizer(params, recipe.text_lr, recipe)
     rows, t0 = log.setdefault("text_stage", []), time.perf_counter()
     model.train()
-    bar = tqdm(range(recipe.text_steps), desc=f"stage text: {recipe.text_task} retrieval", mininterval=5)
+    bar = progress.bar(range(recipe.text_steps), desc=f"stage text: {recipe.text_task} retrieval", mininterval=5)
     for step in bar:
         _set_lr(opt, recipe.text_lr, step, recipe.text_steps, recipe)
         loss = text_loss(model, task, recipe.text_batch, recipe.bf16)
@@ -324,7 +324,7 @@ def train_text(model, recipe: Recipe, processor, log: dict) -> None:
                    "retrieval": acc["all"], **{f"retrieval_{k}": v for k, v in acc.items() if k != "all"}}
             rows.append(row)
             bar.set_postfix(loss=f"{loss.item():.3f}", retrieval=f"{row['retrieval']:.3f}")
-            tqdm.write(f"[text] {row}")
+            progress.write(f"[text] {row}")
     log["text_minutes"] = round((time.perf_counter() - t0) / 60, 2)
 
 
@@ -355,7 +355,7 @@ def train_answers(model, recipe: Recipe, stage: str, stream: SceneStream, prompt
     rng = np.random.default_rng(recipe.seed + (recipe.llava_question_offset if stage == "llava" else 22))
     rows, t0 = log.setdefault(f"{stage}_stage", []), time.perf_counter()
     model.train()
-    bar = tqdm(range(steps), desc=f"stage {stage}", mininterval=5)
+    bar = progress.bar(range(steps), desc=f"stage {stage}", mininterval=5)
     for step in bar:
         _set_lr(opt, lr, step, steps, recipe)
         images, labels = stream.next(batch)
@@ -374,7 +374,7 @@ def train_answers(model, recipe: Recipe, stage: str, stream: SceneStream, prompt
                    "loss": round(loss.item(), 4), **acc}
             rows.append(row)
             bar.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.3f}" for k, v in acc.items()})
-            tqdm.write(f"[{stage}] {row}")
+            progress.write(f"[{stage}] {row}")
     for p in model.parameters():
         p.requires_grad_(True)
     log[f"{stage}_minutes"] = round((time.perf_counter() - t0) / 60, 2)
@@ -428,7 +428,7 @@ def train(out: Path, recipe: Recipe, tower_dir: Path | None = None) -> dict:
         else:
             train_answers(model, recipe, stage, stream, prompts, monitor_images, monitor_labels, log, replay)
         after[stage] = texttasks.accuracy(model, text_check)
-        tqdm.write(f"[text task after {stage}] {after[stage]}")
+        progress.write(f"[text task after {stage}] {after[stage]}")
     model.eval()
     organism_store.round_trip(model)  # the committed checkpoint is float16: evaluate exactly that
     after["stored"] = texttasks.accuracy(model, text_check)

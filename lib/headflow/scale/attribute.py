@@ -27,12 +27,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from headflow.mechanism import interventions as iv
 from headflow.method import experiment, study
 from headflow.models import loading as models
 from headflow.store.runstore import RunStore
+from headflow.util.progress import bar
 
 BACKENDS = ("local", "ray")
 
@@ -108,7 +108,7 @@ def run_local(st, store, tasks, plan: Plan, threads: int | None = None, progress
         torch.set_num_threads(threads)
     try:
         t0 = time.perf_counter()
-        for task in tqdm(tasks, desc="units (local)", disable=not progress):
+        for task in bar(tasks, desc="units (local)", show=progress):
             _run_unit(st.model, task, st.baseline, store, plan)
         return {"backend": "local", "units": len(tasks), "seconds": time.perf_counter() - t0}
     finally:
@@ -182,8 +182,8 @@ def run_ray(st, store, tasks, plan: Plan, workers: int = 2, threads: int = 1, gp
                             threads, fault_file) for _ in range(workers)]
     pids = ray.get([a.ready.remote() for a in actors])
     t0 = time.perf_counter()
-    done = list(tqdm(ActorPool(actors).map_unordered(lambda a, t: a.run.remote(t), tasks), total=len(tasks),
-                     desc=f"units (ray, {workers} workers)", disable=not progress))
+    done = list(bar(ActorPool(actors).map_unordered(lambda a, t: a.run.remote(t), tasks), total=len(tasks),
+                     desc=f"units (ray, {workers} workers)", show=progress))
     seconds = time.perf_counter() - t0
     for a in actors:
         ray.kill(a)

@@ -8,7 +8,8 @@ Rerunning skips the finished units: no work is lost or duplicated.  A long unit 
 the unit is merged from its parts once they are all there, and the parts are dropped.
 
 When ``HEADFLOW_STORE_LOG`` names a file (the runner sets it), every store opened appends a line
-``{"store", "units_found"}`` there, so a chapter's provenance says which stores it read.
+``{"store", "units_found"}`` there and every unit saved a line ``{"store", "computed"}``, so a
+chapter's provenance says which stores it read and which units it computed.
 """
 from __future__ import annotations
 
@@ -35,10 +36,7 @@ class RunStore:
             meta.write_text(text)
         for tmp in [*self.root.glob(".*.tmp.npz"), *self.root.glob("parts/*/.*.tmp.npz")]:  # left by a crash
             tmp.unlink(missing_ok=True)
-        log = os.environ.get("HEADFLOW_STORE_LOG")
-        if log:
-            with open(log, "a") as f:
-                f.write(json.dumps({"store": str(self.root), "units_found": len(self.keys())}) + "\n")
+        _log({"store": str(self.root), "units_found": len(self.keys())})
 
     def _path(self, key: str) -> Path:
         if not key or "/" in key or key.startswith("."):
@@ -51,6 +49,7 @@ class RunStore:
     def save(self, key: str, **arrays) -> None:
         """Write one finished unit atomically."""
         _write_atomic(self._path(key), arrays)
+        _log({"store": str(self.root), "computed": key})
 
     def _part_path(self, key: str, index: int) -> Path:
         self._path(key)  # validates the key
@@ -85,6 +84,13 @@ class RunStore:
 
     def keys(self) -> list[str]:
         return sorted(p.stem for p in self.root.glob("*.npz") if not p.name.startswith("."))
+
+
+def _log(record: dict) -> None:
+    log = os.environ.get("HEADFLOW_STORE_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 def _write_atomic(final: Path, arrays: dict) -> None:

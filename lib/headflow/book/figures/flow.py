@@ -7,55 +7,73 @@ from __future__ import annotations
 import numpy as np
 
 from headflow.book.figures.style import interval, plt
+from headflow.findings import flow
 
 
 # ------------------------------------------------------------------------------------ chapter 7
-def knockout_curves(out: dict):
-    """Rows: questions; columns: flows.  Logit lost relative to the image effect per window
-    (centre layer on the x axis), in all heads, the top heads and random heads (mean of the random
-    sets); bands: 95% bootstrap interval over images (all heads) and 25-75% over classes (top)."""
+def knockout_curves(out: dict, share: float, target: str = "logit"):
+    """Rows: questions; columns: flows.  Logit lost relative to the image effect (``target``) per
+    layer, knocked out one layer at a time in all heads (band: 95% bootstrap interval over images),
+    over 3-layer windows (dashed, at the window's centre), and for the control flow in the top heads
+    and in random heads of the same size (mean of the random sets); the dotted line is the onset
+    ``share`` and the vertical line the flow's onset (one-layer windows)."""
     qs = list(out)
-    flows = out[qs[0]]["summary"]["flows"]
-    fig, axes = plt.subplots(len(qs), len(flows), figsize=(3.2 * len(flows), 2.9 * len(qs)), sharex=True, squeeze=False)
+    flows = list(flow.FLOWS)
+    fig, axes = plt.subplots(len(qs), len(flows), figsize=(2.55 * len(flows), 2.6 * len(qs)), sharex=True,
+                             squeeze=False)
     for i, q in enumerate(qs):
-        s = out[q]["summary"]
-        c = np.array(s["centres"])
-        sets = s["sets"]
+        d = out[q]
+        s, w, w3 = d["summary"], d["window"], d["sensitivity_window"]
+        sets = list(d["plan"].head_sets)
         for j, f in enumerate(flows):
             ax = axes[i, j]
-            all_i, top_i = sets.index("all heads"), sets.index("top heads")
-            rnd = [n for n, name in enumerate(sets) if name.startswith("random")]
-            ax.plot(c, s["curve"][j, :, all_i], "o-", color="C0", label="all heads")
-            ax.fill_between(c, s["ci"][0][j, :, all_i], s["ci"][1][j, :, all_i], color="C0", alpha=0.2)
-            ax.plot(c, s["curve"][j, :, top_i], "s-", color="C3", label="top heads of the question")
-            ax.fill_between(c, s["band"][0][j, :, top_i], s["band"][1][j, :, top_i], color="C3", alpha=0.15)
-            if rnd:
-                ax.plot(c, s["curve"][j][:, rnd].mean(-1), "^--", color="0.4", label="random heads (same size)")
+            x = np.arange(len(flow.curve(s, f, w, target=target))) + (w - 1) / 2
+            ci = flow.curve(s, f, w, target=target, what="ci")
+            ax.plot(x, flow.curve(s, f, w, target=target), "o-", color="C0", ms=3.5, label=f"all heads, {w}-layer windows")
+            ax.fill_between(x, ci[0], ci[1], color="C0", alpha=0.2)
+            if w3:
+                x3 = np.arange(len(flow.curve(s, f, w3, target=target))) + (w3 - 1) / 2
+                ax.plot(x3, flow.curve(s, f, w3, target=target), "--", color="C2", label=f"all heads, {w3}-layer windows")
+            if f == flow.CONTROL_FLOW:
+                ax.plot(x, flow.curve(s, f, w, "top heads", target), "s-", color="C3", ms=3.5, label="top heads")
+                rnd = [n for n in sets if n.startswith("random")]
+                if rnd:
+                    ax.plot(x, np.mean([flow.curve(s, f, w, n, target) for n in rnd], 0), "^:", color="0.4", ms=3.5,
+                            label="random heads (same size)")
+            on = flow.onset(flow.curve(s, f, w, target=target), ci[0], share)
+            if on is not None:
+                ax.axvline(x[on], color="C0", lw=0.8, alpha=0.7)
+            ax.axhline(share, color="k", lw=0.6, ls=":")
             ax.axhline(0, color="k", lw=0.6)
             if i == 0:
-                ax.set_title(f.replace("->", " -> "), fontsize=12)
+                ax.set_title(f.replace("->", " -> "), fontsize=10)
             if j == 0:
-                k = out[q]["top"]["k"]
-                ax.set_ylabel(f"{q} question (top {k} head{'s' if k > 1 else ''})\nlogit lost / image effect", fontsize=10)
+                k = d["top"]["k"]
+                ax.set_ylabel(f"{q} (top {k} head{'s' if k > 1 else ''})\nlost / image effect", fontsize=9)
             if i == len(qs) - 1:
-                ax.set_xlabel("window centre (layer)", fontsize=11)
-    axes[0, 0].legend(fontsize=9, loc="upper right")
-    fig.tight_layout()
+                ax.set_xlabel("layer", fontsize=10)
+    handles = {}
+    for ax in axes.ravel():
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles), fontsize=9,
+               bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
 
 
 def knockout_accuracy(out: dict):
-    """Share of images still answered correctly under each flow's knockout in all heads."""
+    """Share of images still answered correctly under each flow's knockout in all heads, one layer at a time."""
     qs = list(out)
     fig, axes = plt.subplots(1, len(qs), figsize=(5 * len(qs), 3.8), sharey=True, squeeze=False)
     for ax, q in zip(axes[0], qs):
-        s = out[q]["summary"]
-        c = np.array(s["centres"])
-        for j, f in enumerate(s["flows"]):
-            ax.plot(c, s["accuracy"][j, :, s["sets"].index("all heads")], "o-", label=f)
-        ax.set(title=f"{q} question", xlabel="window centre (layer)", ylim=(-0.02, 1.02))
+        d = out[q]
+        for f in flow.FLOWS:
+            idx = d["plan"].select(f, d["window"])
+            ax.plot(np.arange(len(idx)), d["summary"]["accuracy"][idx], "o-", ms=3.5, label=f)
+        ax.set(title=f"{q} question", xlabel="layer", ylim=(-0.02, 1.02))
     axes[0, 0].set_ylabel("accuracy under the knockout\n(all heads)")
-    axes[0, -1].legend(fontsize=9, loc="lower right")
+    axes[0, -1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
 
