@@ -111,3 +111,12 @@ def test_cli_refuses_cuda_without_cuda():
     r = subprocess.run([sys.executable, "-m", "headflow.attribute", "--model", "tiny:llava", "--device", "cuda"],
                        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode != 0 and "CUDA was requested" in r.stderr
+
+
+def test_performance_targets_never_print_a_miss_as_the_bound():
+    from headflow.scale import bench
+
+    assert bench.distinct(0.7985, 0.8, pct=True) == ("79.8%", "80.0%")
+    assert bench.distinct(0.85, 0.8, pct=True) == ("85%", "80%")
+    assert bench.distinct(39.996, 40, pct=False) == ("39.996x", "40.000x")
+    assert bench.distinct(40.0, 40, pct=False) == ("40.00x", "40.00x")

@@ -1,5 +1,7 @@
 """The machinery of chapters 6-9: knockout plans, position-level group ablations, the semantic
 comparisons and the sensitivity statistics, each against an obvious reference or a planted truth."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -83,23 +85,35 @@ def test_onset_and_timing_statistics():
 
 
 def test_group_effects_rows_are_position_ablations(tiny_study):
-    """object + background = the head set ablated on the whole image; each row equals a full
-    forward with the same slots."""
+    """The groups partition the patch grid; "all" = the head set ablated on the whole image; each row
+    equals a full forward with the same slots; every control has its group's size and comes from its pool."""
     st = tiny_study
     heads = np.array([0, 3, 5])
-    g = positions.group_effects(st, st.tasks[:1], heads, 1, seed=0)
     t = st.tasks[0]
+    g = positions.group_effects(st, [t], {"some": heads, "all heads": None}, 2, seed=0)
+    names = g["names"]
+    slots = positions.object_slots(st, t)
+    parts = [slots[n] for n in positions.GROUPS]
+    assert (sum(p.astype(int) for p in parts) == slots["patches"]).all() and slots["main object"].any()
     keep = positions.head_keep(heads, st.n_layers, st.n_heads)
     whole = experiment.masks_y(st.model, t, st.baseline, keep[None])[0]
     y_clean = experiment.masks_y(st.model, t, st.baseline, torch.ones(1, st.n_layers, st.n_heads, dtype=torch.bool))[0]
-    assert abs(g["lost"][0, 2] - (y_clean - whole)) < 1e-4
-    obj = positions.object_slots(st, t)["object"]
+    assert abs(g["lost"]["some"][0, names.index("all")] - (y_clean - whole)) < 1e-4
+    assert abs(g["lost"]["all heads"][0, names.index("all")] - g["effects"][0]) < 1e-4
     img = iv.image_mask(st.model, t.inputs["input_ids"])
-    with torch.inference_mode(), iv.intervene(st.model, ablation=iv.HeadAblation(keep, img, st.baseline,
-                                                                                  slots=torch.as_tensor(obj)[None])):
-        y_obj = float(st.model(**t.inputs).logits[0, -1, t.target_id])
-    assert abs(g["lost"][0, 0] - (y_clean - y_obj)) < 1e-4
-    assert 0 < g["n_object"][0] < g["n_image"][0]
+    for group in ("main object", "background"):
+        with torch.inference_mode(), iv.intervene(st.model, ablation=iv.HeadAblation(
+                keep, img, st.baseline, slots=torch.as_tensor(slots[group])[None])):
+            y = float(st.model(**t.inputs).logits[0, -1, t.target_id])
+        assert abs(g["lost"]["some"][0, names.index(group)] - (y_clean - y)) < 1e-4, group
+    _, rows = positions.group_rows(slots, 3, np.random.default_rng(0))
+    for i, n in enumerate(positions.group_rows(slots, 3, np.random.default_rng(0))[0]):
+        if n.startswith("control "):
+            group = n.removeprefix("control ").rsplit(" ", 1)[0]
+            pool = slots["patches"] if positions.CONTROL_POOL[group] == "grid" else slots[positions.CONTROL_POOL[group]]
+            assert rows[i].sum() == min(slots[group].sum(), pool.sum()) and not (rows[i] & ~pool).any(), n
+    summ = positions.summarise_groups(g, 20, 0, min_images=1)
+    assert summ["all heads"]["all"]["all"]["value"] == pytest.approx(1.0)
 
 
 def test_object_share_rule():
@@ -141,7 +155,10 @@ def test_permutation_test_and_probe_find_a_planted_class_signal_and_not_a_missin
     assert strong["p"] < 0.01 and strong["cohens_d"] > 0.5
     none = semantics.permutation_test(*_planted_vectors(signal=0.0), 300, 0)
     assert none["p"] > 0.05
-    p = semantics.probe(V, cls, item)
+    p = semantics.probe(V, cls, item, strata=cls, n_boot=200)
+    assert p["interval"] == "item cluster bootstrap" and p["ci"][0] <= p["accuracy"] <= p["ci"][1]
+    d = semantics.cohens_d_items(V, cls, item, app)
+    assert d["n_items"] == len(np.unique(item)) and d["d"] > 0.5
     assert p["ci"][0] > p["chance"] and p["chance"] == 0.25
 
 
@@ -153,6 +170,49 @@ def test_second_order_fit_finds_a_planted_interaction():
     runs = {"lin": {"keep": keep, "y": y_lin}, "int": {"keep": keep, "y": y_lin + 3 * a[:, 0] * a[:, 3]}}
     gain = sensitivity.second_order_gain(runs, ["lin", "int"], [0, 3, 5])
     assert abs(gain[0]) < 0.02 and gain[1] > 0.2
+
+
+def test_share_of_unexplained_variance_removed_is_a_ratio_of_sums_with_a_rule_at_zero():
+    rng = np.random.default_rng(0)
+    keep = rng.random((400, 2, 4)) > 0.5
+    a = (~keep).reshape(400, -1).astype(float)
+    y_lin = 5 - a[:, 0] - 2 * a[:, 3] + 0.3 * rng.normal(size=400)
+    runs = {f"i{j}": {"keep": keep, "y": y_lin + (3 * a[:, 0] * a[:, 3] if j % 2 else 0)} for j in range(8)}
+    sse = sensitivity.heldout_sse(runs, list(runs), [0, 3, 5])
+    got = sensitivity.share_removed(sse, ["a", "b"] * 4, 200, 0)
+    want = (sse[:, 0] - sse[:, 1]).sum() / sse[:, 0].sum()
+    assert abs(got["share"] - want) < 1e-12 and got["ci"][0] <= got["share"] <= got["ci"][1]
+    assert 0.3 < got["share"] < 1  # half the images carry a planted interaction
+    only_lin = sensitivity.share_removed(sse[::2], ["a", "b", "a", "b"], 200, 0)
+    assert only_lin["ci"][1] < 0.05
+    assert sensitivity.share_removed(np.zeros((4, 2)), ["a", "b", "a", "b"], 50, 0)["share"] == 0.0
+
+
+def test_settings_are_read_against_the_mask_seed_noise_floor():
+    base = {"topk_overlap": {"8": 0.0}, "topk_overlap_ci": {"8": [0, 0]}}
+    rows = [{"factor": "reference", "value": "", **base}, {"factor": "seed", "value": "1", **base},
+            {"factor": "rate", "value": "0.9", **base}, {"factor": "scope", "value": "all", **base}]
+    rows[1]["topk_overlap"] = {"8": 0.9}
+    rows[2]["topk_overlap"] = {"8": 0.3}
+    rows[3]["topk_overlap"] = {"8": 0.85}
+    rng = np.random.default_rng(0)
+    draws = {("reference", ""): {8: np.ones(500)}, ("seed", "1"): {8: 0.9 + 0.05 * rng.normal(size=500)},
+             ("rate", "0.9"): {8: 0.3 + 0.05 * rng.normal(size=500)},
+             ("scope", "all"): {8: 0.88 + 0.05 * rng.normal(size=500)}}
+    sensitivity.against_noise(rows, draws, [8])
+    assert rows[2]["against_noise"]["8"]["moves"] and not rows[3]["against_noise"]["8"]["moves"]
+    assert "against_noise" not in rows[0] and "against_noise" not in rows[1]
+    res = {"model": "m", "k": 8, "rows": rows, "images_per_class_min": 5,
+           "interactions": {"rule_relative_to_unexplained": {"0.1": {"share": 0.1, "ci": [0.05, 0.2]},
+                                                             "0.5": {"share": 0.02, "ci": [0.0, 0.05]}},
+                            "pair_r2_gap": {"value": 0.5, "ci": [0.4, 0.6]},
+                            "pair_r2_single": {"value": 0.99}, "pair_r2_attribution": {"value": 0.49}}}
+    v = verdicts.sensitivity(res)["verdict"]
+    assert v.startswith("sensitive to rate") and "do not predict ablations near the clean model" in v
+    res["interactions"]["pair_r2_gap"]["ci"] = [0.0, 0.1]
+    assert verdicts.sensitivity(res)["verdict"].endswith("linear model adequate")
+    res["interactions"]["rule_relative_to_unexplained"]["0.1"]["ci"] = [0.2, 0.3]
+    assert verdicts.sensitivity(res)["verdict"].endswith("; interactions matter")
 
 
 def test_sensitivity_settings_change_one_factor_each():
@@ -173,9 +233,18 @@ def test_new_chapter_rules():
            "probe": {"class": {"accuracy": 0.6, "ci": [0.5, 0.7], "chance": 0.1},
                      "appearance": {"accuracy": 0.2, "ci": [0.1, 0.3], "chance": 0.17}},
            "transfer": {"same": 0.8, "other": 0.5, "difference_ci": [0.1, 0.4]}}
+    sem["class_agnostic"] = {"same_class_similarity": 0.7, "same_appearance_similarity": 0.5, "permutation_p": 0.01,
+                             "difference_ci": [0.05, 0.3], "probe": sem["probe"], "transfer": dict(sem["transfer"])}
     assert verdicts.semantics(sem)["verdict"] == verdicts.REPRODUCED
     sem["transfer"]["difference_ci"] = [-0.1, 0.4]
     assert verdicts.semantics(sem)["verdict"] == verdicts.PARTLY
+    # every test passes under the class word's logit, none under the class-agnostic target: the read-out
+    sem["transfer"]["difference_ci"] = [0.1, 0.4]
+    sem["class_agnostic"].update(permutation_p=0.4, difference_ci=[-0.1, 0.1],
+                                 probe={"class": {"accuracy": 0.1, "ci": [0.05, 0.2], "chance": 0.1},
+                                        "appearance": sem["probe"]["appearance"]},
+                                 transfer={"same": 0.5, "other": 0.5, "difference_ci": [-0.1, 0.1]})
+    assert verdicts.semantics(sem)["verdict"] == verdicts.NOT
 
     def ko(answers):
         tim = {q: {g: {"answer": a, "difference": 1, "question_onset": 0, "image_onset": 1} for g in ("role", "final")}
@@ -185,9 +254,17 @@ def test_new_chapter_rules():
     assert verdicts.knockout(ko({"object": "undetermined", "color": "yes", "position": "yes"}))["verdict"] == "reproduced"
     assert verdicts.knockout(ko({"color": "yes", "position": "undetermined"}))["verdict"] == "partly"
     assert verdicts.knockout(ko({"color": "yes", "position": "no (later)"}))["verdict"] == "not reproduced"
-    tok = {"model": "m", "k": 5, "object_effect": {"value": 0.3, "ci": [0.2, 0.4]},
-           "background_effect": {"value": 0.04, "ci": [0.01, 0.07]}, "random_effect": {"value": 0.1},
-           "object_attribution_share": {"value": 0.5}, "object_area_share": 0.3}
+    e = lambda v, lo, hi: {"value": v, "ci": [lo, hi]}  # noqa: E731
+    heads = {"object_effect": e(0.3, 0.2, 0.4), "background_effect": e(0.04, 0.01, 0.07),
+             "other_objects_effect": e(0.1, 0.05, 0.15), "object_random_effect": e(0.1, 0.05, 0.15),
+             "background_random_effect": e(0.5, 0.4, 0.6), "object_minus_random": e(0.2, 0.1, 0.3),
+             "object_per_token": e(0.01, 0, 0.02), "background_per_token": e(0.001, 0, 0.002),
+             "n_images": 20, "classes": ["a", "b"]}
+    tok = {"model": "m", "k": 5, "all_heads": heads, "top_heads": heads}
+    assert verdicts.tokens(tok)["verdict"] == verdicts.PARTLY
+    tok["all_heads"] = {**heads, "background_effect": e(0.2, 0.1, 0.3)}
+    assert verdicts.tokens(tok)["verdict"] == verdicts.REPRODUCED
+    tok["all_heads"]["object_minus_random"] = e(0.05, -0.01, 0.1)  # no more than as many background tokens
     assert verdicts.tokens(tok)["verdict"] == verdicts.PARTLY
 
 
@@ -211,3 +288,37 @@ def test_duplicate_inline_scripts_are_dropped():
     sphinx_fixes.drop_duplicate_scripts(None, "p", "page.html", ctx, None)
     assert [(s.filename, s.attributes.get("body")) for s in ctx["script_files"]] == [
         ("a.js", None), (None, "const X = 1"), (None, "const Y = 1")]
+
+
+def test_answer_kl_target_is_zero_when_clean_and_matches_full_forwards(tiny_study):
+    """The class-agnostic target: -KL(p_clean || p) over the answer words, on the fast path, equals the
+    same quantity from full forwards with the same ablation; 0 for the clean model, negative without
+    the image."""
+    st = tiny_study
+    t = dataclasses.replace(st.tasks[0], clean_logp=None)
+    keep = torch.ones(3, st.n_layers, st.n_heads, dtype=torch.bool)
+    keep[1] = False
+    keep[2, 0, :2] = False
+    y = experiment.masks_y(st.model, t, st.baseline, keep, "answer-kl")
+    assert abs(y[0]) < 1e-6 and y[1] < 0 and t.clean_logp is not None
+    ids = [t.target_id] + list(t.other_ids)
+    img = iv.image_mask(st.model, t.inputs["input_ids"])
+    ref = []
+    for k in keep:
+        with torch.inference_mode(), iv.intervene(st.model, ablation=iv.HeadAblation(k[None], img, st.baseline)):
+            ref.append(st.model(**t.inputs).logits[0, -1, ids].double().log_softmax(-1))
+    p = ref[0].exp()
+    want = [-float((p * (ref[0] - r)).sum()) for r in ref]
+    assert np.allclose(y, want, atol=1e-4), (y, want)
+    with pytest.raises(ValueError, match="clean answer distribution"):
+        experiment.target_of(dataclasses.replace(t, clean_logp=None), "answer-kl")
+
+
+def test_item_draws_resample_whole_items_within_classes():
+    V, cls, item, app = _planted_vectors()
+    for idx, new_item in semantics.item_draws(item, cls, 20, 0):
+        assert len(idx) == len(item)  # every item has its 3 renditions, and classes keep their item counts
+        for lab in np.unique(new_item):
+            rows = idx[new_item == lab]
+            assert len(set(item[rows])) == 1 and sorted(app[rows]) == [0, 1, 2]
+        assert sorted(np.unique(cls[idx], return_counts=True)[1]) == sorted(np.unique(cls, return_counts=True)[1])

@@ -90,9 +90,17 @@ def test_chapter_results(executed):
             "probe_appearance_accuracy", "class_head_set_transfer"} <= set(flow["semantics"])
     assert set(flow["knockout"]["peak_layer"]) == {"object", "color"} and isinstance(
         flow["knockout"]["question_before_image"], bool)
-    assert {"object_effect", "background_effect", "random_effect", "object_attribution_share",
+    assert {"object_random_effect", "background_random_effect", "other_objects_effect"} <= set(flow["tokens"]["all_heads"])
+    assert {"object_effect", "background_effect", "object_attribution_share",
             "object_area_share"} <= set(flow["tokens"])
-    assert len(flow["sensitivity"]["topk_overlap"]) == 11 and "pairwise_r2_gain" in flow["interactions"]
+    ko = flow["knockout"]
+    assert set(ko["onset_layer"]) == {"object", "color"} and "image->role-only" in ko["onset_layer"]["color"]
+    assert set(ko["role_without_final"]) == {"object", "color"} and set(ko["logit_diff"]) == {"onset_layer", "timing"}
+    assert all(t["answer"] in ("yes", "no (later)", "undetermined") for v in ko["timing"].values() for t in v.values())
+    assert len(flow["sensitivity"]["topk_overlap"]) == 13 and flow["sensitivity"]["images_per_class_min"] >= 2
+    inter = flow["interactions"]
+    assert set(inter["rule_relative_to_unexplained"]) == {"0.1", "0.5", "0.9"}
+    assert {"value", "ci", "by_rate"} <= set(inter["pair_r2_attribution"]) and "ci" in inter["pair_r2_single"]
     perf = json.loads((executed / "results" / "performance.json").read_text())
     spread = {"median", "min", "max"}
     lw = perf["llava15_7b_width"]

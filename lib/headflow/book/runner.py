@@ -41,8 +41,7 @@ MECHANICS = ("families", "shadows")  # random-weight models: never into book/
 # set for every executed chapter (the kernel inherits them): no progress bars or advisory logging in the
 # book's outputs (headflow.util.progress, transformers and huggingface_hub honour these); the terminal shows one
 # progress line per chapter (papermill's, over cells) instead
-QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
-             "RAY_BACKEND_LOG_LEVEL": "error"}
+QUIET_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
 VERSIONED = ("headflow", "torch", "transformers", "numpy", "scikit-learn", "papermill", "nbformat",
              "matplotlib", "seaborn", "pycocotools", "jupyter-book")
 

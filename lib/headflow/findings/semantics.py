@@ -18,9 +18,17 @@ non-positive effect are left out and counted).  The comparisons:
   item-grouped cross-validation, with chance levels;
 - :func:`transfer`: a class's top-k heads, found on some items, kept alone on held-out items of
   the same class vs of other classes (faithfulness numerators, aggregated by the one rule).
+
+Every interval is a **cluster bootstrap over items** (items resampled within classes, each with all
+its renditions: :func:`item_draws`): the renditions of one item are not independent images.  The
+analysis runs for two targets (:data:`TARGETS`): the correct class word's logit, whose unembedding
+direction same-class pairs always share, and the class-agnostic ``answer-kl`` (minus the KL divergence
+of the answer distribution from the clean one: the same function for every image), so a class
+signal that only the read-out puts there is told from one in the routing.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -41,6 +49,8 @@ from headflow.util.hashing import files_sha256
 from headflow.util import progress
 
 APPEARANCES = ("original", "color", "polarity", "sketch", "background", "scale")
+TARGETS = {"logit": "the correct class word's logit (class-specific read-out)",
+           "answer-kl": "-KL(answer distribution || clean) (class-agnostic)"}
 
 
 @dataclass
@@ -83,6 +93,20 @@ def items(st, per_class: int, offset: int = 0, variants: str = "fashionscenes/va
                             [st.words.index(im.class_name) for im in out], st.question)
     for im, ok in zip(out, res["correct"]):
         im.correct = bool(ok)
+    return out
+
+
+def dropped_variants(images: Sequence[Image], variants: str = "fashionscenes/variants") -> dict:
+    """The variants of the chosen items that the set's ``min_area_share`` rule drops (their main object
+    covers too little of the image), per kind: a selection against the hardest renditions."""
+    items_used = {im.item for im in images}
+    every = coco.load_set(coco.resolve_set(variants), min_area_share=0.0)
+    kept = {im.task.example.image_id for im in images if im.appearance != "original"}
+    out: dict[str, int] = {}
+    for ex in every:
+        if int(ex.attributes["variant_of"]) in items_used and ex.image_id not in kept:
+            kind = ex.attributes["variant_kind"]
+            out[kind] = out.get(kind, 0) + 1
     return out
 
 
@@ -134,12 +158,51 @@ def pair_similarities(V: np.ndarray, cls, item, app, k: int) -> dict:
     return {m: {name: S[m][sel] for name, sel in kinds.items()} for m in S}
 
 
+def item_draws(item, cls, n_boot: int, seed: int):
+    """``n_boot`` draws of image indices: items resampled within their classes, each drawn item with
+    all of its images (the cluster bootstrap every interval of this chapter uses).  Each draw also
+    gives a new item label per drawn copy, so a copy is never paired with itself."""
+    item, cls = np.asarray(item), np.asarray(cls)
+    rng = np.random.default_rng(seed)
+    by_class: dict = {}
+    for i in np.unique(item):
+        by_class.setdefault(cls[item == i][0], []).append(i)
+    rows_of = {i: np.nonzero(item == i)[0] for i in np.unique(item)}
+    for _ in range(n_boot):
+        idx, new_item = [], []
+        for c, its in sorted(by_class.items()):
+            for j, pick in enumerate(rng.choice(its, len(its))):
+                idx.extend(rows_of[pick])
+                new_item.extend([f"{c}/{j}"] * len(rows_of[pick]))
+        yield np.array(idx), np.array(new_item)
+
+
+def cohens_d_items(V: np.ndarray, cls, item, app, measure: str = "cosine", k: int = 8) -> dict:
+    """Cohen's d over items (not over overlapping pairs): per item, the mean similarity of its
+    same-class pairs minus that of its same-appearance pairs (pairs that involve one of its images);
+    d = mean / standard deviation of those item differences."""
+    S = similarity_matrices(V, k)[measure]
+    cls, item, app = np.asarray(cls), np.asarray(item), np.asarray(app)
+    kinds = pair_kinds(cls, item, app)
+    both = {n: m | m.T for n, m in kinds.items()}
+    diffs = []
+    for i in np.unique(item):
+        rows = item == i
+        a, b = S[rows][both["same class"][rows]], S[rows][both["same appearance"][rows]]
+        if len(a) and len(b):
+            diffs.append(a.mean() - b.mean())
+    diffs = np.array(diffs)
+    sd = diffs.std(ddof=1) if len(diffs) > 1 else float("nan")
+    return {"d": float(diffs.mean() / sd) if sd > 0 else float("nan"), "n_items": int(len(diffs)),
+            "mean_difference": float(diffs.mean()) if len(diffs) else float("nan")}
+
+
 def permutation_test(V: np.ndarray, cls, item, app, n_perm: int, seed: int, measure: str = "cosine",
                      k: int = 8) -> dict:
     """Observed ``mean(same class) - mean(same appearance)`` of ``measure``; its null from class labels
     permuted over items (each item keeps its images and appearances); one-sided p-value
-    ``(1 + #null >= observed) / (1 + n_perm)``; effect sizes: Cohen's d of the two pair samples and
-    the observed difference in null standard deviations."""
+    ``(1 + #null >= observed) / (1 + n_perm)``; effect sizes: Cohen's d over items
+    (:func:`cohens_d_items`) and the observed difference in null standard deviations."""
     S = similarity_matrices(V, k)[measure]
     cls, item, app = np.asarray(cls), np.asarray(item), np.asarray(app)
 
@@ -155,38 +218,25 @@ def permutation_test(V: np.ndarray, cls, item, app, n_perm: int, seed: int, meas
     where = np.searchsorted(items_u, item)
     for b in range(n_perm):
         null[b] = stat(rng.permutation(cls_of_item)[where])
-    kinds = pair_kinds(cls, item, app)
-    a, b_ = S[kinds["same class"]], S[kinds["same appearance"]]
-    pooled = np.sqrt((a.var(ddof=1) * (len(a) - 1) + b_.var(ddof=1) * (len(b_) - 1)) / (len(a) + len(b_) - 2))
+    d = cohens_d_items(V, cls, item, app, measure, k)
     return {"observed": float(obs), "p": float((1 + (null >= obs).sum()) / (1 + n_perm)), "n_perm": n_perm,
-            "cohens_d": float((a.mean() - b_.mean()) / pooled), "z_vs_null": float((obs - null.mean()) / null.std()),
+            "cohens_d": d["d"], "cohens_d_items": d["n_items"], "z_vs_null": float((obs - null.mean()) / null.std()),
             "null": null}
 
 
 def bootstrap_difference(V: np.ndarray, cls, item, app, n_boot: int, seed: int, measure: str = "cosine",
                          k: int = 8) -> np.ndarray:
-    """Draws of ``mean(same class) - mean(same appearance)`` with items resampled within classes
-    (pairs of a resampled item with its own copy are not used)."""
+    """Draws of ``mean(same class) - mean(same appearance)`` under the item cluster bootstrap
+    (:func:`item_draws`; pairs of a drawn item with its own copy are not used)."""
     S = similarity_matrices(V, k)[measure]
     cls, item, app = np.asarray(cls), np.asarray(item), np.asarray(app)
-    rng = np.random.default_rng(seed)
-    by_class: dict = {}
-    for i in np.unique(item):
-        by_class.setdefault(cls[item == i][0], []).append(i)
-    out = np.empty(n_boot)
-    for b in range(n_boot):
-        idx, new_item = [], []
-        for c, its in by_class.items():
-            for j, pick in enumerate(rng.choice(its, len(its))):
-                rows = np.nonzero(item == pick)[0]
-                idx.extend(rows)
-                new_item.extend([f"{c}/{j}"] * len(rows))
-        idx = np.array(idx)
-        kinds = pair_kinds(cls[idx], np.array(new_item), app[idx])
+    out = []
+    for idx, new_item in item_draws(item, cls, n_boot, seed):
+        kinds = pair_kinds(cls[idx], new_item, app[idx])
         Sb = S[np.ix_(idx, idx)]
         same_src = item[idx][:, None] == item[idx][None]
-        out[b] = Sb[kinds["same class"] & ~same_src].mean() - Sb[kinds["same appearance"]].mean()
-    return out
+        out.append(Sb[kinds["same class"] & ~same_src].mean() - Sb[kinds["same appearance"]].mean())
+    return np.array(out)
 
 
 def noise_ceiling(runs_a: dict, runs_b: dict, keys: Sequence[str]) -> np.ndarray:
@@ -200,18 +250,27 @@ def noise_ceiling(runs_a: dict, runs_b: dict, keys: Sequence[str]) -> np.ndarray
 
 
 # ------------------------------------------------------------------------------------ probes
-def probe(V: np.ndarray, labels, groups, n_splits: int = 5, seed: int = 0) -> dict:
-    """Item-grouped cross-validated accuracy of a logistic-regression probe, with its Wilson interval
-    and the chance level (share of the most frequent label)."""
+def probe(V: np.ndarray, labels, groups, n_splits: int = 5, seed: int = 0, strata=None, n_boot: int = 0) -> dict:
+    """Item-grouped cross-validated accuracy of a logistic-regression probe, with its chance level (share
+    of the most frequent label); its 95% interval by the item cluster bootstrap over the fixed
+    cross-validated predictions (items resampled within ``strata``, their classes) when ``n_boot``,
+    else the Wilson interval (images taken as independent)."""
 
     labels, groups = np.asarray(labels), np.asarray(groups)
     n_splits = min(n_splits, len(np.unique(groups)))
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, C=0.1, random_state=seed))
     pred = cross_val_predict(clf, V, labels, groups=groups, cv=GroupKFold(n_splits=n_splits))
-    correct = int((pred == labels).sum())
+    hit = pred == labels
+    correct = int(hit.sum())
     _, counts = np.unique(labels, return_counts=True)
-    return {"accuracy": correct / len(labels), "ci": list(evaluate.wilson_interval(correct, len(labels))),
-            "chance": float(counts.max() / len(labels)), "n": len(labels), "n_splits": n_splits}
+    if n_boot:
+        draws = [hit[idx].mean() for idx, _ in item_draws(groups, labels if strata is None else strata, n_boot, seed)]
+        ci, how = np.quantile(draws, [0.025, 0.975]).tolist(), "item cluster bootstrap"
+    else:
+        ci, how = list(evaluate.wilson_interval(correct, len(labels))), "Wilson (images independent)"
+    return {"accuracy": correct / len(labels), "ci": ci, "interval": how,
+            "chance": float(counts.max() / len(labels)), "n": len(labels), "n_items": int(len(np.unique(groups))),
+            "n_splits": n_splits}
 
 
 def embedding(V: np.ndarray) -> np.ndarray:
@@ -243,11 +302,11 @@ def transfer(st, images: Sequence[Image], V: dict, runs: dict, k: int, n_folds: 
     (class mean of the normalised vectors of the *other* folds' images of that class) are kept
     alone on the fold's images.  ``same``: aggregate faithfulness of an image's own class set;
     ``other``: of the other classes' sets (mean numerator over them); ``difference`` with a 95%
-    bootstrap interval (images resampled within classes, paired)."""
+    interval (the item cluster bootstrap, paired)."""
     H = st.n_layers * st.n_heads
     used = [im for im in images if im.key in V]
     classes = sorted({im.class_name for im in used})
-    num_same, num_other, eff, cls = [], [], [], []
+    num_same, num_other, eff, cls, its = [], [], [], [], []
     for fold in progress.bar(item_folds(used, n_folds, seed), desc="class head sets: transfer"):
         fit = [im for im in used if im.item not in fold]
         sets = {}
@@ -270,9 +329,11 @@ def transfer(st, images: Sequence[Image], V: dict, runs: dict, k: int, n_folds: 
             num_other.append(np.mean(np.delete(y, own)) - y_none)
             eff.append(float(runs[im.key]["y_clean"]) - y_none)
             cls.append(im.class_name)
-    num = np.stack([num_same, num_other], 1)
+            its.append(im.item)
+    num, eff, cls = np.stack([num_same, num_other], 1), np.array(eff), np.array(cls)
     agg = metrics.aggregate(num, eff, cls)
-    draws = metrics.bootstrap_aggregate(num, eff, cls, n_boot, seed)
+    draws = np.array([metrics.aggregate(num[idx], eff[idx], cls[idx])["value"]
+                      for idx, _ in item_draws(its, cls, n_boot, seed)])
     diff = draws[:, 0] - draws[:, 1]
     return {"same": float(agg["value"][0]), "other": float(agg["value"][1]),
             "same_ci": metrics.interval(draws[:, 0]), "other_ci": metrics.interval(draws[:, 1]),
@@ -329,33 +390,52 @@ def attribution_runs(st, images: Sequence[Image], n_masks: int, rate: float, see
     return runs
 
 
-def analyse(st, images: Sequence[Image], n_masks: int, rate: float, seed: int, k: int, n_perm: int, n_boot: int,
-            transfer_k: int, n_folds: int) -> dict:
-    """Everything chapter 6 reports, from runs of every image (correct ones analysed, wrong ones apart)."""
-    runs = attribution_runs(st, images, n_masks, rate, seed)
+def analyse_target(st, images: Sequence[Image], runs: dict, seed: int, k: int, n_perm: int, n_boot: int,
+                   transfer_k: int, n_folds: int) -> dict:
+    """Every comparison of chapter 6 for one target's runs (correct images analysed, wrong ones apart)."""
     correct = [im for im in images if im.correct]
     wrong = [im for im in images if not im.correct]
     V, left = vectors(runs, correct)
     used = [im for im in correct if im.key in V]
     M = np.stack([V[im.key] for im in used])
     cls, item, app = (np.array([getattr(im, a) for im in used]) for a in ("class_name", "item", "appearance"))
-    pairs = pair_similarities(M, cls, item, app, k)
-    perm = permutation_test(M, cls, item, app, n_perm, seed, "cosine", k)
-    diff = bootstrap_difference(M, cls, item, app, n_boot, seed, "cosine", k)
-    # noise ceiling: a second, independent mask set on every correctly answered original
-    origs = [im for im in used if im.appearance == "original"]
-    repeat = attribution_runs(st, origs, n_masks, rate, seed + 2)
-    ceiling = noise_ceiling(runs, repeat, [im.key for im in origs])
     V_wrong, _ = vectors(runs, wrong)
-    H = M.shape[1]
     return {"images": used, "wrong": wrong, "left_out": left, "vectors": V, "matrix": M, "classes": cls, "items": item,
-            "appearances": app, "pairs": pairs, "permutation": perm, "difference_draws": diff, "ceiling": ceiling,
-            "probe": {"class": probe(M, cls, item, seed=seed), "appearance": probe(M, app, item, seed=seed)},
-            "embedding": embedding(M), "k": k, "chance_topk": k / H,
+            "appearances": app, "pairs": pair_similarities(M, cls, item, app, k),
+            "permutation": permutation_test(M, cls, item, app, n_perm, seed, "cosine", k),
+            "difference_draws": bootstrap_difference(M, cls, item, app, n_boot, seed, "cosine", k),
+            "probe": {"class": probe(M, cls, item, seed=seed, strata=cls, n_boot=n_boot),
+                      "appearance": probe(M, app, item, seed=seed, strata=cls, n_boot=n_boot)},
+            "embedding": embedding(M), "k": k, "chance_topk": k / M.shape[1],
             "transfer": transfer(st, used, V, runs, transfer_k, n_folds, seed, n_boot),
             "wrong_check": class_centroid_check({**V, **V_wrong}, used, wrong),
-            "wrong_by_appearance": {a: sum(im.appearance == a for im in wrong) for a in APPEARANCES},
             "maps_by_appearance": summary_layers(V, used, st.n_layers, st.n_heads)}
+
+
+def analyse(st, images: Sequence[Image], n_masks: int, rate: float, seed: int, k: int, n_perm: int, n_boot: int,
+            transfer_k: int, n_folds: int, targets: Sequence[str] = tuple(TARGETS)) -> dict:
+    """Everything chapter 6 reports, for each target of ``targets`` (the study's own first: the primary
+    analysis, whose numbers are also at the top level), with the noise ceiling of the primary target
+    and the counts of items, renditions and wrong answers."""
+    by_target = {}
+    for target in [st.target] + [t for t in targets if t != st.target]:
+        s = st if target == st.target else dataclasses.replace(st, target=target, meta={**st.meta, "target": target})
+        runs = attribution_runs(s, images, n_masks, rate, seed)
+        by_target[target] = analyse_target(s, images, runs, seed, k, n_perm, n_boot, transfer_k, n_folds)
+        if target == st.target:
+            # noise ceiling: a second, independent mask set on every correctly answered original
+            origs = [im for im in by_target[target]["images"] if im.appearance == "original"]
+            repeat = attribution_runs(st, origs, n_masks, rate, seed + 2)
+            ceiling = noise_ceiling(runs, repeat, [im.key for im in origs])
+    primary = by_target[st.target]
+    wrong = primary["wrong"]
+    counts = {"n_items": len({im.item for im in images}), "n_renditions": len(images),
+              "renditions_by_appearance": {a: sum(im.appearance == a for im in images) for a in APPEARANCES},
+              "dropped_by_min_area_share": dropped_variants(images),
+              "n_wrong": len(wrong), "wrong_originals": sum(im.appearance == "original" for im in wrong),
+              "wrong_left_out_of_own_class_check": len(wrong) - primary["wrong_check"]["n"]}
+    return {**primary, "ceiling": ceiling, "targets": by_target, "primary_target": st.target, "counts": counts,
+            "wrong_by_appearance": {a: sum(im.appearance == a for im in wrong) for a in APPEARANCES}}
 
 
 def pairs_table(res: dict):
@@ -371,11 +451,28 @@ def pairs_table(res: dict):
     return pd.DataFrame(rows).set_index("measure")
 
 
+def _comparisons(r: dict) -> dict:
+    """The numbers of one target's analysis for ``semantics.json``."""
+    sim = r["pairs"]["cosine"]
+    return {"same_class_similarity": float(sim["same class"].mean()),
+            "same_appearance_similarity": float(sim["same appearance"].mean()),
+            "difference": float(sim["same class"].mean() - sim["same appearance"].mean()),
+            "difference_ci": metrics.interval(r["difference_draws"]), "permutation_p": r["permutation"]["p"],
+            "cohens_d_items": r["permutation"]["cohens_d"], "n_items_d": r["permutation"]["cohens_d_items"],
+            "probe": r["probe"], "transfer": r["transfer"], "n_images": len(r["images"]),
+            "n_left_out_non_positive_effect": len(r["left_out"])}
+
+
 def results_json(res: dict, model: str, params: dict) -> dict:
-    """``book/results/semantics.json``."""
+    """``book/results/semantics.json``: the primary target (the class word's logit) at the top level,
+    ``class_agnostic`` the same comparisons under ``answer-kl``, ``item_cluster_ci`` the primary's
+    intervals (all by the item cluster bootstrap), and the counts."""
     sim = res["pairs"]["cosine"]
-    return {"model": model, **params, "n_images": len(res["images"]), "n_wrong": len(res["wrong"]),
-            "n_left_out_non_positive_effect": len(res["left_out"]),
+    agnostic = res["targets"].get("answer-kl")
+    tr = res["transfer"]
+    return {"model": model, **params, "primary_target": res["primary_target"], "targets": TARGETS,
+            "n_images": len(res["images"]), "n_wrong": len(res["wrong"]),
+            "n_left_out_non_positive_effect": len(res["left_out"]), "counts": res["counts"],
             "wrong_by_appearance": res["wrong_by_appearance"], "wrong_check": res["wrong_check"],
             "similarity": {"same_class": float(sim["same class"].mean()),
                            "same_appearance": float(sim["same appearance"].mean()),
@@ -387,4 +484,9 @@ def results_json(res: dict, model: str, params: dict) -> dict:
                            "by_measure": {m: {kind: float(v.mean()) for kind, v in d.items()}
                                           for m, d in res["pairs"].items()},
                            "topk_chance": res["chance_topk"], "k": res["k"]},
-            "probe": res["probe"], "transfer": res["transfer"]}
+            "probe": res["probe"], "transfer": tr,
+            "item_cluster_ci": {"similarity_difference": metrics.interval(res["difference_draws"]),
+                                "probe_class": res["probe"]["class"]["ci"],
+                                "probe_appearance": res["probe"]["appearance"]["ci"],
+                                "transfer_difference": tr["difference_ci"], "n_items": res["counts"]["n_items"]},
+            "class_agnostic": _comparisons(agnostic) if agnostic else None}

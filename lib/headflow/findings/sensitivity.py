@@ -3,17 +3,23 @@ linear model of head ablations misses.
 
 **One factor at a time.**  From a reference setting (dataset-mean baseline, scope text, target
 logit, ablation rate 0.5, OLS, ``n_masks`` masks, mask seed 0), each factor is changed alone
-(:data:`FACTORS`) and head attribution is rerun on the same images.  For each setting, the global
+(:data:`FACTORS`) and head attribution is rerun on the same images.  For each setting the global
 ranking (class-equal mean of attribution divided by the image effect *under that setting*) is
-compared with the reference ranking: top-k overlap (|top_k(ref) & top_k(setting)| / k) and
-Spearman correlation of the two global maps, each with a 95% bootstrap interval (images resampled
-within classes, both maps recomputed on the same draw), and the median held-out r of the fits.
+compared with the reference ranking: top-k overlap (|top_k(ref) & top_k(setting)| / k) at each k
+asked and Spearman correlation of the two global maps, each with a 95% bootstrap interval (images
+resampled within classes, every map recomputed on the same draw).  The **mask-seed** setting
+changes nothing but the random masks, so its overlap is the noise floor: each other setting's
+overlap is compared with it by the paired bootstrap (the same draws), Holm-corrected over the
+settings (:func:`against_noise`).
 
 **Interactions.**  Among the top m heads (from a ranking fitted on *other* images): for every pair,
-the logit lost when both are ablated vs the linear model's prediction (the sum of the two
-attributions); and a second-order fit (indicator products for every pair of those m heads added to
-the linear model) whose gain in held-out R^2 over the linear fit is measured on the held-out
-fifth of each image's masks.
+the logit lost when both are ablated against two additive predictions, the sum of the two
+attributions (fitted at each ablation rate) and the sum of the two single-head losses, as R^2 over
+pairs and images with bootstrap intervals; and a second-order fit (an indicator product for every
+pair of those m heads added to the linear model) at ablation rates 0.1 (near the clean model), 0.5
+and 0.9, whose improvement on the held-out fifth of each image's masks is stated as the share of
+the linear fit's unexplained variance it removes (:func:`share_removed`: a ratio of sums over
+images, never a per-image ratio).
 """
 from __future__ import annotations
 
@@ -30,13 +36,13 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import LinearRegression
 
 from headflow.findings import layers
-from headflow.method import attribution, experiment, stats
+from headflow.method import attribution, experiment, metrics, stats
 from headflow.method.study import Study, store_for
 from headflow.util import progress
 
 REFERENCE = {"baseline": "dataset-mean", "scope": "text", "target": "logit", "rate": 0.5, "regression": "auto",
              "masks": None, "seed": 0}
-FACTORS = {"baseline": ["image-mean", "zero"], "scope": ["all"], "target": ["logit-diff"], "rate": [0.25, 0.75],
+FACTORS = {"baseline": ["image-mean", "zero"], "scope": ["all"], "target": ["logit-diff"], "rate": [0.1, 0.25, 0.75, 0.9],
            "regression": ["ridge", "lasso"], "masks": ["half"], "seed": [1]}
 
 
@@ -96,61 +102,108 @@ def overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
     return len(set(attribution.ranking(a)[:k].tolist()) & set(attribution.ranking(b)[:k].tolist())) / k
 
 
-def compare(ref: dict, other: dict, classes: dict, k: int, n_boot: int, seed: int) -> dict:
-    """Top-k overlap and Spearman rho of the two global maps (images both settings keep), with
-    95% bootstrap intervals from the same resampled images."""
+NOISE_FLOOR = ("seed", "1")  # the setting that changes only the random masks
+
+
+def compare(ref: dict, other: dict, classes: dict, ks: Sequence[int], n_boot: int, seed: int) -> dict:
+    """Top-k overlap at every k of ``ks`` and Spearman rho of the two global maps (images both
+    settings keep), with 95% bootstrap intervals from the same resampled images (and the overlap
+    draws, for :func:`against_noise`)."""
     keys = sorted(set(ref["maps"]) & set(other["maps"]))
     A = {key: ref["maps"][key] for key in keys}
     B = {key: other["maps"][key] for key in keys}
     ga, gb = stats.class_equal_mean(A, classes), stats.class_equal_mean(B, classes)
     da = layers.bootstrap_maps(A, classes, n_boot, seed)
     db = layers.bootstrap_maps(B, classes, n_boot, seed)  # same seed and key order: the same draws
-    ov = np.array([overlap(x, y, k) for x, y in zip(da, db)])
+    ov = {int(k): np.array([overlap(x, y, k) for x, y in zip(da, db)]) for k in ks}
     rho = np.array([spearmanr(x, y)[0] for x, y in zip(da, db)])
-    return {"topk_overlap": overlap(ga, gb, k), "topk_overlap_ci": np.quantile(ov, [0.025, 0.975]).tolist(),
-            "spearman": float(spearmanr(ga, gb)[0]), "spearman_ci": np.quantile(rho, [0.025, 0.975]).tolist(),
-            "n_images": len(keys)}
+    return {"topk_overlap": {str(k): overlap(ga, gb, k) for k in ov},
+            "topk_overlap_ci": {str(k): np.quantile(d, [0.025, 0.975]).tolist() for k, d in ov.items()},
+            "overlap_draws": ov, "spearman": float(spearmanr(ga, gb)[0]),
+            "spearman_ci": np.quantile(rho, [0.025, 0.975]).tolist(), "n_images": len(keys)}
 
 
-def run(st: Study, n_masks: int, k: int, n_boot: int, seed: int, factors: dict | None = None) -> dict:
-    """Every setting of :func:`settings`: its comparison with the reference and its fit quality."""
+def against_noise(rows: list[dict], draws: dict, ks: Sequence[int]) -> None:
+    """For every setting besides the reference and the noise floor, and every k: the paired bootstrap
+    difference (noise-floor overlap minus the setting's overlap), a one-sided p that the setting moves
+    the top heads more than new masks do, Holm over the settings at that k; ``moves`` if the adjusted
+    p is below ALPHA.  Written into each row's ``against_noise``."""
+    floor = next(r for r in rows if (r["factor"], r["value"]) == NOISE_FLOOR)
+    floor_draws = draws[NOISE_FLOOR]
+    for k in map(int, ks):
+        tests = {}
+        for r in rows:
+            if r["factor"] == "reference" or (r["factor"], r["value"]) == NOISE_FLOOR:
+                continue
+            d = floor_draws[k] - draws[(r["factor"], r["value"])][k]
+            tests[(r["factor"], r["value"])] = {
+                "difference": floor["topk_overlap"][str(k)] - r["topk_overlap"][str(k)],
+                "ci": metrics.interval(d), "p": stats.bootstrap_p(d, 0.0, "greater")}
+        adjusted = stats.holm({f"{f}={v}": t["p"] for (f, v), t in tests.items()})
+        for r in rows:
+            t = tests.get((r["factor"], r["value"]))
+            if t is not None:
+                p = adjusted[f"{r['factor']}={r['value']}"]
+                r.setdefault("against_noise", {})[str(k)] = {**t, "p_holm": p, "moves": p < stats.ALPHA}
+
+
+def run(st: Study, n_masks: int, ks: Sequence[int], n_boot: int, seed: int, factors: dict | None = None) -> dict:
+    """Every setting of :func:`settings`: its comparison with the reference at every k of ``ks``, with
+    the noise floor (:func:`against_noise`), and its fit quality; ``runs`` keeps the attribution runs
+    of every ablation rate tried (for :func:`interactions`)."""
     classes = {t.key: t.class_name for t in st.tasks}
     sets = settings(factors)
     done = {}
     for s in progress.bar(sets, desc="sensitivity settings"):
         done[(s["factor"], s["value"])] = run_setting(st, s, n_masks)
     ref = done[("reference", "")]
-    rows = []
+    rows, draws = [], {}
     for s in sets:
         got = done[(s["factor"], s["value"])]
-        c = compare(ref, got, classes, k, n_boot, seed)
+        c = compare(ref, got, classes, ks, n_boot, seed)
+        draws[(s["factor"], s["value"])] = c.pop("overlap_draws")
         rows.append({"factor": s["factor"], "value": s["value"], **c, "median_r": float(np.nanmedian(got["r"])),
                      "images_left_out": got["left_out"], "alpha": got["alpha"], "n_masks": got["n_masks"]})
-    return {"rows": rows, "k": k, "reference": REFERENCE, "n_masks": n_masks}
+    if any((r["factor"], r["value"]) == NOISE_FLOOR for r in rows):
+        against_noise(rows, draws, ks)
+    return {"rows": rows, "ks": [int(k) for k in ks], "k": int(ks[0]), "reference": REFERENCE, "n_masks": n_masks}
 
 
 def table(rows: list[dict]):
-    """The settings as a table (one row each)."""
+    """The settings as a table (one row each): overlap at each k with its interval and, beside the
+    noise floor, the Holm-adjusted p that the setting moves the top heads more than new masks do."""
 
-    df = pd.DataFrame(rows)
-    for c in ("topk_overlap_ci", "spearman_ci"):
-        df[c] = df[c].map(lambda v: f"[{v[0]:.2f}, {v[1]:.2f}]")
-    return df.set_index(["factor", "value"]).round(3)
+    out = []
+    for r in rows:
+        row = {"factor": r["factor"], "value": r["value"]}
+        for k, v in r["topk_overlap"].items():
+            lo, hi = r["topk_overlap_ci"][k]
+            row[f"top-{k} overlap"] = f"{v:.2f} [{lo:.2f}, {hi:.2f}]"
+            t = r.get("against_noise", {}).get(k)
+            row[f"moves (k={k}): p Holm"] = "" if t is None else f"{t['p_holm']:.3f}" + (" *" if t["moves"] else "")
+        row["spearman"] = f"{r['spearman']:.2f} [{r['spearman_ci'][0]:.2f}, {r['spearman_ci'][1]:.2f}]"
+        row["median r"] = round(r["median_r"], 3)
+        row["images"] = r["n_images"]
+        out.append(row)
+    return pd.DataFrame(out).set_index(["factor", "value"])
 
 
 # ------------------------------------------------------------------------------------ interactions
+INTERACTION_RATES = (0.1, 0.5, 0.9)  # near the clean model, the reference, near the model without the image
+
+
 def pair_effects(st: Study, runs: dict, heads: Sequence[int], batch_size: int = 128) -> dict:
-    """For every pair of ``heads`` on every image: the logit lost with both ablated (``actual``),
-    the linear model's prediction (``linear``: sum of the two attributions) and the sum of the two
-    single-head losses (``additive``), all divided by the image effect; images with a non-positive
-    effect are left out."""
+    """For every pair of ``heads`` on every image: the logit lost with both ablated (``actual``), the
+    sum of the two single-head losses (``additive``) and, per ablation rate of ``runs`` (``{rate:
+    runs}``), the sum of the two attributions fitted at that rate (``linear[rate]``), all divided by
+    the image effect (of the rate-0.5 runs); images with a non-positive effect are left out."""
     H = st.n_layers * st.n_heads
     pairs = list(combinations([int(h) for h in heads], 2))
     singles = sorted({h for p in pairs for h in p})
-    out = {"actual": [], "linear": [], "additive": [], "pairs": pairs, "keys": []}
+    ref = runs[REFERENCE["rate"]]
+    out = {"actual": [], "additive": [], "linear": {r: [] for r in runs}, "pairs": pairs, "keys": [], "classes": []}
     for t in progress.bar(st.tasks, desc="pair ablations"):
-        r = runs[t.key]
-        effect = float(r["y_clean"]) - float(r["y_none"])
+        effect = float(ref[t.key]["y_clean"]) - float(ref[t.key]["y_none"])
         if effect <= 0:
             continue
         keep = torch.ones(len(pairs) + len(singles) + 1, H, dtype=torch.bool)
@@ -161,12 +214,15 @@ def pair_effects(st: Study, runs: dict, heads: Sequence[int], batch_size: int = 
         y = experiment.masks_y(st.model, t, st.baseline, keep.view(-1, st.n_layers, st.n_heads), st.target, batch_size)
         y_clean = y[-1]
         single = {h: y_clean - y[len(pairs) + j] for j, h in enumerate(singles)}
-        attr = attribution.fit(r["keep"], r["y"]).attribution
         out["actual"].append((y_clean - y[:len(pairs)]) / effect)
-        out["linear"].append(np.array([attr[a] + attr[b] for a, b in pairs]) / effect)
         out["additive"].append(np.array([single[a] + single[b] for a, b in pairs]) / effect)
+        for rate, rr in runs.items():
+            attr = attribution.fit(rr[t.key]["keep"], rr[t.key]["y"]).attribution
+            out["linear"][rate].append(np.array([attr[a] + attr[b] for a, b in pairs]) / effect)
         out["keys"].append(t.key)
-    return {k: np.array(v) if k in ("actual", "linear", "additive") else v for k, v in out.items()}
+        out["classes"].append(t.class_name)
+    return {**out, "actual": np.array(out["actual"]), "additive": np.array(out["additive"]),
+            "linear": {r: np.array(v) for r, v in out["linear"].items()}}
 
 
 def pairwise_features(keep: np.ndarray, heads: Sequence[int]) -> np.ndarray:
@@ -176,28 +232,52 @@ def pairwise_features(keep: np.ndarray, heads: Sequence[int]) -> np.ndarray:
     return np.column_stack([A] + prods) if prods else A
 
 
-def second_order_gain(runs: dict, keys: Sequence[str], heads: Sequence[int], seed: int = 0) -> np.ndarray:
-    """Per image, held-out R^2 of the second-order fit minus that of the linear fit (same split)."""
-
-    gains = []
+def heldout_sse(runs: dict, keys: Sequence[str], heads: Sequence[int], seed: int = 0) -> np.ndarray:
+    """Per image ``(n, 2)``: the held-out sum of squared errors of the linear fit and of the
+    second-order fit (same split), each divided by the held-out sum of squares about the mean, i.e.
+    ``1 - R^2`` of each fit."""
+    out = []
     for key in keys:
         r = runs[key]
         y = np.asarray(r["y"], float)
         tr, te = attribution.split(len(y), seed)
-        r2 = []
+        tss = ((y[te] - y[te].mean()) ** 2).sum()
+        row = []
         for X in ((~np.asarray(r["keep"], bool)).reshape(len(y), -1).astype(float), pairwise_features(r["keep"], heads)):
             pred = LinearRegression().fit(X[tr], y[tr]).predict(X[te])
-            r2.append(1 - ((y[te] - pred) ** 2).sum() / ((y[te] - y[te].mean()) ** 2).sum())
-        gains.append(r2[1] - r2[0])
-    return np.array(gains)
+            row.append(((y[te] - pred) ** 2).sum() / tss if tss > 0 else np.nan)
+        out.append(row)
+    return np.array(out, float)
 
 
-def median_with_ci(x: np.ndarray, n_boot: int, seed: int) -> dict:
-    """Median and a 95% bootstrap interval of the median (resampling the values)."""
+def second_order_gain(runs: dict, keys: Sequence[str], heads: Sequence[int], seed: int = 0) -> np.ndarray:
+    """Per image, held-out R^2 of the second-order fit minus that of the linear fit (same split)."""
+    sse = heldout_sse(runs, keys, heads, seed)
+    return sse[:, 0] - sse[:, 1]
+
+
+def _within_class_draws(classes: Sequence[str], n_boot: int, seed: int):
+    """``n_boot`` index arrays, each resampling the images within their classes."""
     rng = np.random.default_rng(seed)
-    x = np.asarray(x, float)
-    draws = np.array([np.median(x[rng.integers(0, len(x), len(x))]) for _ in range(n_boot)])
-    return {"median": float(np.median(x)), "ci": np.quantile(draws, [0.025, 0.975]).tolist(), "n": len(x)}
+    groups = [np.flatnonzero(np.asarray(classes) == c) for c in sorted(set(classes))]
+    for _ in range(n_boot):
+        yield np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+
+
+def share_removed(sse: np.ndarray, classes: Sequence[str], n_boot: int, seed: int) -> dict:
+    """The share of the linear fit's unexplained held-out variance that the second-order fit removes:
+    ``sum_i (u_lin_i - u_2nd_i) / sum_i u_lin_i`` over images (``u = 1 - R^2``), a ratio of sums whose
+    denominator is a sum of non-negative terms; if it is below 1e-9 (the linear fit explains
+    everything) the share is 0 by rule.  95% interval: images resampled within classes."""
+    ok = np.isfinite(sse).all(1)
+    sse, cls = sse[ok], [c for c, k in zip(classes, ok) if k]
+
+    def stat(x):
+        den = x[:, 0].sum()
+        return 0.0 if den < 1e-9 else float((x[:, 0] - x[:, 1]).sum() / den)
+    draws = np.array([stat(sse[i]) for i in _within_class_draws(cls, n_boot, seed)])
+    return {"share": stat(sse), "ci": np.quantile(draws, [0.025, 0.975]).tolist(), "n_images": int(len(sse)),
+            "linear_unexplained_median": float(np.median(sse[:, 0])), "rule": "ratio of sums over images"}
 
 
 def r2(actual: np.ndarray, predicted: np.ndarray) -> float:
@@ -205,32 +285,67 @@ def r2(actual: np.ndarray, predicted: np.ndarray) -> float:
     return float(1 - ((a - p) ** 2).sum() / ((a - a.mean()) ** 2).sum())
 
 
-def interactions(st: Study, top: dict, n_masks: int, m: int, n_boot: int, seed: int) -> dict:
-    """Pair ablations among the top ``m`` heads of ``top`` (a ranking fitted on other images) and the
-    second-order fit's held-out gain, on the study's images (reference setting runs)."""
-    store = store_for(st, "attribution", n_masks=n_masks, ablation_rate=REFERENCE["rate"], seed=REFERENCE["seed"])
-    runs = experiment.run_attribution(st.model, st.tasks, st.baseline, store, n_masks, REFERENCE["rate"],
-                                      REFERENCE["seed"], st.target, progress=False)
+def r2_with_ci(actual: np.ndarray, predicted: np.ndarray, classes: Sequence[str], n_boot: int, seed: int) -> dict:
+    """R^2 of ``predicted`` for ``actual`` (``(n_images, n_pairs)``, pooled) with a 95% interval (images
+    resampled within classes, both arrays on the same draw)."""
+    draws = [r2(actual[i], predicted[i]) for i in _within_class_draws(classes, n_boot, seed)]
+    return {"value": r2(actual, predicted), "ci": np.quantile(draws, [0.025, 0.975]).tolist(),
+            "n_images": int(len(actual)), "n_pairs": int(actual.shape[1]) if actual.ndim == 2 else 0}
+
+
+def r2_gap(actual, better, worse, classes, n_boot: int, seed: int) -> dict:
+    """``R^2(better) - R^2(worse)`` with its paired 95% interval (the same resampled images)."""
+    draws = [r2(actual[i], better[i]) - r2(actual[i], worse[i]) for i in _within_class_draws(classes, n_boot, seed)]
+    return {"value": r2(actual, better) - r2(actual, worse), "ci": np.quantile(draws, [0.025, 0.975]).tolist()}
+
+
+def interactions(st: Study, top: dict, n_masks: int, m: int, n_boot: int, seed: int,
+                 rates: Sequence[float] = INTERACTION_RATES) -> dict:
+    """Pair ablations among the top ``m`` heads of ``top`` (a ranking fitted on other images), their
+    prediction by single-head losses and by attributions fitted at each of ``rates``, and the
+    second-order fit's share of the unexplained variance at each rate, on the study's images."""
+    runs = {}
+    for rate in rates:
+        store = store_for(st, "attribution", n_masks=n_masks, ablation_rate=rate, seed=REFERENCE["seed"])
+        runs[rate] = experiment.run_attribution(st.model, st.tasks, st.baseline, store, n_masks, rate,
+                                                REFERENCE["seed"], st.target, progress=False)
     heads = [int(h) for h in top["order"][:m]]
     pe = pair_effects(st, runs, heads)
-    gains = second_order_gain(runs, pe["keys"], heads, seed)
-    return {"heads": heads, "pairs": pe, "gains": gains,
-            "linear_r2": r2(pe["actual"], pe["linear"]), "additive_r2": r2(pe["actual"], pe["additive"]),
-            "mean_abs_departure": float(np.mean(np.abs(pe["actual"] - pe["linear"]))),
-            "pairwise_r2_gain": median_with_ci(gains, n_boot, seed)}
+    cls = pe["classes"]
+    sse = {rate: heldout_sse(rr, pe["keys"], heads, seed) for rate, rr in runs.items()}
+    ref = REFERENCE["rate"]
+    return {"heads": heads, "pairs": pe, "gains": sse[ref][:, 0] - sse[ref][:, 1], "rates": list(rates),
+            "second_order_share": {rate: share_removed(x, cls, n_boot, seed) for rate, x in sse.items()},
+            "pair_r2_single": r2_with_ci(pe["actual"], pe["additive"], cls, n_boot, seed),
+            "pair_r2_attribution": {rate: r2_with_ci(pe["actual"], pe["linear"][rate], cls, n_boot, seed)
+                                    for rate in rates},
+            "pair_r2_gap": r2_gap(pe["actual"], pe["additive"], pe["linear"][ref], cls, n_boot, seed),
+            "linear_r2": r2(pe["actual"], pe["linear"][ref]), "additive_r2": r2(pe["actual"], pe["additive"]),
+            "mean_abs_departure": float(np.mean(np.abs(pe["actual"] - pe["linear"][ref])))}
 
 
-def results_json(res: dict, inter: dict, model: str, params: dict) -> dict:
-    """``book/results/sensitivity.json``."""
-    rows = [{k: v for k, v in r.items()} for r in res["rows"]]
-    return {"model": model, **params, "k": res["k"], "reference": res["reference"], "rows": rows,
+def results_json(res: dict, inter: dict, model: str, params: dict, per_class: dict) -> dict:
+    """``book/results/sensitivity.json``; ``per_class``: the images of each class that enter."""
+    rows = [dict(r) for r in res["rows"]]
+    ref = str(REFERENCE["rate"])
+    return {"model": model, **params, "k": res["k"], "ks": res["ks"], "reference": res["reference"], "rows": rows,
+            "noise_floor": "=".join(NOISE_FLOOR), "images_per_class": per_class,
+            "images_per_class_min": min(per_class.values()) if per_class else 0,
             "topk_overlap": {f"{r['factor']}={r['value']}" if r["factor"] != "reference" else "reference":
-                             {"value": r["topk_overlap"], "ci": r["topk_overlap_ci"]} for r in rows},
+                             {"value": r["topk_overlap"][str(res["k"])], "ci": r["topk_overlap_ci"][str(res["k"])],
+                              "by_k": {k: {"value": r["topk_overlap"][k], "ci": r["topk_overlap_ci"][k]}
+                                       for k in r["topk_overlap"]},
+                              "against_noise": r.get("against_noise")} for r in rows},
             "interactions": {"heads": inter["heads"], "n_pairs": len(inter["pairs"]["pairs"]),
-                             "n_images": len(inter["pairs"]["keys"]), "linear_r2_on_pairs": inter["linear_r2"],
-                             "additive_r2_on_pairs": inter["additive_r2"],
-                             "mean_abs_departure": inter["mean_abs_departure"],
-                             "pairwise_r2_gain": inter["pairwise_r2_gain"]}}
+                             "n_images": len(inter["pairs"]["keys"]),
+                             "rule_relative_to_unexplained": {str(rate): v for rate, v in
+                                                              inter["second_order_share"].items()},
+                             "pair_r2_single": inter["pair_r2_single"],
+                             "pair_r2_attribution": {**inter["pair_r2_attribution"][REFERENCE["rate"]],
+                                                     "by_rate": {str(r): v for r, v in
+                                                                 inter["pair_r2_attribution"].items()}},
+                             "pair_r2_gap": inter["pair_r2_gap"], "reference_rate": ref,
+                             "mean_abs_departure": inter["mean_abs_departure"]}}
 
 
 def flow_json(results_dir, model: str) -> dict:
@@ -257,16 +372,26 @@ def flow_json(results_dir, model: str) -> dict:
                           "probe_appearance_ci": sem["probe"]["appearance"]["ci"],
                           "class_head_set_transfer": {k: sem["transfer"][k] for k in
                                                       ("same", "other", "difference", "difference_ci", "k")},
+                          "class_agnostic": None if not sem.get("class_agnostic") else {
+                              k: sem["class_agnostic"][k] for k in ("same_class_similarity", "same_appearance_similarity",
+                                                                    "difference_ci", "permutation_p", "cohens_d_items")},
+                          "item_cluster_ci": sem["item_cluster_ci"], "counts": sem["counts"],
                           "verdict": sem["status"]["verdict"]},
             "knockout": {"peak_layer": ko["peak_layer"], "onset_layer": ko["onset_layer"], "timing": ko["timing"],
                          "role_without_final": ko["role_without_final"], "logit_diff": ko["logit_diff"],
                          "question_before_image": ko["question_before_image"], "verdict": ko["status"]["verdict"]},
-            "tokens": {k: tok[k] for k in ("object_effect", "background_effect", "both_effect", "random_effect",
-                                           "object_minus_random", "object_attribution_share", "object_area_share")}
-            | {"verdict": tok["status"]["verdict"]},
-            "sensitivity": {"topk_overlap": sen["topk_overlap"], "k": sen["k"], "verdict": sen["status"]["verdict"]},
-            "interactions": {"pairwise_r2_gain": sen["interactions"]["pairwise_r2_gain"],
-                             "linear_r2_on_pairs": sen["interactions"]["linear_r2_on_pairs"]}}
+            "tokens": {k: tok[k] for k in ("object_effect", "background_effect", "other_objects_effect",
+                                           "object_random_effect", "background_random_effect", "object_minus_random",
+                                           "object_attribution_share", "object_area_share")}
+            | {"all_heads": {k: tok["all_heads"][k] for k in ("object_effect", "background_effect", "other_objects_effect",
+                                                             "object_random_effect", "background_random_effect")},
+               "top_heads": {k: tok["top_heads"][k] for k in ("object_effect", "background_effect",
+                                                             "other_objects_effect")},
+               "verdict": tok["status"]["verdict"]},
+            "sensitivity": {"topk_overlap": sen["topk_overlap"], "k": sen["k"], "ks": sen["ks"],
+                            "images_per_class_min": sen["images_per_class_min"], "verdict": sen["status"]["verdict"]},
+            "interactions": {k: sen["interactions"][k] for k in
+                             ("rule_relative_to_unexplained", "pair_r2_attribution", "pair_r2_single", "pair_r2_gap")}}
 
 
 def limits(results_dir) -> list[str]:
@@ -293,14 +418,19 @@ def limits(results_dir) -> list[str]:
                    "real models; only the methods do.")
     if "sensitivity" in r:
         s = r["sensitivity"]
-        low = [f"{k} ({v['value']:.2f})" for k, v in s["topk_overlap"].items() if k != "reference" and v["ci"][0] < 0.5]
-        out.append("Open choices: the top heads " + ("move under " + ", ".join(low) if low else
-                                                     "stay put under every factor tried")
-                   + f" (top-{s['k']} overlap with the reference, lower interval end below 0.5).")
-        g = s["interactions"]["pairwise_r2_gain"]
-        out.append(f"Linearity: pairwise terms among the top heads change held-out R^2 by {g['median']:+.3f} "
-                   f"(median, 95% CI [{g['ci'][0]:+.3f}, {g['ci'][1]:+.3f}]); interactions of more than two heads "
-                   "are not tested.")
+        moved = sorted({k for k, v in s["topk_overlap"].items() if k != "reference"
+                        and any(t["moves"] for t in (v.get("against_noise") or {}).values())})
+        out.append("Open choices: the top heads " + ("move more than new random masks move them under " + ", ".join(moved)
+                                                     if moved else "move no more than new random masks do under every "
+                                                     "factor tried")
+                   + f" (top-k overlap at k = {', '.join(map(str, s['ks']))}, against the mask-seed row, Holm).")
+        i = s["interactions"]
+        shares = ", ".join(f"{v['share']:.0%} [{v['ci'][0]:.0%}, {v['ci'][1]:.0%}] at rate {rate}"
+                           for rate, v in i["rule_relative_to_unexplained"].items())
+        out.append(f"Linearity: pairwise terms among the top heads remove {shares} of the linear fit's unexplained "
+                   f"held-out variance; pair ablations are predicted with R^2 {i['pair_r2_single']['value']:.2f} by "
+                   f"single-head losses and {i['pair_r2_attribution']['value']:.2f} by attributions fitted at rate "
+                   f"{i['reference_rate']}; interactions of more than two heads are not tested.")
     if "semantics" in r:
         s = r["semantics"]
         out.append(f"Appearance: {s['n_wrong']} of {s['n_images'] + s['n_wrong']} variant images are answered "

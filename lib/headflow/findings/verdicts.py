@@ -32,10 +32,15 @@ FAMILY_RULE = {
     "5-where-the-heads-are": "the verdict's one primary test (the default's object question, 95% interval); the "
                              "secondary questions (colour, position) and the comparisons between organisms each a "
                              f"family, Holm at {ALPHA} (one-sided bootstrap p-values)",
+    "6-semantics": "three interval rules per target (similarity, probe, transfer; no test is corrected: the "
+                   "verdict needs all of them)",
     "7-token-flow": "every timing test of the primary analysis (questions x receiving groups role, final, role-only; "
                     f"two-sided paired bootstrap of the onset difference), Holm at {ALPHA}; the sensitivity analyses "
                     "(other windows, onset shares, the logit-difference target) are corrected the same way and reported "
                     "beside it, not read by the verdict",
+    "8-object-background": "two interval rules per group (no test): nothing to correct",
+    "9-sensitivity": "per k, every setting's overlap against the mask-seed noise floor (one-sided paired bootstrap), "
+                     f"Holm at {ALPHA}; the linearity rule reads intervals (no test)",
 }
 
 # ------------------------------------------------------------------------------------ chapters
@@ -230,27 +235,45 @@ def validation(res: dict) -> dict:
     return status("91-validation", "(Fig. 1A argument, planted truth)", "organism", finding, verdict)
 
 
+def semantics_tests(sim: dict, pc: dict, pa: dict, tr: dict) -> dict:
+    """Chapter 6's three tests on one target's numbers (intervals: the item cluster bootstrap)."""
+    return {"similarity": sim["permutation_p"] < 0.05 and sim["difference_ci"][0] > 0,
+            "probe": pc["ci"][0] > pc["chance"] and pc["accuracy"] - pc["chance"] > pa["accuracy"] - pa["chance"],
+            "transfer": tr["difference_ci"][0] is not None and tr["difference_ci"][0] > 0}
+
+
 def semantics(res: dict) -> dict:
-    """Chapter 6.  Three tests, each by its own rule:
+    """Chapter 6.  Three tests, each by its own rule, under each target:
     (a) *similarity*: same-class pairs (different item and appearance) are more alike than
-        different-class pairs of one appearance: permutation p < 0.05 and the 95% bootstrap
-        interval of the difference of mean cosine above 0;
-    (b) *probe*: the class probe's Wilson interval lies above its chance level, and its gain over
+        different-class pairs of one appearance: permutation p < 0.05 and the 95% interval of the
+        difference of mean cosine above 0;
+    (b) *probe*: the class probe's 95% interval lies above its chance level, and its gain over
         chance exceeds the appearance probe's gain over its own chance;
     (c) *transfer*: a class's head set keeps more of its own class's images than of other classes'
-        (95% interval of the faithfulness difference above 0).
-    Reproduced if all three hold; partly if one or two; not reproduced if none."""
+        (95% interval of the faithfulness difference above 0);
+    every interval by the cluster bootstrap over items.  Under the class word's logit, same-class
+    pairs share the target's unembedding direction, so a class signal there may come from the
+    read-out alone; the class-agnostic target (answer-kl) tests the routing.  Reproduced if all three
+    hold under both targets; not reproduced if none holds under the class-agnostic target; otherwise
+    partly."""
     sim, pc, pa, tr = res["similarity"], res["probe"]["class"], res["probe"]["appearance"], res["transfer"]
-    a = sim["permutation_p"] < 0.05 and sim["difference_ci"][0] > 0
-    b = pc["ci"][0] > pc["chance"] and pc["accuracy"] - pc["chance"] > pa["accuracy"] - pa["chance"]
-    c = tr["difference_ci"][0] is not None and tr["difference_ci"][0] > 0
-    held = sum([a, b, c])
-    verdict = REPRODUCED if held == 3 else PARTLY if held else NOT
-    finding = (f"cosine same class {sim['same_class']:.2f} vs same appearance {sim['same_appearance']:.2f} "
-               f"(permutation p = {sim['permutation_p']:.3f}, noise ceiling {sim['noise_ceiling']:.2f}); probe accuracy "
-               f"class {pc['accuracy']:.0%} (chance {pc['chance']:.0%}) vs appearance {pa['accuracy']:.0%} "
-               f"(chance {pa['chance']:.0%}); class head sets keep {tr['same']:.2f} of their own class vs "
-               f"{tr['other']:.2f} of others ({res['n_images']} images, {res['n_wrong']} wrong answers apart)")
+    logit = semantics_tests(sim, pc, pa, tr)
+    ag = res.get("class_agnostic")
+    agnostic = semantics_tests({"permutation_p": ag["permutation_p"], "difference_ci": ag["difference_ci"]},
+                               ag["probe"]["class"], ag["probe"]["appearance"], ag["transfer"]) if ag else {}
+    verdict = (REPRODUCED if all(logit.values()) and agnostic and all(agnostic.values()) else
+               NOT if not any(agnostic.values()) else PARTLY)
+    c = res.get("counts", {})
+    finding = (f"class-word logit: cosine same class {sim['same_class']:.2f} vs same appearance "
+               f"{sim['same_appearance']:.2f} (permutation p = {sim['permutation_p']:.3f}, noise ceiling "
+               f"{sim['noise_ceiling']:.2f}), class probe {pc['accuracy']:.0%} (chance {pc['chance']:.0%}), "
+               f"transfer {tr['same']:.2f} vs {tr['other']:.2f}; "
+               + (f"class-agnostic (answer KL): cosine {ag['same_class_similarity']:.2f} vs "
+                  f"{ag['same_appearance_similarity']:.2f} (p = {ag['permutation_p']:.3f}), class probe "
+                  f"{ag['probe']['class']['accuracy']:.0%}, transfer {ag['transfer']['same']:.2f} vs "
+                  f"{ag['transfer']['other']:.2f}; " if ag else "no class-agnostic analysis; ")
+               + f"tests held: logit {sum(logit.values())}/3, class-agnostic {sum(agnostic.values())}/3 "
+               f"({res['n_images']} images of {c.get('n_items', '?')} items, {res['n_wrong']} wrong answers apart)")
     return status("6-semantics", "Sec. 5", res["model"], finding, verdict)
 
 
@@ -289,36 +312,71 @@ def knockout(res: dict) -> dict:
     return status("7-token-flow", "Sec. 6", res["model"], finding, verdict)
 
 
-def tokens(res: dict, threshold: float = 0.05) -> dict:
-    """Chapter 8.  Image information sits in both object and background tokens if ablating each
-    group alone (within the top heads) loses more than ``threshold`` (5%) of the image effect, by
-    the lower end of its 95% interval.  Reproduced if both do; partly if one does; not reproduced
-    if neither."""
-    o, b = res["object_effect"], res["background_effect"]
-    both = [o["ci"][0] > threshold, b["ci"][0] > threshold]
-    verdict = REPRODUCED if all(both) else PARTLY if any(both) else NOT
-    finding = (f"within the top {res['k']} heads, ablating object tokens loses {o['value']:.2f} of the image effect "
-               f"[{o['ci'][0]:.2f}, {o['ci'][1]:.2f}], background {b['value']:.2f} [{b['ci'][0]:.2f}, {b['ci'][1]:.2f}], "
-               f"size-matched random {res['random_effect']['value']:.2f}; object tokens get "
-               f"{res['object_attribution_share']['value']:.0%} of the positive token attribution and are "
-               f"{res['object_area_share']:.0%} of the grid")
+TOKEN_THRESHOLD = 0.05  # chapter 8: a group carries image information if its ablation loses more
+
+
+def tokens(res: dict, threshold: float = TOKEN_THRESHOLD) -> dict:
+    """Chapter 8, on the ablations in every head (the primary analysis; the top heads are reported
+    beside it).  The *main object* carries image information if ablating its positions alone loses
+    more than ``threshold`` (5%) of the image effect *and* more than as many random background
+    positions do (main object minus its control), both by the lower end of the 95% interval.  The
+    *background* carries image information if ablating it alone loses more than ``threshold``, by the
+    lower end of its interval; whether it carries more or less than as many random grid positions do
+    is reported beside it.  Reproduced if both carry information; partly if one does; not
+    reproduced if neither."""
+    a = res["all_heads"]
+    o, b = a["object_effect"], a["background_effect"]
+    main = o["ci"][0] > threshold and a["object_minus_random"]["ci"][0] > 0
+    bg = b["ci"][0] > threshold
+    verdict = REPRODUCED if main and bg else PARTLY if main or bg else NOT
+    f = lambda d: f"{d['value']:.2f} [{d['ci'][0]:.2f}, {d['ci'][1]:.2f}]"  # noqa: E731
+    t = res["top_heads"]
+    finding = (f"in every head, ablating the main object's tokens loses {f(o)} of the image effect (size-matched "
+               f"background positions {f(a['object_random_effect'])}), the other objects' {f(a['other_objects_effect'])}, "
+               f"the background's {f(b)} (background-sized grid positions {f(a['background_random_effect'])}); "
+               f"within the top {res['k']} heads: main object {f(t['object_effect'])}, "
+               f"background {f(t['background_effect'])}; "
+               f"per token the main object loses {a['object_per_token']['value']:.4f} and the background "
+               f"{a['background_per_token']['value']:.4f} of the image effect ({a['n_images']} images, "
+               f"{len(a['classes'])} classes)")
     return status("8-object-background", "Sec. 6", res["model"], finding, verdict)
 
 
+SECOND_ORDER_MAX_SHARE = 0.25  # chapter 9: the pairwise terms may remove at most this share of 1 - R^2
+PAIR_R2_GAP_MAX = 0.25  # chapter 9: attribution sums may predict pair ablations at most this much worse in R^2
+
+
 def sensitivity(res: dict) -> dict:
-    """Chapter 9 (the paper leaves these choices open).  A factor leaves the top heads *robust* if,
-    for each of its values, the lower end of the 95% interval of the top-k overlap with the
-    reference is at least 0.5.  The linear model is *adequate* if the upper end of the interval of
-    the median held-out R^2 gain of the second-order fit is below 0.05."""
+    """Chapter 9 (the paper leaves these choices open).  A setting *moves* the top heads if its top-k
+    overlap with the reference is lower than the mask-seed setting's (the noise floor: only the random
+    masks change), by a one-sided paired bootstrap, Holm over the settings at each k, below ALPHA; the
+    top heads are *robust* to a factor if none of its values moves them at any k asked.
+    The linear model is *adequate* if (a) at every ablation rate tested (0.1, 0.5, 0.9) the second-order
+    fit removes less than ``SECOND_ORDER_MAX_SHARE`` of the linear fit's unexplained held-out variance,
+    by the upper end of its 95% interval, and (b) the attributions of the reference rate predict pair
+    ablations of the top heads not more than ``PAIR_R2_GAP_MAX`` worse in R^2 than the single-head
+    losses do, by the upper end of the paired interval of the gap.  (a) alone failing: "interactions
+    matter"; (b) alone: "additive, but the attributions of one rate do not predict ablations near the
+    clean model"; both: "interactions matter; attributions mispredict pair ablations"."""
     rows = [r for r in res["rows"] if r["factor"] != "reference"]
-    fragile = sorted({r["factor"] for r in rows if r["topk_overlap_ci"][0] < 0.5})
-    gain = res["interactions"]["pairwise_r2_gain"]
-    adequate = gain["ci"][1] < 0.05
-    verdict = ("robust" if not fragile else "sensitive to " + ", ".join(fragile)) + (
-        "; linear model adequate" if adequate else "; interactions matter")
-    finding = (f"top-{res['k']} overlap with the reference: " + ", ".join(
-        f"{r['factor']}={r['value']} {r['topk_overlap']:.2f}" for r in rows)
-        + f"; second-order fit gains {gain['median']:+.3f} held-out R^2 (median)")
+    fragile = sorted({r["factor"] for r in rows if any(t["moves"] for t in (r.get("against_noise") or {}).values())})
+    inter = res["interactions"]
+    shares = inter["rule_relative_to_unexplained"]
+    a = all(v["ci"][1] < SECOND_ORDER_MAX_SHARE for v in shares.values())
+    b = inter["pair_r2_gap"]["ci"][1] < PAIR_R2_GAP_MAX
+    linear = ("linear model adequate" if a and b else "interactions matter" if b else
+              "additive, but the attributions of one rate do not predict ablations near the clean model" if a else
+              "interactions matter; attributions mispredict pair ablations")
+    verdict = ("robust" if not fragile else "sensitive to " + ", ".join(fragile)) + "; " + linear
+    k = str(res["k"])
+    finding = (f"top-{k} overlap with the reference (noise floor: mask seed "
+               f"{next(r['topk_overlap'][k] for r in rows if r['factor'] == 'seed'):.2f}): " + ", ".join(
+                   f"{r['factor']}={r['value']} {r['topk_overlap'][k]:.2f}" for r in rows if r["factor"] != "seed")
+               + "; second-order fit removes " + ", ".join(
+                   f"{v['share']:.0%} [{v['ci'][0]:.0%}, {v['ci'][1]:.0%}] (rate {rate})" for rate, v in shares.items())
+               + f" of the unexplained variance; pair ablations R^2 {inter['pair_r2_single']['value']:.2f} (single-head "
+               f"sums) vs {inter['pair_r2_attribution']['value']:.2f} (attributions), {res['images_per_class_min']}+ "
+               "images per class")
     return status("9-sensitivity", "(open choices)", res["model"], finding, verdict)
 
 

@@ -23,7 +23,7 @@ from headflow.task.answers import answers as answer_targets
 from headflow.task.prompt import build_prompt
 from headflow.util.progress import bar
 
-TARGETS = ("logit", "logit-diff")
+TARGETS = ("logit", "logit-diff", "answer-kl")
 
 
 @dataclass
@@ -38,6 +38,7 @@ class ImageTask:
     target_id: int
     other_ids: list[int]
     n_forced: int = 0  # teacher-forced answer tokens at the end of input_ids (0: decided by the first token)
+    clean_logp: torch.Tensor | None = None  # (K,) clean log-probabilities over the answer words (answer-kl target)
 
     @property
     def class_name(self) -> str:
@@ -71,11 +72,26 @@ def prepare(processor, examples: Sequence, words: Sequence[str], question: str,
 
 
 def target_of(task: ImageTask, target: str = "logit"):
-    """The per-batch reduction of ``(B, vocab)`` logits to ``y (B,)``: the answer's logit, or its
-    difference to the best other answer word (what the fast path keeps instead of the vocabulary)."""
+    """The per-batch reduction of ``(B, vocab)`` logits to ``y (B,)``: the answer's logit, its
+    difference to the best other answer word (what the fast path keeps instead of the vocabulary),
+    or (``answer-kl``, a class-agnostic target: the same function for every image) minus the KL
+    divergence of the answer distribution (softmax over every answer word's decision token) from the
+    clean one, ``-KL(p_clean || p)``, so ``y_clean = 0`` and the image effect is ``KL(p_clean || p_none)``
+    (needs ``task.clean_logp``: :func:`masks_y` sets it)."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {TARGETS}")
     others = list(task.other_ids)
+    if target == "answer-kl":
+        if task.clean_logp is None:
+            raise ValueError("the answer-kl target needs the clean answer distribution (task.clean_logp); "
+                             "masks_y computes it")
+        ids = [task.target_id] + others
+
+        def kl(logits: torch.Tensor) -> torch.Tensor:
+            ref = task.clean_logp.to(logits.device, torch.float64)
+            logp = logits[:, ids].double().log_softmax(-1)
+            return -(ref.exp() * (ref - logp)).sum(-1)
+        return kl
 
     def reduce(logits: torch.Tensor) -> torch.Tensor:
         y = logits[:, task.target_id]
@@ -106,12 +122,26 @@ def reference_baseline(model, tasks: Sequence[ImageTask], kind: str, batch_size:
     return iv.dataset_mean_baseline(model, batches)
 
 
+def masks_y_raw(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tensor, ids: Sequence[int],
+                scope: str = "text", reuse: PrefixReuse | None = None) -> torch.Tensor:
+    """The logits of the tokens ``ids`` under each keep-mask: ``(M, len(ids))`` on the CPU."""
+    pick = lambda logits: logits[:, list(ids)]  # noqa: E731
+    if scope == "all" or (reuse is None and families.prefix_reuse_problem(model, task.inputs["input_ids"].shape[1])):
+        return full_logits(model, task, baseline, keep, scope, 32, reduce=pick)
+    return (reuse or PrefixReuse(model, task.inputs, baseline)).final_logits(keep, len(keep), reduce=pick).cpu()
+
+
 def masks_y(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tensor, target: str = "logit",
             batch_size: int = 128, reuse: PrefixReuse | None = None, scope: str = "text") -> np.ndarray:
     """``y`` under each keep-mask ``(M, n_layers, n_heads)``: through the fast path for scope
     ``text``; by batched full forwards for scope ``all`` (image queries see the baseline too, so
     the image prefix changes and cannot be reused) and where the family makes prefix reuse invalid
     (:func:`headflow.models.families.prefix_reuse_problem`: PaliGemma's prefix-LM mask, short sliding windows)."""
+    if target == "answer-kl" and task.clean_logp is None:  # the clean answer distribution, once per task
+        clean = torch.ones(1, *keep.shape[1:], dtype=torch.bool)
+        ids = [task.target_id] + list(task.other_ids)
+        logits = (masks_y_raw(model, task, baseline, clean, ids, scope, reuse))
+        task.clean_logp = logits[0].double().log_softmax(-1).cpu()
     reduce = target_of(task, target)
     if scope == "all":
         return as_y(full_logits(model, task, baseline, keep, "all", min(batch_size, 32), reduce=reduce))

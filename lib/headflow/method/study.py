@@ -45,7 +45,7 @@ class Study:
     n_heads: int
     meta: dict = field(default_factory=dict)
     reference_set: reference.Reference | None = None  # the baseline's reference images (headflow.method.reference)
-    analysed_ids: list[int] = field(default_factory=list)  # every image asked (correct or not)
+    analysed_ids: list[int] = field(default_factory=list)  # every image asked (correct_per_class: every one kept)
 
     @property
     def classes(self) -> list[str]:
@@ -89,7 +89,8 @@ KEEP = ("correct", "all")
 def setup(model: str = "organism", image_set: str = "fashionscenes/eval", question: str = "object",
           per_class: int = 10, n_reference: int = 50, baseline: str = "dataset-mean", target: str = "logit",
           base: str = "sdpa", batch_size: int = 32, offset: int = 0, keep: str = "correct",
-          image_size=(), device: str | None = None, dtype: str | None = None, answer_case: str = "as-labelled") -> Study:
+          image_size=(), device: str | None = None, dtype: str | None = None, answer_case: str = "as-labelled",
+          correct_per_class: int = 0) -> Study:
     """Load the model, ask the question about ``per_class`` images of each class (after the first
     ``offset`` of each class, so that chapters can take images disjoint from another study's), keep
     the correctly answered ones, and build the ablation baseline from about ``n_reference`` other
@@ -104,7 +105,10 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
     per-position ``dataset-mean`` baseline needs where the token count follows the image's size.
     ``device``/``dtype``: where and in what precision the model runs (e.g. ``"cuda"``, ``"bfloat16"``).
     ``answer_case``: how the answer words are spelt in the target (:data:`headflow.task.answers.CASES`:
-    as the label set writes them, or capitalised for checkpoints that answer so)."""
+    as the label set writes them, or capitalised for checkpoints that answer so).
+    ``correct_per_class`` (instead of ``per_class``): the first that many *correctly answered* images
+    of each class (after its first ``offset``), asking as many as needed; a class with fewer is left
+    out and named in ``meta["short_classes"]``, so every class that enters has exactly that many."""
     if keep not in KEEP:
         raise ValueError(f"unknown keep {keep!r}; choose 'correct' (the study) or 'all' (a mechanics run)")
     if baseline not in iv.BASELINES:
@@ -123,12 +127,21 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
     all_examples = coco.load_set(set_file, size=tuple(image_size) or None, view=view)
     words = answer_words(question, set_file)
     analysable, pools = reference.split(all_examples)
-    chosen = pick_per_class(analysable, per_class, offset)
+    chosen = pick_per_class(analysable, 0 if correct_per_class else per_class, offset)
     q = question_text(question)
     res = evaluate.evaluate(net, processor, [e.load_image() for e in chosen], words,
                             [words.index(answer_of(e, question)) for e in chosen], q, batch_size=batch_size,
                             case=answer_case)
     correct = [e for e, ok in zip(chosen, res["correct"]) if ok or keep == "all"]
+    short: dict[str, int] = {}
+    if correct_per_class:
+        by_class: dict[str, list] = {}
+        for e in correct:
+            by_class.setdefault(e.class_name, []).append(e)
+        short = {c: len(by_class.get(c, [])) for c in sorted({e.class_name for e in chosen})
+                 if len(by_class.get(c, [])) < correct_per_class}
+        keepers = {id(e) for c, es in by_class.items() if c not in short for e in es[:correct_per_class]}
+        correct = [e for e in correct if id(e) in keepers]
     if not correct:
         raise ValueError("the model answered none of the chosen images correctly; nothing to analyse (for a "
                          "mechanics run of a random-weight model, keep='all' keeps every image)")
@@ -149,7 +162,8 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
     bl = experiment.reference_baseline(net, ref_tasks, baseline)
     # the device and precision the model really runs in (so None and "cpu" share a run store)
     meta = {"model": model, "image_set": image_set, "question": question, "per_class": per_class, "offset": offset,
-            "keep": keep, "image_size": list(image_size), "device": str(net.device),
+            "keep": keep, "correct_per_class": correct_per_class, "short_classes": short,
+            "image_size": list(image_size), "device": str(net.device),
             "dtype": str(net.dtype).removeprefix("torch."),
             "n_reference": len(ref.examples), "reference_per_class": ref.per_image_class, "baseline": baseline,
             "target": target, "base": base, "answer_case": answer_case,
@@ -157,7 +171,7 @@ def setup(model: str = "organism", image_set: str = "fashionscenes/eval", questi
             # the same whichever images a chapter chooses (SELECTION is not part of a store's key)
             "fingerprint": fingerprint(models.resolve_path(model), sorted({str(e.path) for e in all_examples}))}
     st = Study(model, net, processor, words, q, tasks, len(chosen), float(res["accuracy"]), bl, baseline, target,
-               n_layers, n_heads, meta, ref, [e.image_id for e in chosen])
+               n_layers, n_heads, meta, ref, [e.image_id for e in (correct if correct_per_class else chosen)])
     register(image_set, analysed=st.analysed_ids, ref=ref)
     return st
 
@@ -187,7 +201,7 @@ def images_record() -> dict:
 
 # study parameters that choose *which* images are analysed, not what one image's unit holds (its masks
 # are seeded by the image: experiment.unit_masks; the baseline's reference depends on n_reference only)
-SELECTION = ("per_class", "offset", "keep")
+SELECTION = ("per_class", "offset", "keep", "correct_per_class", "short_classes")
 
 
 def store_for(st: Study, kind: str, computed_by: str | None = None, **params) -> RunStore:

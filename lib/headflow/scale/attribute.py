@@ -118,13 +118,15 @@ def run_local(st, store, tasks, plan: Plan, threads: int | None = None, progress
 class _Worker:
     """A Ray actor: one loaded model; runs units into the shared run store."""
 
-    def __init__(self, plan: dict, baseline, store_root: str, store_params: dict, threads: int,
+    def __init__(self, plan: dict, baseline: list, store_root: str, store_params: dict, threads: int,
                  fault_file: str | None = None):
+        import ray  # inside the actor: the baseline travels as a reference nested in a list, fetched here
+
         torch.set_num_threads(threads)
         self.plan = Plan(**plan)
         self.model, _ = models.load(self.plan.model, device=self.plan.device, dtype=self.plan.dtype)
         iv.install(self.model, "sdpa")
-        self.baseline = baseline
+        self.baseline = ray.get(baseline[0])
         self.store = RunStore(store_root, store_params)
         self.after_part = _fault_hook(fault_file)
 
@@ -149,6 +151,10 @@ def _check_address(address: str) -> None:
 def start_ray(workers: int, threads: int = 1, address: str | None = None):
     """Connect to the Ray cluster at ``address``, or start a local one sized for ``workers``
     actors of ``threads`` CPUs (dashboard and usage stats off, a small object store)."""
+    if not address:
+        # a local cluster with token authentication asked for explicitly: Ray's default, without the warning it
+        # prints when left to choose; set before Ray reads its configuration
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         import ray
     except ImportError:
@@ -177,7 +183,9 @@ def run_ray(st, store, tasks, plan: Plan, workers: int = 2, threads: int = 1, gp
 
     Worker = ray.remote(num_cpus=threads, num_gpus=gpus_per_worker, max_restarts=max_retries,
                         max_task_retries=max_retries)(_Worker)
-    baseline = ray.put(st.baseline)
+    # the baseline once in the object store, its reference nested in a list: a restarted actor fetches it
+    # again (the reference lives as long as this call), and no constructor argument sits in the object store
+    baseline = [ray.put(st.baseline)]
     actors = [Worker.remote(asdict(plan), baseline, str(store.root), json.loads((store.root / "params.json").read_text()),
                             threads, fault_file) for _ in range(workers)]
     pids = ray.get([a.ready.remote() for a in actors])

@@ -80,22 +80,27 @@ def knockout_accuracy(out: dict):
 
 # ------------------------------------------------------------------------------------ chapter 8
 def group_effects_bars(res: dict):
-    names = res["names"][:4]
-    agg, draws = res["aggregate"], res["draws"]
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    for i, n in enumerate(names):
-        v = agg["value"][i]
-        lo, hi = np.quantile(draws[:, i], [0.025, 0.975])
-        ax.bar(i, v, color=["C3", "C0", "C4", "0.6"][i])
-        interval(ax, i, lo, hi)
-    per_class = np.stack(list(agg["per_class"].values()))[:, :4]
-    for i in range(4):
-        ax.scatter(np.full(len(per_class), i) + np.linspace(-0.2, 0.2, len(per_class)), per_class[:, i], s=10,
-                   color="k", alpha=0.5, zorder=3, label="per class" if i == 0 else None)
-    ax.set_xticks(range(4), ["object", "background", "object +\nbackground", "random\n(object's size)"])
-    ax.set(ylabel=f"logit lost / image effect\n(top {res['k']} heads, 95% CI)",
-           title="ablating image keys/values at some positions only")
-    ax.legend(fontsize=10)
+    """Per head set (every head; the top heads): the loss when the image keys/values are replaced at
+    each group's positions only (bars, 95% CI) beside its size-matched control (hatched), relative
+    to the image effect; dots: classes."""
+    sets = list(res["summary"])
+    groups = ["main object", "other objects", "background"]
+    fig, axes = plt.subplots(1, len(sets), figsize=(6.2 * len(sets), 4.2), sharey=True, squeeze=False)
+    for ax, s in zip(axes[0], sets):
+        summ = res["summary"][s]
+        for i, g in enumerate(groups + ["all"]):
+            for j, lab in enumerate([g] if g == "all" else [g, f"{g} control"]):
+                x = i + (0.2 if j else -0.2) * (g != "all")
+                d = summ["image"][lab]
+                ax.bar(x, d["value"], width=0.38, color=f"C{i}", alpha=0.45 if j else 0.9, hatch="//" if j else None)
+                interval(ax, x, d["ci"][0], d["ci"][1])
+                pc = [v[lab] for v in summ["per_class"].values()]
+                ax.scatter(np.full(len(pc), x), pc, s=8, color="k", alpha=0.4, zorder=3)
+        ax.set_xticks(range(4), ["main object", "other objects", "background", "all positions"])
+        k = f"top {res['k']} heads" if s == "top heads" else "every head"
+        ax.set(title=f"{k}: group (solid) vs size-matched control (hatched)")
+        ax.axhline(0.05, color="k", ls=":", lw=1)
+    axes[0, 0].set_ylabel("logit lost / image effect (95% CI)")
     fig.tight_layout()
     return fig
 
