@@ -121,7 +121,9 @@ def summarise_groups(g: dict, n_boot: int, seed: int, min_images: int = 2) -> di
     """Per head set: for each group, its control (mean of the draws) and group minus control, the
     aggregate loss relative to the image effect and relative to the set's whole-image loss (``all``),
     and per token (each image's loss divided by the group's token count), each with a 95% bootstrap
-    interval; with the images and classes that enter."""
+    interval; with the images and classes that enter.  A denominator that is not positive leaves its
+    image out (the one rule); where that leaves no class with ``min_images`` images, the share is
+    undefined (None), never divided by."""
     names = g["names"]
     out = {}
     for s, lost in g["lost"].items():
@@ -138,7 +140,13 @@ def summarise_groups(g: dict, n_boot: int, seed: int, min_images: int = 2) -> di
         res = {"labels": labels}
         for what, (x, denominators) in {"image": (num, g["effects"]), "all": (num, lost[:, names.index("all")]),
                                         "per_token": (per_token, g["effects"])}.items():
-            agg = metrics.aggregate(x, denominators, g["classes"], min_images)
+            try:
+                agg = metrics.aggregate(x, denominators, g["classes"], min_images)
+            except ValueError:  # the rule leaves every class out: a head set whose whole-image loss is <= 0
+                if what != "all":
+                    raise
+                res[what] = {lab: {"value": None, "ci": [None, None]} for lab in labels}
+                continue
             draws = metrics.bootstrap_aggregate(x, denominators, g["classes"], n_boot, seed, min_images)
             res[what] = {lab: {"value": float(agg["value"][i]), "ci": metrics.interval(draws[:, i])}
                          for i, lab in enumerate(labels)}
@@ -293,7 +301,7 @@ def results_json(res: dict, model: str, params: dict) -> dict:
 def effects_table(res: dict):
     """Group effects per head set: relative to the image effect, to the set's whole-image effect, and
     per token (value [95% CI])."""
-    fmt = lambda d: f"{d['value']:.3f} [{d['ci'][0]:.3f}, {d['ci'][1]:.3f}]"  # noqa: E731
+    fmt = lambda d: "undefined" if d["value"] is None else f"{d['value']:.3f} [{d['ci'][0]:.3f}, {d['ci'][1]:.3f}]"  # noqa: E731
     rows = []
     for s, summ in res["summary"].items():
         for lab in summ["labels"]:
