@@ -118,22 +118,25 @@ def run_local(st, store, tasks, plan: Plan, threads: int | None = None, progress
 class _Worker:
     """A Ray actor: one loaded model; runs units into the shared run store."""
 
-    def __init__(self, plan: dict, baseline: list, store_root: str, store_params: dict, threads: int,
-                 fault_file: str | None = None):
-        import ray  # inside the actor: the baseline travels as a reference nested in a list, fetched here
-
+    def __init__(self, plan: dict, store_root: str, store_params: dict, threads: int, fault_file: str | None = None):
         torch.set_num_threads(threads)
         self.plan = Plan(**plan)
         self.model, _ = models.load(self.plan.model, device=self.plan.device, dtype=self.plan.dtype)
         iv.install(self.model, "sdpa")
-        self.baseline = ray.get(baseline[0])
+        self.baseline = None  # fetched by the first unit (and again by a restarted actor's first unit)
         self.store = RunStore(store_root, store_params)
         self.after_part = _fault_hook(fault_file)
 
     def ready(self) -> int:
         return os.getpid()
 
-    def run(self, task) -> str:
+    def run(self, task, baseline: list) -> str:
+        """One unit; ``baseline``: ``[ObjectRef]`` of the ablation baseline (a reference nested in a list is not
+        resolved by Ray, so the actor fetches the object once)."""
+        if self.baseline is None:
+            import ray
+
+            self.baseline = ray.get(baseline[0])
         return _run_unit(self.model, task, self.baseline, self.store, self.plan, self.after_part)
 
 
@@ -183,14 +186,14 @@ def run_ray(st, store, tasks, plan: Plan, workers: int = 2, threads: int = 1, gp
 
     Worker = ray.remote(num_cpus=threads, num_gpus=gpus_per_worker, max_restarts=max_retries,
                         max_task_retries=max_retries)(_Worker)
-    # the baseline once in the object store, its reference nested in a list: a restarted actor fetches it
-    # again (the reference lives as long as this call), and no constructor argument sits in the object store
+    # the baseline once in the object store, handed to every unit (not to the constructor: a restarted actor
+    # would depend on a constructor argument in the object store, which Ray warns against)
     baseline = [ray.put(st.baseline)]
-    actors = [Worker.remote(asdict(plan), baseline, str(store.root), json.loads((store.root / "params.json").read_text()),
+    actors = [Worker.remote(asdict(plan), str(store.root), json.loads((store.root / "params.json").read_text()),
                             threads, fault_file) for _ in range(workers)]
     pids = ray.get([a.ready.remote() for a in actors])
     t0 = time.perf_counter()
-    done = list(bar(ActorPool(actors).map_unordered(lambda a, t: a.run.remote(t), tasks), total=len(tasks),
+    done = list(bar(ActorPool(actors).map_unordered(lambda a, t: a.run.remote(t, baseline), tasks), total=len(tasks),
                      desc=f"units (ray, {workers} workers)", show=progress))
     seconds = time.perf_counter() - t0
     for a in actors:
