@@ -64,7 +64,11 @@ def test_chapters_1_to_5_keep_device_discipline(organism_study):
         layers.analyse(st, fits, runs, [0.1], 5, 0, n_probe_per_class=2, folds=2)
         rankings.attention_weight(net, st.tasks[0], "final", "value-norm")
         # chapter 7: knockouts (full forwards with per-row masks)
-        flow.run_image(st, st.tasks[0], flow.Plan(list(flow.FLOWS)[:2], flow.windows(st.n_layers, 4), {"all": None}))
+        plan = flow.chapter_plan(st.n_layers, {"all heads": None}, window=4, sensitivity_window=None)
+        flow.run_image(st, st.tasks[0], plan)
+        # chapter 6's class-agnostic target (the clean answer distribution, then KL per mask)
+        experiment.masks_y(net, st.tasks[1], st.baseline, torch.ones(2, st.n_layers, st.n_heads, dtype=torch.bool,
+                                                                     device="cpu"), "answer-kl")
     assert not d.violations, "device discipline broken:\n" + d.report()
 
 

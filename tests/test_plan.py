@@ -107,9 +107,10 @@ def test_pass_formulas_match_the_instrumented_library_calls(organism_model, monk
     ks = {n: (list(range(H + 1)) if not n.startswith("random/") else __import__("headflow").method.metrics.k_grid(H, 6))
           for n in orders}
     assert seen(lambda: crossfit.judge(st, t, orders, ks)) == passes.judge(H, 3, 2, 6)
-    plan_ = flow.Plan(list(flow.FLOWS), flow.windows(L, 3), {"all": None, "top": [0, 1], "random 1": [2, 3]})
-    assert seen(lambda: flow.run_image(st, t, plan_)) == passes.knockouts(L, 3, 5, 3)
-    assert seen(lambda: [positions.group_effects(st, [t], [0, 1], 2, 0),
+    plan_ = flow.chapter_plan(L, {"all heads": None, "top heads": [0, 1], "random 1": [2, 3]}, window=1,
+                              sensitivity_window=3)
+    assert seen(lambda: flow.run_image(st, t, plan_)) == passes.knockouts(L, 1, 3, len(flow.FLOWS), 3)
+    assert seen(lambda: [positions.group_effects(st, [t], {"all heads": None, "top heads": [0, 1]}, 2, 0),
                          positions.token_attribution(st, t, [0, 1], 30, 0.5, 0)]) == passes.groups_and_tokens(2, 30)
 
 

@@ -138,7 +138,7 @@ def masks_y(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tensor, t
     the image prefix changes and cannot be reused) and where the family makes prefix reuse invalid
     (:func:`headflow.models.families.prefix_reuse_problem`: PaliGemma's prefix-LM mask, short sliding windows)."""
     if target == "answer-kl" and task.clean_logp is None:  # the clean answer distribution, once per task
-        clean = torch.ones(1, *keep.shape[1:], dtype=torch.bool)
+        clean = torch.ones(1, *keep.shape[1:], dtype=torch.bool, device="cpu")
         ids = [task.target_id] + list(task.other_ids)
         logits = (masks_y_raw(model, task, baseline, clean, ids, scope, reuse))
         task.clean_logp = logits[0].double().log_softmax(-1).cpu()

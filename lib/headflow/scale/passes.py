@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from headflow.findings.flow import FLOWS
 from headflow.method import metrics
 
 
@@ -64,14 +65,21 @@ def judge(H: int, n_orders: int, n_random: int, n_k_random: int) -> Passes:
 N_ORDERS = 13  # 5 methods cross-fitted globally + 3 per class + 5 in-sample (crossfit.run)
 
 
-def knockouts(n_layers: int, window: int, n_flows: int, n_sets: int) -> Passes:
-    """Chapter 7 per image: a full forward per (flow, window, head set) row, and y_clean/y_none."""
-    return Passes(n_flows * (n_layers - window + 1) * n_sets, 0) + Passes(1, 2)
+def knockouts(n_layers: int, window: int, sensitivity_window: int | None, n_flows: int, n_sets: int) -> Passes:
+    """Chapter 7 per image (:func:`headflow.findings.flow.chapter_plan`): a full forward per row (every
+    flow over the windows of ``window`` and of ``sensitivity_window`` layers in all heads, the control
+    flow over the windows of ``window`` in each of the other ``n_sets - 1`` head sets), and y_clean/y_none
+    for the logit and for the logit difference (a prefix and two suffix passes each)."""
+    w1 = n_layers - window + 1
+    w2 = n_layers - sensitivity_window + 1 if sensitivity_window and sensitivity_window != window else 0
+    return Passes(n_flows * (w1 + w2) + (n_sets - 1) * w1, 0) + Passes(1, 2).times(2)
 
 
-def groups_and_tokens(n_random: int, token_masks: int) -> Passes:
-    """Chapter 8 per image: object/background/both/random position ablations, then position attribution."""
-    return Passes(1, 3 + n_random + 2) + Passes(1, token_masks + 2)
+def groups_and_tokens(n_random: int, token_masks: int, n_sets: int = 2) -> Passes:
+    """Chapter 8 per image: in each of ``n_sets`` head sets the three groups, all positions and
+    ``n_random`` controls of each group (:func:`headflow.findings.positions.group_rows`), with
+    y_clean/y_none, on one prefix; then position attribution."""
+    return Passes(1, n_sets * (4 + 3 * n_random) + 2) + Passes(1, token_masks + 2)
 
 
 def setup(n_asked: int, n_reference: int, decode_steps: int = 1) -> Passes:
@@ -102,7 +110,7 @@ def chapter(name: str, H: int, n_layers: int, p: dict, n_images: int, n_classes:
     fit = setup(fit_images, ref) + attribution_unit(M).times(fit_images) + judge(H, 1, 0, 0).times(fit_images)
     if name == "07-token-flow":
         eval_images = p["n_eval"] * n_classes
-        per = knockouts(n_layers, p["window"], 5, 2 + p["n_random"])
+        per = knockouts(n_layers, p["window"], p.get("sensitivity_window", 3), len(FLOWS), 2 + p["n_random"])
         return (fit + setup(eval_images, ref) + per.times(eval_images)).times(len(p["questions"]))
     if name == "08-object-background":
         eval_images = p["n_eval"] * n_classes
