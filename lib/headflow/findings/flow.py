@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from headflow.mechanism import interventions as iv
@@ -399,3 +400,16 @@ def results_json(out: dict, model: str, params: dict, shares: Sequence[float], p
                               "per_class": s["classes"], "classes": len(s["classes"]),
                               "classes_left_out": s["classes_left_out"]}
     return res
+
+
+def timing_table(result: dict):
+    """One row per question and receiving group of ``knockout.json``: the onsets, their difference with
+    its interval, the Holm-adjusted p, the answer, and the answer under the logit-difference target."""
+    rows = []
+    for q in result["timing"]:
+        for g, d in {**result["timing"][q], "role-only": result["role_without_final"][q]}.items():
+            rows.append({"question": q, "group": g, "question onset": d["question_onset"],
+                         "image onset": d["image_onset"], "difference": d["difference"], "95% CI": d["ci"],
+                         "p (Holm)": None if d["p_holm"] is None else round(d["p_holm"], 3), "answer": d["answer"],
+                         "answer (logit difference)": result["logit_diff"]["timing"][q][g]["answer"]})
+    return pd.DataFrame(rows)
