@@ -83,8 +83,10 @@ def test_chapter_results(executed):
         for method in ("attribution", "single_head"):
             got = val["planted_flow"][size][method]
             assert 0 <= got["precision"] <= 1 and len(got["ci"]) == 2 and len(got["per_planting"]) == 2
-    red = val["redundancy"]
-    assert set(red["single_over_joint"]) == {"A", "B"} and {"faithfulness_pair", "completeness_pair"} <= set(red)
+    red = val["redundancy_in_network"]
+    assert set(red["single_over_joint"]) == {"A", "B"} and set(red["single_effect"]) == {"A", "B"}
+    assert red["joint_effect"] > 0 and red["construction"]["baseline"] == "zero"
+    assert set(val["planted_pairs"]) == {"4"} and {"attribution", "single_head"} <= set(val["planted_pairs"]["4"])
     flow = json.loads((executed / "results" / "flow.json").read_text())
     assert {"same_class_similarity", "same_appearance_similarity", "permutation_p", "probe_class_accuracy",
             "probe_appearance_accuracy", "class_head_set_transfer"} <= set(flow["semantics"])

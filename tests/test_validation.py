@@ -1,5 +1,6 @@
 """Planted ground truth: the constructions behave as their definitions say."""
 import numpy as np
+import pytest
 import torch
 
 from headflow.findings import validation
@@ -37,17 +38,46 @@ def test_planted_flow_is_the_model_with_every_other_head_ablated(tiny_llava):
     np.testing.assert_allclose(planted.y(t, outside), experiment.masks_y(model, t, base, nothing), atol=1e-5)
 
 
-def test_planted_redundancy_single_heads_do_nothing_the_pair_does_everything(tiny_llava):
+def test_planted_unit_fires_only_when_neither_head_is_kept_and_leaves_the_original_alone(tiny_llava):
+    from headflow.findings import planting
+
     model, processor = tiny_llava
+    iv.install(model, "sdpa")
     t = _task(processor)
-    red = validation.PlantedRedundancy(model, iv.Baseline("zero"), 2, 4, (1, 6))
-    pieces = (0.5, 2.0, 1.0)
-    keep = torch.ones(4, 8, dtype=torch.bool)
-    keep[1, 1] = False
-    keep[2, 6] = False
-    keep[3, [1, 6]] = False
-    y = red.y(t, keep.view(4, 2, 4), pieces)
-    np.testing.assert_allclose(y, [2.5, 2.5, 2.5, 0.5])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    red = planting.plant(model, [t], [(1, 2)])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # a copy was edited
+    mlp = red.model.model.language_model.layers[0].mlp
+    unit = red.construction["units"][0]
+    acts = []
+    hook = mlp.down_proj.register_forward_pre_hook(lambda m, a: acts.append(a[0][:, -1, unit].clone()))
+    keep = torch.ones(4, 2, 4, dtype=torch.bool)
+    keep[1, 0, 1] = keep[2, 0, 2] = False  # A ablated; B ablated
+    keep[3, 0, [1, 2]] = False  # both
+    try:
+        experiment.full_logits(red.model, t, red.baseline, red.keep_mask(keep))
+    finally:
+        hook.remove()
+    a = torch.cat(acts)
+    assert a[3] > 1.0 and a[:3].abs().max() < 0.01 * a[3]
+    with pytest.raises(ValueError, match="distinct heads of layer 0"):
+        planting.plant(model, [t], [(1, 1)])
+    with pytest.raises(ValueError, match="cannot plant 3 pairs"):
+        planting.draw_pairs([0, 1, 2, 3], 3, 0)
+
+
+def test_redundancy_planted_in_the_organism_is_measured_redundant_and_attribution_finds_it():
+    from headflow.findings import planting
+    from headflow.method import study
+
+    st = study.setup("organism", "fashionscenes/eval", "object", per_class=1, n_reference=10)
+    red = planting.plant(st.model, st.tasks, [(0, 5)], push=8.0)
+    rep = planting.measure(red, st.tasks, 80, 0.5, 0, min_images=1)
+    pair = rep["pairs"][0]
+    assert pair["joint_effect"] > 1.0 and pair["redundant_by_rule"]
+    assert max(abs(v) for v in pair["single_over_joint"].values()) <= 0.1
+    assert sorted(pair["attribution_ranks"].values()) == [1, 2]
+    assert min(pair["single_head_ranks"].values()) > 2
 
 
 def test_recover_scores_the_planted_model_with_every_ranker(tiny_llava):

@@ -9,13 +9,8 @@ the image reaches the answer only through S; the other heads' image keys/values 
 (the dataset-mean baseline).  The model's y under a mask ``keep`` is the organism's y under
 ``keep & S``.  A method recovers the truth if its top |S| heads are S (precision at |S|).
 
-**Planted redundancy** (:class:`PlantedRedundancy`): two heads A and B, each alone carrying image
-flow (all other heads ablated), behind a saturating unit that passes the flow as soon as either
-head is kept: ``y(keep) = y_none + J * min(1, keep_A + keep_B)`` with ``J = max(a, b, 0)``, where
-``a = y(only A kept) - y_none`` and ``b = y(only B kept) - y_none`` are measured on the organism.
-Either head alone is enough, so ablating one changes nothing: single-head ablation sees 0 for
-each, while the pair's joint effect is ``J``.  This is the paper's Fig. 1A argument, in a model whose
-truth is known.
+**Planted redundancy** lives in the network itself: :mod:`headflow.findings.planting` wires pairs
+of heads behind a saturating MLP unit in the weights of a copy of the organism.
 """
 from __future__ import annotations
 
@@ -28,7 +23,7 @@ import torch
 from sklearn.linear_model import Lasso
 
 from headflow.findings import layers
-from headflow.method import attribution, metrics, rankings, stats
+from headflow.method import attribution, rankings, stats
 from headflow.method.experiment import masks_y
 
 
@@ -63,32 +58,6 @@ class PlantedFlow:
         """Attribution patching of the planted model (heads outside S held at the baseline),
         ``(n_layers * n_heads,)``."""
         return rankings.attribution_patching(self.model, task, self.baseline, self.target, self.keep_planted).ravel()
-
-
-@dataclass
-class PlantedRedundancy:
-    """Two heads behind a saturating unit (see the module docstring); ``a``/``b`` per image."""
-
-    model: object
-    baseline: object
-    n_layers: int
-    n_heads: int
-    pair: tuple[int, int]
-    target: str = "logit"
-
-    def pieces(self, task) -> tuple[float, float, float]:
-        """``(y_none, a, b)`` of the organism on this image."""
-        H = self.n_layers * self.n_heads
-        keep = torch.zeros(3, H, dtype=torch.bool)
-        keep[1, self.pair[0]] = True
-        keep[2, self.pair[1]] = True
-        y = masks_y(self.model, task, self.baseline, keep.view(3, self.n_layers, self.n_heads), self.target)
-        return float(y[0]), float(y[1] - y[0]), float(y[2] - y[0])
-
-    def y(self, task, keep: torch.Tensor, pieces=None) -> np.ndarray:
-        y_none, a, b = pieces or self.pieces(task)
-        flat = torch.as_tensor(keep).reshape(len(keep), -1).numpy().astype(float)
-        return y_none + max(a, b, 0.0) * np.minimum(1.0, flat[:, self.pair[0]] + flat[:, self.pair[1]])
 
 
 def draw_planted_sets(sizes: Sequence[int], n_plantings: int, exclude: Sequence[int], n_total: int,
@@ -156,82 +125,6 @@ def precision_with_interval(scores: dict, classes: dict, truth: Sequence[int], n
     draws = np.array([precision_at(attribution.ranking(b.ravel()), truth) for b in boots])
     lo, hi = layers.ci(draws)
     return {"precision": point, "ci": [float(lo), float(hi)], "n_images": len(maps), "draws": draws}
-
-
-# ------------------------------------------------------------------------------------ redundancy
-def most_balanced_pair(model, baseline, tasks, candidates: Sequence[int], n_layers: int, n_heads: int,
-                       target: str = "logit") -> tuple[tuple[int, int], dict]:
-    """Among ``candidates`` (flat head indices), the pair whose lone effects ``y(only h kept) - y_none``
-    are most alike (the largest ratio of the smaller to the larger, summed over images); returns the
-    pair and each candidate's summed lone effect."""
-    H = n_layers * n_heads
-    cand = [int(c) for c in candidates]
-    total = np.zeros(len(cand))
-    for t in tasks:
-        keep = torch.zeros(len(cand) + 1, H, dtype=torch.bool)
-        for i, h in enumerate(cand):
-            keep[i + 1, h] = True
-        y = masks_y(model, t, baseline, keep.view(-1, n_layers, n_heads), target)
-        total += y[1:] - y[0]
-    best, best_ratio = None, -np.inf
-    for i in range(len(cand)):
-        for j in range(i + 1, len(cand)):
-            lo, hi = sorted((total[i], total[j]))
-            ratio = lo / hi if hi > 0 else -np.inf
-            if ratio > best_ratio:
-                best, best_ratio = (cand[i], cand[j]), ratio
-    return best, {c: float(v) for c, v in zip(cand, total)}
-
-
-def redundancy_report(red: PlantedRedundancy, tasks, n_masks: int, rate: float, seed: int,
-                      min_images: int = 2) -> dict:
-    """Measured redundancy of the planted pair (single-head effect / joint effect, by the aggregation
-    rule), attribution and single-head scores of every head (class-equal mean, normalised), the
-    pair's ranks, and faithfulness/completeness of the pair."""
-
-    L, Hh = red.n_layers, red.n_heads
-    H = L * Hh
-    A, B = red.pair
-    classes = {t.key: t.class_name for t in tasks}
-    rows, attr, single = [], {}, {}
-    for i, t in enumerate(tasks):
-        pieces = red.pieces(t)
-        fn = lambda task, keep: red.y(task, keep, pieces)  # noqa: E731
-        allk = torch.ones(1, L, Hh, dtype=torch.bool)
-        y_clean = float(fn(t, allk)[0])
-        y_none = pieces[0]
-        joint = y_clean - y_none
-        s = single_head_scores(fn, t, L, Hh)
-        pair_only = torch.zeros(1, H, dtype=torch.bool)
-        pair_only[0, [A, B]] = True
-        pair_abl = ~pair_only
-        y_only = float(fn(t, pair_only.view(1, L, Hh))[0])
-        y_abl = float(fn(t, pair_abl.view(1, L, Hh))[0])
-        rows.append({"key": t.key, "class": t.class_name, "joint": joint, "single_A": float(s[A]),
-                     "single_B": float(s[B]), "faith_num": y_only - y_none, "compl_num": y_clean - y_abl})
-        keep = attribution.sample_masks(n_masks, L, Hh, rate, seed * 1_000_003 + i)
-        y = fn(t, keep)
-        scale = joint if joint > 0 else np.nan
-        attr[t.key] = (attribution.fit(keep.numpy(), y).attribution / scale).reshape(L, Hh)
-        single[t.key] = (s / scale).reshape(L, Hh)
-    eff = np.array([r["joint"] for r in rows])
-    cls = [r["class"] for r in rows]
-    agg = lambda col: float(metrics.aggregate(np.array([r[col] for r in rows]), eff, cls, min_images)["value"])  # noqa: E731
-    ok = {k: v for k, v in attr.items() if np.all(np.isfinite(v))}
-    a_map = stats.class_equal_mean(ok, classes).ravel()
-    s_map = stats.class_equal_mean({k: single[k] for k in ok}, classes).ravel()
-    rank = lambda m, h: int(np.where(attribution.ranking(m) == h)[0][0]) + 1  # noqa: E731
-    return {"pair": [[A // Hh, A % Hh], [B // Hh, B % Hh]], "n_images": len(ok), "n_masks": n_masks,
-            "single_over_joint": {"A": agg("single_A"), "B": agg("single_B")},
-            "redundant_by_rule": bool(agg("single_A") <= 0.1 and agg("single_B") <= 0.1),
-            "attribution_scores": {"A": float(a_map[A]), "B": float(a_map[B]),
-                                   "largest_other": float(np.delete(a_map, [A, B]).max())},
-            "single_head_scores": {"A": float(s_map[A]), "B": float(s_map[B]),
-                                   "largest_other": float(np.delete(s_map, [A, B]).max())},
-            "attribution_ranks": {"A": rank(a_map, A), "B": rank(a_map, B)},
-            "single_head_ranks": {"A": rank(s_map, A), "B": rank(s_map, B)},
-            "faithfulness_pair": agg("faith_num"), "completeness_pair": agg("compl_num"),
-            "attribution_map": a_map.reshape(L, Hh), "single_head_map": s_map.reshape(L, Hh)}
 
 
 # ------------------------------------------------------------------------------------ tables and results
@@ -339,10 +232,9 @@ def _pooled(rows):
     return [float(lo), float(hi)]
 
 
-def results_json(rows: list[dict], redundancy: dict, n_total: int, params: dict) -> dict:
-    """``book/results/validation.json``: per planted size and method the mean precision at |S| over
-    plantings with a pooled 95% interval (the mean over plantings of each bootstrap draw) and each
-    planting's own; masks attribution needs to reach a mean precision of 0.9; the redundancy report."""
+def summarise_plantings(rows: list[dict], n_total: int) -> dict:
+    """Per planted size and method: the mean precision at |S| over plantings with a pooled 95%
+    interval (the mean over plantings of each bootstrap draw) and each planting's own."""
     planted: dict = {}
     for size in sorted({r["size"] for r in rows}):
         planted[str(size)] = {"random_expectation": size / n_total}
@@ -351,9 +243,19 @@ def results_json(rows: list[dict], redundancy: dict, n_total: int, params: dict)
             planted[str(size)][method] = {
                 "precision": float(np.mean([r["precision"] for r in sel])), "ci": _pooled(sel),
                 "per_planting": [{"planting": r["planting"], "precision": r["precision"], "ci": r["ci"]} for r in sel]}
+    return planted
+
+
+def results_json(rows: list[dict], in_network: dict, pair_rows: list[dict], n_total: int, params: dict) -> dict:
+    """``book/results/validation.json``: the planted flow (:func:`summarise_plantings`), the masks
+    attribution needs to reach a mean precision of 0.9, the redundancy planted in the network
+    (``redundancy_in_network``: its measured single-head and joint effects, then the ranks) and the
+    flow split over redundant pairs (``planted_pairs``, by number of planted heads)."""
+    planted = summarise_plantings(rows, n_total)
     needed = {}
     for size, d in planted.items():
         ms = sorted(int(k.split("@")[1]) for k in d if k.startswith("attribution@"))
         reach = [m for m in ms if d[f"attribution@{m}"]["precision"] >= 0.9]
         needed[size] = reach[0] if reach else None
-    return {**params, "planted_flow": planted, "masks_to_precision_0.9": needed, "redundancy": redundancy}
+    return {**params, "planted_flow": planted, "masks_to_precision_0.9": needed,
+            "redundancy_in_network": in_network, "planted_pairs": summarise_plantings(pair_rows, n_total)}

@@ -83,7 +83,7 @@ def redundancy_maps(report: dict):
         for layer, head in report["pair"]:
             ax.scatter([head], [layer], s=260, facecolors="none", edgecolors="k", linewidths=1.8)
         ax.set(xlabel="head", ylabel="layer", title=f"{title} (pair circled)")
-        fig.colorbar(im, ax=ax, label="share of the joint effect")
+        fig.colorbar(im, ax=ax, label="share of the image effect")
     fig.tight_layout()
     return fig
 
