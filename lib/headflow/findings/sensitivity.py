@@ -324,13 +324,15 @@ def interactions(st: Study, top: dict, n_masks: int, m: int, n_boot: int, seed: 
             "mean_abs_departure": float(np.mean(np.abs(pe["actual"] - pe["linear"][ref])))}
 
 
-def results_json(res: dict, inter: dict, model: str, params: dict, per_class: dict) -> dict:
-    """``book/results/sensitivity.json``; ``per_class``: the images of each class that enter."""
+def results_json(res: dict, inter: dict, model: str, params: dict, per_class: dict, short_classes=()) -> dict:
+    """``book/results/sensitivity.json``; ``per_class``: the images of each class that enter;
+    ``short_classes``: the classes left out for too few correct answers."""
     rows = [dict(r) for r in res["rows"]]
     ref = str(REFERENCE["rate"])
     return {"model": model, **params, "k": res["k"], "ks": res["ks"], "reference": res["reference"], "rows": rows,
             "noise_floor": "=".join(NOISE_FLOOR), "images_per_class": per_class,
             "images_per_class_min": min(per_class.values()) if per_class else 0,
+            "classes_left_out": list(short_classes),
             "topk_overlap": {f"{r['factor']}={r['value']}" if r["factor"] != "reference" else "reference":
                              {"value": r["topk_overlap"][str(res["k"])], "ci": r["topk_overlap_ci"][str(res["k"])],
                               "by_k": {k: {"value": r["topk_overlap"][k], "ci": r["topk_overlap_ci"][k]}

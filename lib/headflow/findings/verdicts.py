@@ -313,8 +313,12 @@ def knockout(res: dict) -> dict:
              for q, v in res["timing"].items()]
     agree = [q for q in res["timing"] if all(res["logit_diff"]["timing"][q][g]["answer"] == res["timing"][q][g]["answer"]
                                              for g in ("role", "final"))]
+    onsets = res.get("onset_layer", {})
+    iq = [f"{q} {onsets[q]['image->question']}" for q in res["timing"] if "image->question" in onsets.get(q, {})
+          and onsets[q]["image->question"] is not None]
     finding = (f"onset (first layer losing > {res['onset_share']:.0%} of the image effect) of image -> group minus "
                "question -> group: " + "; ".join(parts)
+               + (f"; image -> question starts at layer {', '.join(iq)}" if iq else "")
                + f"; the logit-difference target agrees on {len(agree)} of {len(res['timing'])} questions")
     return status("7-token-flow", "Sec. 6", res["model"], finding, verdict)
 
