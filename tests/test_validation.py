@@ -9,9 +9,14 @@ from headflow.method import experiment
 
 
 def test_planted_sets_avoid_the_excluded_heads_and_have_the_sizes():
-    sets = validation.draw_planted_sets([2, 5], 3, exclude=[0, 1, 2], n_total=12, seed=0)
+    lone = np.array([0.3, 0.2, 0.1, 0.0, 0.02, 0.01, 0.004, 0.05, 0.02, 0.03, 0.01, 0.02])
+    pool = validation.flow_pool(lone, exclude=[0, 1, 2], floor=0.005)
+    assert pool.tolist() == [4, 5, 7, 8, 9, 10, 11]  # head 3 and head 6 carry too little on their own
+    sets = validation.draw_planted_sets([2, 5], 3, pool, seed=0)
     assert [s["size"] for s in sets] == [2, 2, 2, 5, 5, 5]
-    assert all(not set(s["heads"].tolist()) & {0, 1, 2} for s in sets)
+    assert all(set(s["heads"].tolist()) <= set(pool.tolist()) for s in sets)
+    with pytest.raises(ValueError, match="the pool holds only 7 heads"):
+        validation.draw_planted_sets([8], 1, pool, seed=0)
     assert validation.precision_at(np.array([7, 3, 9, 1]), [3, 9]) == 0.5
 
 

@@ -320,3 +320,12 @@ def precision_rows(report: dict, red: RedundantPairs, classes: dict, n_boot: int
         p = precision_with_interval({k: v.ravel() for k, v in per_image.items()}, classes, red.heads, n_boot, seed)
         rows.append({"size": len(red.heads), "planting": planting, "method": method, **p})
     return rows
+
+
+def pair_planting_record(report: dict, pairs, planting: int) -> dict:
+    """One pair-split planting's measured redundancy: it is *scored* only if every pair is redundant
+    by the rule (each single-head effect at most 0.1 of its pair's joint effect)."""
+    worst = max(max(v for v in p["single_over_joint"].values()) for p in report["pairs"])
+    return {"size": 2 * len(pairs), "planting": planting, "pairs": [p["pair"] for p in report["pairs"]],
+            "joint_effects": [p["joint_effect"] for p in report["pairs"]], "largest_single_over_joint": float(worst),
+            "scored": bool(all(p["redundant_by_rule"] for p in report["pairs"]))}

@@ -60,15 +60,38 @@ class PlantedFlow:
         return rankings.attribution_patching(self.model, task, self.baseline, self.target, self.keep_planted).ravel()
 
 
-def draw_planted_sets(sizes: Sequence[int], n_plantings: int, exclude: Sequence[int], n_total: int,
-                      seed: int) -> list[dict]:
-    """``n_plantings`` random sets of each size, drawn from heads not in ``exclude``."""
+def lone_effects(model, baseline, tasks, n_layers: int, n_heads: int, target: str = "logit") -> np.ndarray:
+    """Each head's image flow on its own, ``(n_layers * n_heads,)``: the mean over images of
+    ``y(only h kept) - y(none kept)`` (the planted model with S = {h}) over the mean image effect
+    ``y(all kept) - y(none kept)``."""
+    H = n_layers * n_heads
+    keep = torch.zeros(H + 2, H, dtype=torch.bool)
+    keep[torch.arange(H), torch.arange(H)] = True
+    keep[H + 1] = True
+    lone, effect = [], []
+    for t in tasks:
+        y = masks_y(model, t, baseline, keep.view(-1, n_layers, n_heads), target)
+        lone.append(y[:H] - y[H])
+        effect.append(y[H + 1] - y[H])
+    return np.mean(lone, 0) / np.mean(effect)
+
+
+def flow_pool(lone: np.ndarray, exclude: Sequence[int], floor: float) -> np.ndarray:
+    """Heads a planted set is drawn from: outside ``exclude`` (the organism's own top heads) and with
+    a lone effect (:func:`lone_effects`) of at least ``floor`` (a head that carries nothing on its own
+    cannot be the truth a method is asked to find)."""
+    ex = {int(x) for x in exclude}
+    return np.array([h for h in range(len(lone)) if h not in ex and lone[h] >= floor], dtype=int)
+
+
+def draw_planted_sets(sizes: Sequence[int], n_plantings: int, pool: Sequence[int], seed: int) -> list[dict]:
+    """``n_plantings`` random sets of each size, drawn from ``pool``."""
     rng = np.random.default_rng(seed)
-    pool = np.array([h for h in range(n_total) if h not in set(int(x) for x in exclude)])
+    pool = np.asarray(pool, dtype=int)
     out = []
     for s in sizes:
         if s > len(pool):
-            raise ValueError(f"cannot plant {s} heads: only {len(pool)} heads lie outside the excluded set")
+            raise ValueError(f"cannot plant {s} heads: the pool holds only {len(pool)} heads")
         for r in range(n_plantings):
             out.append({"size": int(s), "planting": r, "heads": np.sort(rng.choice(pool, s, replace=False))})
     return out
@@ -246,11 +269,14 @@ def summarise_plantings(rows: list[dict], n_total: int) -> dict:
     return planted
 
 
-def results_json(rows: list[dict], in_network: dict, pair_rows: list[dict], n_total: int, params: dict) -> dict:
+def results_json(rows: list[dict], in_network: dict, pair_rows: list[dict], n_total: int, params: dict,
+                 pool: dict | None = None, pair_plantings: list[dict] | None = None) -> dict:
     """``book/results/validation.json``: the planted flow (:func:`summarise_plantings`), the masks
     attribution needs to reach a mean precision of 0.9, the redundancy planted in the network
     (``redundancy_in_network``: its measured single-head and joint effects, then the ranks) and the
-    flow split over redundant pairs (``planted_pairs``, by number of planted heads)."""
+    flow split over redundant pairs (``planted_pairs``, by number of planted heads, scored plantings
+    only; ``pair_plantings``: every pair planting's measured redundancy and whether it was scored);
+    ``pool``: what the planted flow's sets were drawn from."""
     planted = summarise_plantings(rows, n_total)
     needed = {}
     for size, d in planted.items():
@@ -258,4 +284,5 @@ def results_json(rows: list[dict], in_network: dict, pair_rows: list[dict], n_to
         reach = [m for m in ms if d[f"attribution@{m}"]["precision"] >= 0.9]
         needed[size] = reach[0] if reach else None
     return {**params, "planted_flow": planted, "masks_to_precision_0.9": needed,
-            "redundancy_in_network": in_network, "planted_pairs": summarise_plantings(pair_rows, n_total)}
+            "redundancy_in_network": in_network, "planted_pairs": summarise_plantings(pair_rows, n_total),
+            "pair_plantings": pair_plantings or [], "flow_pool": pool or {}}

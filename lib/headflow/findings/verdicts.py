@@ -207,15 +207,22 @@ def where_heads_status(res: dict) -> dict:
     return st
 
 
+PLANTED_LONE_MIN = 0.005  # appendix 91: a head enters a planted set only if it carries this share on its own
+
+
 def validation(res: dict) -> dict:
     """Validation appendix.  (a) Attribution *recovers* a planted set if its mean precision at |S|
-    over plantings is at least 0.9 and every planting's interval lies above the random expectation
-    (planted flow, and flow split over redundant pairs, each size).  (b) The redundancy argument is
-    *shown* if the pair planted in the network is redundant as measured (each single-head effect at
-    most 0.1 of the pair's joint effect, by the aggregation rule of chapter 4) and attribution ranks
-    the pair first and second.  Validated if (a) holds for every planted flow and every split over
-    pairs and (b) holds; partly if any of them holds; otherwise not validated.  Single-head ablation
-    is scored on the same plantings and reported beside attribution; it does not enter the verdict."""
+    over plantings is at least 0.9 and every planting's interval lies above the random expectation;
+    planted sets are drawn from heads outside the organism's top 10% that carry at least
+    ``PLANTED_LONE_MIN`` of the image effect on their own (sizes larger than that pool are not
+    planted, and reported).  (b) The redundancy argument is *shown* if the pair planted in the
+    network is redundant as measured (each single-head effect at most 0.1 of the pair's joint
+    effect, by the aggregation rule of chapter 4) and attribution ranks the pair first and second.
+    (c) Flow split over redundant pairs: scored only on plantings whose every pair is redundant as
+    measured; recovered by the rule of (a).  Validated if (a) holds at every planted size, (b)
+    holds and (c) holds at every size with a scored planting; partly if any of them holds;
+    otherwise not validated.  Single-head ablation is scored on the same plantings and reported
+    beside attribution; it does not enter the verdict."""
     def recovered(d):
         a = d["attribution"]
         return a["precision"] >= 0.9 and all(p["ci"][0] > d["random_expectation"] for p in a["per_planting"])
@@ -224,19 +231,24 @@ def validation(res: dict) -> dict:
     red = res["redundancy_in_network"]
     shown = red["redundant_by_rule"] and sorted(red["attribution_ranks"].values()) == [1, 2]
     parts = list(flow.values()) + list(pairs.values()) + [shown]
-    verdict = "validated" if all(parts) else "partly" if any(parts) else "not validated"
+    verdict = "validated" if all(parts) and flow else "partly" if any(parts) else "not validated"
     others = [m for m in ("single_head", "attribution_patching", "attention_weight_value")
               if all(m in d for d in res["planted_flow"].values())]
     prec = ", ".join(f"{s} heads: {d['attribution']['precision']:.2f} ("
                      + ", ".join(f"{m.replace('_', ' ')} {d[m]['precision']:.2f}" for m in others) + ")"
                      for s, d in res["planted_flow"].items())
+    pool = res.get("flow_pool", {})
+    unplanted = (f" (not planted, the pool of {pool['n_heads']} heads is too small: {pool['not_plantable']})"
+                 if pool.get("not_plantable") else "")
     split = ", ".join(f"{s} heads: attribution {d['attribution']['precision']:.2f}, single head "
                       f"{d['single_head']['precision']:.2f}" for s, d in res["planted_pairs"].items())
+    unscored = [p for p in res.get("pair_plantings", []) if not p["scored"]]
     so = red["single_over_joint"]
-    finding = (f"planted flow, precision at |S| of attribution {prec}: single-head ablation solves it too; "
-               f"flow split over redundant pairs in the network, {split}; a pair planted in the network: "
-               f"single-head effects {so['A']:.3f} / {so['B']:.3f} of the joint effect "
-               f"({red['joint_effect']:.2f} logits), attribution ranks {red['attribution_ranks']['A']} and "
+    finding = (f"planted flow, precision at |S| of attribution {prec}{unplanted}: single-head ablation solves it "
+               f"too; flow split over redundant pairs in the network, {split or 'no planting redundant as measured'}"
+               + (f" ({len(unscored)} planting(s) not redundant as measured, not scored)" if unscored else "")
+               + f"; a pair planted in the network: single-head effects {so['A']:.3f} / {so['B']:.3f} of the joint "
+               f"effect ({red['joint_effect']:.2f} logits), attribution ranks {red['attribution_ranks']['A']} and "
                f"{red['attribution_ranks']['B']}, single-head ranks {red['single_head_ranks']['A']} and "
                f"{red['single_head_ranks']['B']}")
     return status("91-validation", "(Fig. 1A argument, planted truth)", "organism", finding, verdict)
