@@ -244,8 +244,14 @@ def validation(res: dict) -> dict:
                       f"{d['single_head']['precision']:.2f}" for s, d in res["planted_pairs"].items())
     unscored = [p for p in res.get("pair_plantings", []) if not p["scored"]]
     so = red["single_over_joint"]
-    finding = (f"planted flow, precision at |S| of attribution {prec}{unplanted}: single-head ablation solves it "
-               f"too; flow split over redundant pairs in the network, {split or 'no planting redundant as measured'}"
+    single_ok = bool(flow) and all(d["single_head"]["precision"] >= 0.9 for d in res["planted_flow"].values()
+                                   if "single_head" in d)
+    single = ("single-head ablation solves it too" if single_ok and all(flow.values()) else
+              "single-head ablation solves it, attribution does not" if single_ok else
+              "single-head ablation does not solve it either" if not any(flow.values()) else
+              "single-head ablation does not solve it")
+    finding = (f"planted flow, precision at |S| of attribution {prec}{unplanted}: {single}; flow split over "
+               f"redundant pairs in the network, {split or 'no planting redundant as measured'}"
                + (f" ({len(unscored)} planting(s) not redundant as measured, not scored)" if unscored else "")
                + f"; a pair planted in the network: single-head effects {so['A']:.3f} / {so['B']:.3f} of the joint "
                f"effect ({red['joint_effect']:.2f} logits), attribution ranks {red['attribution_ranks']['A']} and "
