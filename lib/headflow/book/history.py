@@ -29,7 +29,8 @@ REASONS = {
                    "Holm-corrected (19)",
     "where_heads": f"{ORGANISM} against a seed twin and two single-object organisms; {BASELINE}; relative depth "
                    "against a uniform placement, split-half stability, the spec's top heads, Holm (18, 19)",
-    "semantics": f"{ORGANISM}; {BASELINE}",
+    "semantics": f"{ORGANISM}; {BASELINE}; a class-agnostic target (answer KL) beside the class word's logit, "
+                 "intervals by a cluster bootstrap over items (issue 20)",
     "knockout": f"{ORGANISM}; {BASELINE}; the onset of each flow one layer at a time instead of an "
                 "effect-weighted centre over 3-layer windows, role without the final token, the logit "
                 "difference beside the logit, Holm over the timing tests (issue 20)",
@@ -38,8 +39,10 @@ REASONS = {
     "sensitivity": f"{ORGANISM}; {BASELINE}; five correct images per class, every setting read against the "
                    "mask-seed noise floor, linearity judged relative to the unexplained variance at rates "
                    "0.1/0.5/0.9 and on pair ablations (20)",
-    "performance": "fewer repeats at real width (20); the same code paths",
-    "validation": f"{ORGANISM}; {BASELINE}",
+    "performance": "3 repeats and one batch size at real width (20); the same code paths",
+    "validation": f"{ORGANISM}; redundancy planted inside the network (two heads behind a saturating unit in "
+                  "the weights) and flow split over redundant pairs, each measured redundant before it is "
+                  "scored; planted sets from heads outside the top 10% that carry flow on their own (20)",
 }
 
 
