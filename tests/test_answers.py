@@ -57,7 +57,7 @@ def test_shared_first_tokens_and_prefixes_are_resolved(tiny_llava):
     with pytest.raises(ValueError, match="tokenise identically"):
         answers.answers(processor, ["bag", "bag  "], question_text("object"))
     with pytest.raises(ValueError, match="not in the tokenizer's vocabulary"):
-        answers.answers(processor, ["giraffe"], question_text("object"))
+        answers.answers(processor, ["giraffe", "bag"], question_text("object"))
     with pytest.raises(ValueError, match="unknown answer case"):
         answers.surface("bag", "upper")
 

@@ -48,7 +48,9 @@ def test_misspelled_parameter_is_an_error(tmp_path):
         run.validate(p, {"n_masks": "many"})
     with pytest.raises(run.ParameterError, match="must be bool|must be int"):
         run.validate(p, {"n_masks": True})
-    assert run.validate(p, {"ablation_rate": 1}) == {"n_masks": 10, "ablation_rate": 1, "model": "organism"}
+    assert run.validate(p, {"ablation_rate": 0.25}) == {"n_masks": 10, "ablation_rate": 0.25, "model": "organism"}
+    with pytest.raises(run.ParameterError, match="strictly between 0 and 1"):
+        run.validate(p, {"ablation_rate": 1})
 
 
 def test_parameters_cell_must_be_literals(tmp_path):

@@ -90,8 +90,71 @@ def _type_ok(default, value) -> bool:
     return isinstance(value, type(default))
 
 
+def _at_least(lo):
+    return lambda v: None if v >= lo else f"must be at least {lo}"
+
+
+def _rate(v):
+    return None if 0.0 < v < 1.0 else "must lie strictly between 0 and 1"
+
+
+def _one_of(options):
+    return lambda v: None if v in options else f"must be one of {list(options)}"
+
+
+def _model_rule(v):
+    from headflow.models import loading
+    try:
+        loading.check_model(v, require_cached=False)  # a hub id's local copy is checked before running
+    except (ValueError, FileNotFoundError) as e:
+        return str(e)
+    return None
+
+
+def _optional_model_rule(v):
+    return None if v in ("", None) else _model_rule(v)  # "" = none (e.g. no seed organism on a real checkpoint)
+
+
+def _models_rule(vs):
+    return next((m for m in (_model_rule(v) for v in vs) if m), None)
+
+
+# Value rules of the parameters the chapters share (checked by :func:`validate` before anything runs,
+# beside the name and type): a value outside its range is an error, never a silent "all" or a crash later.
+VALUE_RULES = {
+    "model": _model_rule, "seed_model": _optional_model_rule, "single_model": _optional_model_rule,
+    "contrast_models": _models_rule, "single_object_models": _models_rule,
+    "ablation_rate": _rate, "token_rate": _rate,
+    "rates": lambda vs: next((f"each rate {m}" for m in (_rate(v) for v in vs) if m), None),
+    "per_class": _at_least(1), "correct_per_class": _at_least(1), "items_per_class": _at_least(1),
+    "others_per_class": _at_least(1), "swapped_per_class": _at_least(1), "n_probe_per_class": _at_least(1),
+    "n_masks": _at_least(10), "fit_masks": _at_least(10), "organism_n_masks": _at_least(10),
+    "others_n_masks": _at_least(10), "token_masks": _at_least(10), "text_masks": _at_least(10),
+    "masks_per_head": _at_least(0), "n_reference": _at_least(1), "n_eval": _at_least(1), "n_boot": _at_least(10),
+    "n_folds": _at_least(2), "min_images": _at_least(1), "batch_size": _at_least(1), "k": _at_least(1),
+    "workers": _at_least(1), "repeats": _at_least(1), "n_images": _at_least(0), "n_perm": _at_least(10),
+    "baseline": _one_of(("dataset-mean", "image-mean", "zero")),
+    "regression": _one_of(("auto", "ols", "ridge", "lasso")),
+    "target": _one_of(("logit", "logit-diff", "answer-kl")),
+    "question": _one_of(("object", "color", "position")),
+    "questions": lambda vs: next((f"each question {m}" for m in (_one_of(("object", "color", "position"))(v)
+                                                                 for v in vs) if m), None),
+    "keep_images": _one_of(("correct", "all")),
+    "device": lambda v: None if v is None or str(v).split(":")[0] in ("cpu", "cuda", "mps") else
+    "must be None, 'cpu', 'cuda' or 'cuda:N'",
+    "dtype": _one_of((None, "float32", "bfloat16", "float16")),
+}
+
+
+def check_value(name: str, value) -> str | None:
+    """Why ``value`` is not allowed for parameter ``name`` (:data:`VALUE_RULES`), or None."""
+    rule = VALUE_RULES.get(name)
+    return rule(value) if rule is not None else None
+
+
 def validate(path: Path, params: dict) -> dict:
-    """Check ``params`` against the notebook's parameters cell; return the effective parameters."""
+    """Check ``params`` against the notebook's parameters cell (names, types) and :data:`VALUE_RULES`
+    (ranges, choices, models that exist); return the effective parameters."""
     declared = declared_parameters(path)
     for name, value in params.items():
         if name not in declared:
@@ -102,6 +165,9 @@ def validate(path: Path, params: dict) -> dict:
         if not _type_ok(declared[name], value):
             raise ParameterError(f"{path.name}: parameter {name!r} must be {type(declared[name]).__name__} "
                                  f"(default {declared[name]!r}), got {type(value).__name__} {value!r}")
+        why = check_value(name, value)
+        if why:
+            raise ParameterError(f"{path.name}: parameter {name!r} = {value!r} {why}")
     return {**declared, **params}
 
 
@@ -338,7 +404,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Execute the book's notebooks with papermill.")
     ap.add_argument("--profile", choices=PROFILES, default="default")
     ap.add_argument("--only", help="run only this notebook (e.g. 01-task-and-models)")
-    ap.add_argument("--out", type=Path, default=REPO_ROOT / "book")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="where executed notebooks go: book/ only for the whole default profile with no -p "
+                         "(make book); anything else goes to a new runs/<time>/ unless given, so a rerun with "
+                         "other parameters never overwrites the committed book")
     ap.add_argument("-p", "--param", action="append", default=[], metavar="NOTEBOOK:KEY=VALUE",
                     help="override one parameter of one notebook (repeatable)")
     ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
@@ -348,6 +417,12 @@ def main(argv=None) -> None:
     ap.add_argument("--results", type=Path, default=REPO_ROOT / "book" / "results",
                     help="where a shadows sweep writes realpath.json (default book/results)")
     a = ap.parse_args(argv)
+    if a.out is None:
+        whole_book = a.profile == "default" and not a.only and not a.param and not a.sweep_model
+        a.out = REPO_ROOT / "book" if whole_book else REPO_ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S")
+        if not whole_book:
+            print(f"[headflow.run] writing to {a.out} (give --out to choose; book/ is written only by make book)",
+                  flush=True)
     paths = notebooks(a.only)
     overrides: dict[str, dict] = {}
     for text in a.param:
@@ -373,6 +448,14 @@ def main(argv=None) -> None:
                   f"{r['classes_scored']} classes scored ({r['classes_decided_after_the_first_token']} after the first "
                   f"token), role tokens {r['role_tokens']}, {r['image_tokens']} image tokens at 640x480")
         return
+    from headflow.models import loading
+    for p, params, _ in plans:  # every model there before any kernel starts (offline: in the local cache)
+        for key in ("model", "seed_model", "single_model"):
+            if params.get(key):
+                try:
+                    loading.check_model(params[key])
+                except (ValueError, FileNotFoundError) as e:
+                    raise SystemExit(f"error: {p.name}: {key} = {params[key]!r}: {e}") from None
     failed, t_start = [], time.time()
     for p, params, out in plans:
         print(f"[headflow.run] {p.name} ({a.profile}) {params}", flush=True)

@@ -108,6 +108,9 @@ class HeadAblation:
         if isinstance(self.baseline, str):
             self.baseline = Baseline(self.baseline)
         if self.keep.dtype != torch.bool:
+            if self.keep.is_floating_point():
+                raise ValueError(f"keep must be a bool mask (True = head kept), got {self.keep.dtype}: convert 0/1 "
+                                 "masks with `keep > 0.5`; a float mask is never read as probabilities")
             self.keep = self.keep.bool()
         if self.keep.dim() == 2:
             self.keep = self.keep[None].expand(self.image_mask.shape[0], -1, -1)
@@ -235,6 +238,11 @@ def _knockout_mask(ctx: _Context, layer: int, mask, B: int, Hq: int, q_len: int,
     for ko in ctx.knockouts:
         if layer not in ko.layers:
             continue
+        for what in ("queries", "keys"):
+            if getattr(ko, what).shape[-1] < k_len:
+                raise ValueError(f"knockout {what} cover {getattr(ko, what).shape[-1]} positions but this prompt has "
+                                 f"{k_len}: build the masks for this prompt (headflow.mechanism.tokens.resolve on its "
+                                 "input_ids), one bool per position")
         qm = _rows(ko.queries, B)[:, q_off:q_off + q_len].to(mask.device)
         km = _rows(ko.keys, B)[:, :k_len].to(mask.device)
         b = (qm[:, :, None] & km[:, None, :])[:, None]  # (B, 1, Q, K)
@@ -476,6 +484,10 @@ def dataset_mean_baseline(model, batches: Sequence[dict]) -> Baseline:
             model(**inputs, logits_to_keep=1)
         for l in range(n_layers):
             k, v = cap.keys[l].float().sum(0), cap.values[l].float().sum(0)
+            if sums_k[l] is not None and k.shape != sums_k[l].shape:
+                raise ValueError(f"the reference images give {k.shape[1]} image positions in one batch and "
+                                 f"{sums_k[l].shape[1]} in another: a dataset-mean baseline needs every reference "
+                                 "image processed to one size (resize them, or use baseline='image-mean')")
             sums_k[l] = k if sums_k[l] is None else sums_k[l] + k
             sums_v[l] = v if sums_v[l] is None else sums_v[l] + v
         n += inputs["input_ids"].shape[0]

@@ -24,6 +24,8 @@ import torch
 from scipy.stats import pearsonr
 from sklearn.linear_model import Lasso, LassoCV, LinearRegression, Ridge, RidgeCV
 
+from headflow.util import checks
+
 REGRESSIONS = ("auto", "ols", "ridge", "lasso")
 MIN_ROWS_PER_PARAMETER = 2.0  # "auto" uses OLS from this many training masks per parameter, ridge below
 RIDGE_GRID = np.logspace(-3, 3, 13)
@@ -101,8 +103,9 @@ def fit(keep: np.ndarray, y: np.ndarray, method: str = "auto", alpha: float = 1e
     ``method``: ``auto`` (OLS or cross-validated ridge by :func:`choose`; ``Fit.method`` says
     which), ``ols`` (refused where under-determined), ``ridge``/``lasso`` with penalty ``alpha``."""
 
-    A = (~np.asarray(keep, bool)).reshape(len(y), -1).astype(np.float64)
-    y = np.asarray(y, np.float64)
+    keep = checks.keep_masks(keep)
+    y = checks.targets(y, len(keep))
+    A = (~keep).reshape(len(y), -1).astype(np.float64)
     tr, te = split(len(y), seed)
     n_params = A.shape[1] + 1
     if method == "auto":
@@ -128,7 +131,9 @@ def cv_alpha(keep: np.ndarray, y: np.ndarray, method: str, seed: int = 0, alphas
     """The ridge or lasso penalty chosen by 5-fold cross-validation on the *training* masks of
     :func:`split` (the held-out fifth stays unseen), from a log grid."""
 
-    A = (~np.asarray(keep, bool)).reshape(len(y), -1).astype(np.float64)
+    keep = checks.keep_masks(keep)
+    y = checks.targets(y, len(keep))
+    A = (~keep).reshape(len(y), -1).astype(np.float64)
     tr, _ = split(len(y), seed)
     if method == "ridge":
         grid = np.logspace(-3, 3, 13) if alphas is None else alphas
@@ -143,8 +148,9 @@ def bootstrap(keep: np.ndarray, y: np.ndarray, n_boot: int = 200, method: str = 
               seed: int = 0, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Percentile confidence intervals ``(low, high)``, each ``(n_heads_total,)``, of the attribution,
     from refits on masks resampled with replacement."""
-    A = (~np.asarray(keep, bool)).reshape(len(y), -1).astype(np.float64)
-    y = np.asarray(y, np.float64)
+    keep = checks.keep_masks(keep)
+    y = checks.targets(y, len(keep))
+    A = (~keep).reshape(len(y), -1).astype(np.float64)
     if method == "auto":  # the regression (and ridge penalty) the fit of all masks uses
         method = choose(len(y), A.shape[1])
         if method == "ridge":

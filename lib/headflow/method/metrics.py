@@ -21,12 +21,29 @@ import numpy as np
 import torch
 
 
+# The image effect y_clean - y_none below which one image's faithfulness and completeness are undefined
+# (the ratio would divide by noise: 0.01 logits of effect turn 5 logits of change into 500).
+MIN_IMAGE_EFFECT = 0.1
+
+
+def _per_image(numerator, y_clean, y_none):
+    effect = np.asarray(y_clean, np.float64) - np.asarray(y_none, np.float64)
+    num = np.asarray(numerator, np.float64)
+    ok = effect >= MIN_IMAGE_EFFECT
+    out = np.where(ok, num / np.where(ok, effect, 1.0), np.nan)
+    return None if out.ndim == 0 and not ok else (float(out) if out.ndim == 0 else out)
+
+
 def faithfulness(y_only_kept, y_clean, y_none):
-    return (np.asarray(y_only_kept) - y_none) / (y_clean - y_none)
+    """One image's faithfulness (array over k where ``y_only_kept`` is): undefined (None for a
+    scalar, nan in an array) where the image effect ``y_clean - y_none`` is below
+    :data:`MIN_IMAGE_EFFECT` (or negative).  Over images, use :func:`aggregate`."""
+    return _per_image(np.asarray(y_only_kept, np.float64) - np.asarray(y_none, np.float64), y_clean, y_none)
 
 
 def completeness(y_ablated, y_clean, y_none):
-    return (y_clean - np.asarray(y_ablated)) / (y_clean - y_none)
+    """One image's completeness; undefined below :data:`MIN_IMAGE_EFFECT` as :func:`faithfulness`."""
+    return _per_image(np.asarray(y_clean, np.float64) - np.asarray(y_ablated, np.float64), y_clean, y_none)
 
 
 def k_grid(n_total: int, n_points: int = 16) -> list[int]:

@@ -6,6 +6,7 @@ folder or a hub id, loaded with transformers' ``AutoModelForImageTextToText`` an
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -69,6 +70,38 @@ def resolve_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def check_model(name_or_path: str, require_cached: bool = True) -> str:
+    """Refuse, before anything loads, a model that is neither a built-in name (:data:`ORGANISMS`,
+    ``tiny:<family>``, ``shadow:<hub id>``), an existing folder, nor a hub id ``owner/name`` (which,
+    under ``HF_HUB_OFFLINE=1``, must be in the local Hugging Face cache).  The error names the
+    nearest built-in names (``organsim`` -> ``organism``); ``require_cached=False`` accepts any
+    well-formed hub id (planning a run for another machine).  Returns ``name_or_path``."""
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ValueError(f"model must be one of {list(ORGANISMS)}, a local folder or a hub id, not {name_or_path!r}")
+    if name_or_path in ORGANISMS or name_or_path.startswith((TINY_PREFIX, shadow.PREFIX)) or Path(name_or_path).is_dir():
+        return name_or_path
+    if name_or_path.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model folder {name_or_path} does not exist (and {name_or_path!r} is not a hub id "
+                                "like 'llava-hf/llava-1.5-7b-hf')")
+    builtin = list(ORGANISMS) + [TINY_PREFIX + f for f in tiny.FAMILIES]
+    near = difflib.get_close_matches(name_or_path, builtin, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else f" Built-in models: {builtin}."
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path) is None:
+        raise ValueError(f"unknown model {name_or_path!r}: not a built-in name, not an existing folder, and not a "
+                         f"hub id of the form 'owner/name'.{hint}")
+    if require_cached and _offline():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+            cached = isinstance(try_to_load_from_cache(name_or_path, "config.json"), str)
+        except Exception:  # pragma: no cover - a hub library without the cache helper
+            cached = True
+        if not cached:
+            raise ValueError(f"model {name_or_path!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 is "
+                             f"set: download it where there is network (`huggingface-cli download {name_or_path}`) or "
+                             f"pass a local folder.{hint if near else ''}")
+    return name_or_path
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
@@ -83,8 +116,7 @@ def load(name_or_path: str = "organism", attn_implementation: str = "sdpa", dtyp
     such as ``"llava-hf/llava-1.5-7b-hf"`` (needs a local copy when ``HF_HUB_OFFLINE=1``).
     """
 
-    if not isinstance(name_or_path, str) or not name_or_path:
-        raise ValueError(f"model must be one of {list(ORGANISMS)}, a local folder or a hub id, not {name_or_path!r}")
+    check_model(name_or_path)
     path = resolve_path(name_or_path)
     is_local = Path(path).is_dir()
     looks_like_hub_id = re.fullmatch(r"[\w.-]+(/[\w.-]+)?", path) is not None and not path.startswith(".")

@@ -119,11 +119,20 @@ def answer_form(processor, question: str) -> AnswerForm:
     return AnswerForm(prompt=prompt, separator=before[len(prompt):], end=after)
 
 
+# Labels a capitalising checkpoint writes in capitals (``case="capitalized"``).
+ACRONYMS = {"tv": "TV", "tvmonitor": "TV monitor", "tv monitor": "TV monitor", "atm": "ATM", "suv": "SUV",
+            "dvd": "DVD", "cd": "CD", "pc": "PC", "ufo": "UFO"}
+
+
 def surface(word: str, case: str = "as-labelled") -> str:
-    """The answer word as the target spells it (``case`` in :data:`CASES`)."""
+    """The answer word as the target spells it (``case`` in :data:`CASES`).  ``capitalized``: a label
+    that already holds a capital ("iPhone", "TV") is kept as written, a known acronym
+    (:data:`ACRONYMS`) is written in capitals, any other gets its first letter upper-cased."""
     if case not in CASES:
         raise ValueError(f"unknown answer case {case!r}; choose one of {CASES}")
-    return word[:1].upper() + word[1:] if case == "capitalized" else word
+    if case != "capitalized" or word != word.lower():
+        return word
+    return ACRONYMS.get(word, word[:1].upper() + word[1:])
 
 
 def _continuation(tok, base: list[int], text: str, word: str) -> list[int]:
@@ -160,9 +169,21 @@ def answer_sequences(processor, words: Sequence[str], form: AnswerForm, case: st
 
 def answers(processor, words: Sequence[str], question: str, case: str = "as-labelled") -> list[Answer]:
     """The :class:`Answer` of every word, in order (the module's rules)."""
+    words = list(words)
+    if len(words) < 2:
+        raise ValueError(f"an answer target needs at least two classes (the logit difference and the judge compare "
+                         f"the answer with the others), got {words!r}")
     form = answer_form(processor, question)
-    seqs = answer_sequences(processor, words, form, case)
     tok = _tokenizer(processor)
+    end_text = form.end.strip()
+    for w in words:
+        if not isinstance(w, str):
+            raise ValueError(f"answer {w!r} is not a string; give every class a name")
+        bad = [t for t in ([end_text] if end_text else []) + list(tok.all_special_tokens) if t and t in w]
+        if bad:
+            raise ValueError(f"answer {w!r} contains {bad[0]!r}, the text that ends an answer or a special token of "
+                             "this tokenizer: an answer cannot hold it; remove it from the label")
+    seqs = answer_sequences(processor, words, form, case)
     for i, a in enumerate(seqs):
         for j in range(i):
             if seqs[j] == a:
