@@ -10,7 +10,7 @@ import pytest
 
 from headflow.images.coco import COCO_CLASSES
 from headflow.mechanism import tokens
-from headflow.models import vocabularies
+from headflow.models import shadow, vocabularies
 from headflow.task import answers
 from headflow.task.prompt import build_prompt, question_text
 from headflow.util.paths import REPO_ROOT
@@ -125,3 +125,21 @@ def test_templates_are_the_ones_recorded():
         assert hashlib.sha256(path.read_bytes()).hexdigest() == rec["sha256"], name
         assert rec["source"] and rec["checkpoints"]
     assert {Path(r["file"]).stem for r in listed.values()} == set(PAIRS.values())
+
+
+@pytest.mark.parametrize("checkpoint", sorted(shadow.checkpoints()))
+def test_special_token_ids_match_the_published_checkpoint(checkpoint):
+    """data/checkpoints.yml records each checkpoint's special-token ids with their source; the shadow's
+    tokenizer and config give exactly these (InternVL3-hf's <IMG_CONTEXT> is 151667, after Qwen2.5's
+    added tokens, not 151671 after Qwen3's <think> tokens)."""
+    e = shadow.entry(checkpoint)
+    assert e["special_tokens_source"]
+    tok = shadow.tokenizer(checkpoint)
+    for name, (text, expected) in e["special_tokens"].items():
+        assert tok.convert_tokens_to_ids(text) == expected, (checkpoint, name, text)
+    model, _ = shadow.build(checkpoint)
+    image = e["special_tokens"]["image"][1]
+    cfg = model.config
+    assert getattr(cfg, "image_token_id", getattr(cfg, "image_token_index", None)) == image
+    if "<think>" not in tok.get_vocab():
+        assert all(t not in tok.get_vocab() for t in ("<tool_response>", "</think>"))

