@@ -197,6 +197,19 @@ def test_book_builds_without_warnings(built):
     assert list((html / "_images").glob("*.png"))
 
 
+def test_api_page_renders_formatted_signatures(built):
+    """The API appendix is autodoc output parsed as reStructuredText: formatted signatures, no raw
+    directives or roles left as text, and the function that ablates a head is on it."""
+    html, r, _ = built
+    assert r.returncode == 0, "the book did not build"
+    page = (html / "93-api.html").read_text()
+    assert page.count('class="sig sig-object py"') > 300
+    for raw in (".. py:function::", ".. automodule::", ":func:`", ":class:`", "======"):
+        assert raw not in page, raw
+    assert 'id="headflow.mechanism.interventions._ablate_heads"' in page
+    assert 'id="headflow.task.judge.Judge"' in page
+
+
 def test_book_in_a_real_browser(built):
     """Headless Chromium opens every page of the table of contents: no console error, no request
     leaves the loopback address, every image has loaded, every internal link (and anchor) exists;

@@ -15,10 +15,12 @@ from pathlib import Path
 from headflow.book.index import CHAPTERS, _status
 from headflow.util.paths import REPO_ROOT
 
+#: The commit whose verdicts the history compares with.
 BEFORE_COMMIT = "243d9a9a2bb47f8b0c3a8ba1066cb7210395c000"  # 2026-11-29, the last book before issue 15
 
 ORGANISM = "the main-object organism (multi-object scenes, bound text task; issue 18)"
 BASELINE = "a class-stratified, held-out reference set under the dataset-mean baseline (issue 19)"
+#: Why each verdict moved: chapter -> text.
 REASONS = {
     "organism": f"{ORGANISM}, with its bars, tower probes, the size-swap counterfactual and a second seed",
     "task": f"{ORGANISM}; {BASELINE}; accuracy on the same number of images per class (19); answers scored "

@@ -121,6 +121,7 @@ def _models_rule(vs):
 
 # Value rules of the parameters the chapters share (checked by :func:`validate` before anything runs,
 # beside the name and type): a value outside its range is an error, never a silent "all" or a crash later.
+#: Value rules of shared parameters: name -> check returning why a value is refused, or None.
 VALUE_RULES = {
     "model": _model_rule, "seed_model": _optional_model_rule, "single_model": _optional_model_rule,
     "contrast_models": _models_rule, "single_object_models": _models_rule,

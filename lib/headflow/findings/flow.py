@@ -45,10 +45,12 @@ from headflow.method.experiment import ImageTask, masks_y, repeat_inputs
 from headflow.util.devices import to_device
 from headflow.util import progress
 
+#: The knocked-out flows: name -> (from group, to group).
 FLOWS = {"question->role": ("question", "role"), "question->final": ("question", "final"),
          "image->role": ("image", "role"), "image->final": ("image", "final"),
          "image->question": ("image", "question"),
          "question->role-only": ("question", "role-only"), "image->role-only": ("image", "role-only")}
+#: The token groups knockouts read.
 GROUPS = ("role", "final", "role-only")  # the receiving groups whose timing the chapter tests
 CONTROL_FLOW = "image->final"  # the flow knocked out in the top heads and in random head sets
 
@@ -158,6 +160,7 @@ def run_image(st, task: ImageTask, plan: Plan, batch_size: int = 64) -> dict:
             "y_none_diff": float(d_none)}
 
 
+#: The targets a knockout row is read under.
 TARGETS = {"logit": ("y", "y_clean", "y_none"), "logit-diff": ("y_diff", "y_clean_diff", "y_none_diff")}
 
 

@@ -268,6 +268,7 @@ def proxy_correlation(proxy: dict, maps: dict, classes: dict, n_boot: int, seed:
 
 
 # ------------------------------------------------------------------------------------ probes
+#: At most this many positions per image enter a probe.
 MAX_PROBE_POSITIONS = 64  # single-token probes at most at this many image positions (LLaVA-NeXT has 2,340)
 
 @torch.inference_mode()

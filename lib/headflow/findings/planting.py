@@ -312,7 +312,7 @@ def in_network_record(report: dict) -> dict:
 
 
 def precision_rows(report: dict, red: RedundantPairs, classes: dict, n_boot: int, seed: int, planting: int) -> list[dict]:
-    """Precision at |S| (S: every planted head) of attribution and single-head ablation on one planted
+    """Precision at ``|S|`` (S: every planted head) of attribution and single-head ablation on one planted
     model (:func:`headflow.findings.validation.precision_with_interval`), as rows of the plantings table."""
     rows = []
     for method, per_image in (("attribution", report["attribution_per_image"]),

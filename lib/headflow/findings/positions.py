@@ -37,8 +37,10 @@ from headflow.method import attribution, metrics
 from headflow.method.experiment import ImageTask, as_y, target_of
 from headflow.util import progress
 
+#: The token groups of chapter 8.
 GROUPS = ("main object", "other objects", "background")
 # where each group's size-matched control draws its random positions
+#: Where each group's size-matched control is drawn from.
 CONTROL_POOL = {"main object": "background", "other objects": "background", "background": "grid"}
 
 

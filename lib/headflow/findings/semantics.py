@@ -49,6 +49,7 @@ from headflow.util.hashing import files_sha256
 from headflow.util import progress
 
 APPEARANCES = ("original", "color", "polarity", "sketch", "background", "scale")
+#: The targets every comparison is repeated under.
 TARGETS = {"logit": "the correct class word's logit (class-specific read-out)",
            "answer-kl": "-KL(answer distribution || clean) (class-agnostic)"}
 
@@ -133,7 +134,7 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 
 def similarity_matrices(V: np.ndarray, k: int) -> dict[str, np.ndarray]:
-    """``V (N, H)`` -> ``{cosine, spearman, topk}`` each ``(N, N)``; top-k overlap = |top_k(i) & top_k(j)| / k."""
+    """``V (N, H)`` -> ``{cosine, spearman, topk}`` each ``(N, N)``; top-k overlap = ``|top_k(i) & top_k(j)|`` / k."""
     U = V / np.linalg.norm(V, axis=1, keepdims=True)
     R = _ranks(V)
     R = (R - R.mean(1, keepdims=True)) / R.std(1, keepdims=True)

@@ -5,7 +5,7 @@ linear model of head ablations misses.
 logit, ablation rate 0.5, OLS, ``n_masks`` masks, mask seed 0), each factor is changed alone
 (:data:`FACTORS`) and head attribution is rerun on the same images.  For each setting the global
 ranking (class-equal mean of attribution divided by the image effect *under that setting*) is
-compared with the reference ranking: top-k overlap (|top_k(ref) & top_k(setting)| / k) at each k
+compared with the reference ranking: top-k overlap (``|top_k(ref) & top_k(setting)|`` / k) at each k
 asked and Spearman correlation of the two global maps, each with a 95% bootstrap interval (images
 resampled within classes, every map recomputed on the same draw).  The **mask-seed** setting
 changes nothing but the random masks, so its overlap is the noise floor: each other setting's
@@ -42,6 +42,7 @@ from headflow.util import progress
 
 REFERENCE = {"baseline": "dataset-mean", "scope": "text", "target": "logit", "rate": 0.5, "regression": "auto",
              "masks": None, "seed": 0}
+#: The settings varied one at a time.
 FACTORS = {"baseline": ["image-mean", "zero"], "scope": ["all"], "target": ["logit-diff"], "rate": [0.1, 0.25, 0.75, 0.9],
            "regression": ["ridge", "lasso"], "masks": ["half"], "seed": [1]}
 

@@ -7,7 +7,7 @@ intervention mechanism (head ablation of image keys/values, :mod:`headflow.mecha
 **Planted flow** (:class:`PlantedFlow`): every head outside a planted set S is *always* ablated, so
 the image reaches the answer only through S; the other heads' image keys/values carry nothing
 (the dataset-mean baseline).  The model's y under a mask ``keep`` is the organism's y under
-``keep & S``.  A method recovers the truth if its top |S| heads are S (precision at |S|).
+``keep & S``.  A method recovers the truth if its top ``|S|`` heads are S (precision at ``|S|``).
 
 **Planted redundancy** lives in the network itself: :mod:`headflow.findings.planting` wires pairs
 of heads behind a saturating MLP unit in the weights of a copy of the organism.
@@ -98,7 +98,7 @@ def draw_planted_sets(sizes: Sequence[int], n_plantings: int, pool: Sequence[int
 
 
 def precision_at(order: np.ndarray, truth: Sequence[int]) -> float:
-    """Share of the true heads among the top |truth| of ``order``."""
+    """Share of the true heads among the top ``|truth|`` of ``order``."""
     truth = set(int(t) for t in truth)
     return len(truth & set(int(h) for h in order[:len(truth)])) / len(truth)
 
@@ -139,7 +139,7 @@ def recover(fn, tasks, n_layers: int, n_heads: int, n_masks: int, rate: float, s
 
 
 def precision_with_interval(scores: dict, classes: dict, truth: Sequence[int], n_boot: int, seed: int) -> dict:
-    """Precision at |S| of the class-equal mean ranking, with a 95% bootstrap interval (images
+    """Precision at ``|S|`` of the class-equal mean ranking, with a 95% bootstrap interval (images
     resampled within classes; images with a non-positive effect are left out)."""
     maps = {k: v for k, v in scores.items() if np.all(np.isfinite(v))}
     m = stats.class_equal_mean(maps, classes)
@@ -207,7 +207,7 @@ def masks_needed_vs_heads(weights: np.ndarray, noise: float, head_counts=(64, 25
                           threshold: float = 0.9) -> dict:
     """By simulation: for each head count H, planted heads with ``weights`` (logit lost when
     ablated, in image-effect units) among H, y = b0 - sum w_h a_h + N(0, noise), masks at
-    ``per_head x H`` (a fifth held out, as the study does); per method the mean precision at |S|
+    ``per_head x H`` (a fifth held out, as the study does); per method the mean precision at ``|S|``
     over ``n_rep`` draws and the fewest masks reaching ``threshold`` (None: none of the grid)."""
     rng = np.random.default_rng(seed)
     S = len(weights)
@@ -237,8 +237,8 @@ def masks_needed_vs_heads(weights: np.ndarray, noise: float, head_counts=(64, 25
 
 
 def precision_table(rows: list[dict], n_total: int):
-    """Per planted size and method: mean precision at |S| over plantings, the smallest lower and
-    largest upper end of the plantings' intervals, and the random expectation |S| / H."""
+    """Per planted size and method: mean precision at ``|S|`` over plantings, the smallest lower and
+    largest upper end of the plantings' intervals, and the random expectation ``|S|`` / H."""
 
     df = pd.DataFrame([{k: v for k, v in r.items() if k != "draws"} for r in rows])
     df["ci_low"] = df.ci.map(lambda c: c[0])
@@ -256,7 +256,7 @@ def _pooled(rows):
 
 
 def summarise_plantings(rows: list[dict], n_total: int) -> dict:
-    """Per planted size and method: the mean precision at |S| over plantings with a pooled 95%
+    """Per planted size and method: the mean precision at ``|S|`` over plantings with a pooled 95%
     interval (the mean over plantings of each bootstrap draw) and each planting's own."""
     planted: dict = {}
     for size in sorted({r["size"] for r in rows}):

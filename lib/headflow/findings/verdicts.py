@@ -211,7 +211,7 @@ PLANTED_LONE_MIN = 0.005  # appendix 91: a head enters a planted set only if it 
 
 
 def validation(res: dict) -> dict:
-    """Validation appendix.  (a) Attribution *recovers* a planted set if its mean precision at |S|
+    """Validation appendix.  (a) Attribution *recovers* a planted set if its mean precision at ``|S|``
     over plantings is at least 0.9 and every planting's interval lies above the random expectation;
     planted sets are drawn from heads outside the organism's top 10% that carry at least
     ``PLANTED_LONE_MIN`` of the image effect on their own (sizes larger than that pool are not
@@ -269,14 +269,16 @@ def semantics_tests(sim: dict, pc: dict, pa: dict, tr: dict) -> dict:
 
 def semantics(res: dict) -> dict:
     """Chapter 6.  Three tests, each by its own rule, under each target:
+
     (a) *similarity*: same-class pairs (different item and appearance) are more alike than
         different-class pairs of one appearance: permutation p < 0.05 and the 95% interval of the
         difference of mean cosine above 0;
     (b) *probe*: the class probe's 95% interval lies above its chance level, and its gain over
         chance exceeds the appearance probe's gain over its own chance;
     (c) *transfer*: a class's head set keeps more of its own class's images than of other classes'
-        (95% interval of the faithfulness difference above 0);
-    every interval by the cluster bootstrap over items.  Under the class word's logit, same-class
+        (95% interval of the faithfulness difference above 0).
+
+    Every interval is by the cluster bootstrap over items.  Under the class word's logit, same-class
     pairs share the target's unembedding direction, so a class signal there may come from the
     read-out alone; the class-agnostic target (answer-kl) tests the routing.  Reproduced if all three
     hold under both targets; not reproduced if none holds under the class-agnostic target; otherwise
@@ -304,6 +306,7 @@ def semantics(res: dict) -> dict:
 
 # Chapter 7, fixed before the run: a flow's onset is the first layer whose knockout loses more than this
 # share of the image effect (lower end of its 95% interval); the other shares are the sensitivity analysis
+#: Chapter 7: a flow's onset is the first layer whose knockout removes this share of the image effect.
 ONSET_SHARE = 0.10
 ONSET_SENSITIVITY = (0.05, 0.20)
 MIN_TOP_K = 2  # top vs random heads: a set of fewer heads is not a comparison of head *sets*

@@ -2,17 +2,26 @@
 
 A scene is described by a :class:`SceneSpec` (which item, colour, size, where, on which
 background, in which rendition) and drawn by :func:`render`.  A scene holds one item (the
-single-object scenes of ``organism-single``) or, with ``objects=(2, 3)`` in :func:`sample_specs`,
-2-3 items: the **main object** (the spec's own fields) and ``others`` (:class:`Other`), drawn
-behind it.  The main object follows one stated rule (:func:`main_index`): the item with the
-largest square; ties are broken by the distance of the centre to the canvas centre.  Other items
-are smaller: the main-to-other area ratio lies in [``MIN_MAIN_RATIO``, ``MAX_MAIN_RATIO``] =
-[1.25, 1.5], so the main object is visibly the largest, yet size alone does not give it away to a
-pooled feature.  Sampling specs and rendering them
+single-object scenes) or, with ``objects=(lo, hi)`` in :func:`sample_specs`, several items: the
+**main object** (the spec's own fields) and ``others`` (:class:`Other`), drawn behind it.  The main
+object follows one stated rule (:func:`main_index`): the item with the largest square, as a person
+names it at a glance (COCO's main object is the largest instance).  How much larger, and how many
+items, is the scene *layout* (:data:`LAYOUTS`, :func:`use_layout`):
+
+``overlap`` (the committed organisms' scenes)
+    2-3 items, main-to-other area ratio in [1.25, 1.5]: sides differ by 3-6 px at 8-px patches, and
+    the trained organisms did not find the main object (issue 28);
+``main2x`` (the next organisms')
+    3-5 items, ratio in [2, 4]: the main object's area at least twice every other item's (sides
+    differ by 29-50%), while the others together may cover more than it, so the pooled mean of the
+    image does not give the main object's colour away.
+
+Sampling specs and rendering them
 are separate steps, so an appearance *variant* of a scene is the same spec with one field changed
 (:func:`variant`).  Everything is deterministic given a seed.
 
 Sources (both offline):
+
 - Fashion-MNIST (Zalando, MIT licence), read from the Debian package ``dataset-fashion-mnist``
   (``/usr/share/datasets/fashion-mnist``); train split for training, test split for evaluation.
 - Texture photos shipped inside scikit-image (``skimage.data.brick/grass/gravel``).
@@ -35,7 +44,38 @@ from scipy import ndimage
 
 FASHION_MNIST_DIR = Path(os.environ.get("HEADFLOW_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
-CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+FASHION_MNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+#: At most one merge group ``(name, members)`` of the classes Fashion-MNIST itself confuses, decided from the
+#: recognition ceiling (:mod:`headflow.organism.ceiling`) and the tower's main-object-token probe before any
+#: organism trains on it; None keeps the ten classes.
+CLASS_MERGE: tuple[str, tuple[str, ...]] | None = None
+
+
+def class_vocabulary(merge=CLASS_MERGE) -> tuple[list[str], np.ndarray]:
+    """The object classes under ``merge`` (the group's name where its first member stood) and the
+    map ``(10,) int64`` from a Fashion-MNIST label to its class index."""
+    if merge is None:
+        return list(FASHION_MNIST_CLASSES), np.arange(len(FASHION_MNIST_CLASSES))
+    name, members = merge
+    unknown = [m for m in members if m not in FASHION_MNIST_CLASSES]
+    if unknown or len(members) < 2:
+        raise ValueError(f"a merge group needs two or more Fashion-MNIST classes, not {members!r}")
+    if len(FASHION_MNIST_CLASSES) - len(members) + 1 < 7:
+        raise ValueError("a merge must leave at least 7 classes")
+    classes, index = [], []
+    for c in FASHION_MNIST_CLASSES:
+        word = name if c in members else c
+        if word not in classes:
+            classes.append(word)
+        index.append(classes.index(word))
+    return classes, np.array(index, np.int64)
+
+
+_VOCABULARY = class_vocabulary()
+#: The object classes the organism answers (after :data:`CLASS_MERGE`), in label order.
+CLASSES = _VOCABULARY[0]
+#: Fashion-MNIST label -> index into :data:`CLASSES`.
+FINE_TO_CLASS = _VOCABULARY[1]
 COLORS = {
     "red": (1.0, 0.12, 0.12),
     "green": (0.15, 0.85, 0.15),
@@ -58,9 +98,25 @@ MIN_OFFSET = 7.0  # a non-centre object's centre is at least this far from the c
 CENTER_JITTER = 2.0
 # multi-object scenes: the main object's side, the largest main-to-second area ratio, and how much
 # of an other item's square stays visible (items are drawn behind the main one)
-MULTI_SIZE_RANGE = (26, 38)
-MAX_MAIN_RATIO = 1.5
-MIN_MAIN_RATIO = 1.25  # and at least this: the main object is visibly the largest
+@dataclass(frozen=True)
+class Layout:
+    """How multi-object scenes are drawn: the main object's side range, the main-to-other area
+    ratio range and the items per scene (before placement)."""
+
+    size_range: tuple[int, int]
+    min_ratio: float
+    max_ratio: float
+    objects: tuple[int, int]
+
+
+#: The scene layouts (see the module docstring).
+LAYOUTS = {"overlap": Layout((26, 38), 1.25, 1.5, (2, 3)), "main2x": Layout((30, 40), 2.0, 4.0, (3, 5))}
+#: The layout in use (:func:`use_layout`): sets the four constants below.
+LAYOUT = "overlap"
+MULTI_SIZE_RANGE = LAYOUTS[LAYOUT].size_range
+MULTI_OBJECTS = LAYOUTS[LAYOUT].objects
+MAX_MAIN_RATIO = LAYOUTS[LAYOUT].max_ratio
+MIN_MAIN_RATIO = LAYOUTS[LAYOUT].min_ratio  # and at least this: the main object is the largest
 MIN_VISIBLE = 0.6
 PLACEMENT_TRIES = 20
 
@@ -124,10 +180,23 @@ class SceneSpec(_Item):
         return POSITIONS[self.position] if self.position >= 0 else None
 
 
+def use_layout(name: str) -> str:
+    """Draw multi-object scenes by layout ``name`` (:data:`LAYOUTS`) from now on; returns the previous
+    layout's name.  Training and evaluation record the layout they ran with."""
+    global LAYOUT, MULTI_SIZE_RANGE, MULTI_OBJECTS, MAX_MAIN_RATIO, MIN_MAIN_RATIO
+    if name not in LAYOUTS:
+        raise ValueError(f"unknown scene layout {name!r}; choose one of {sorted(LAYOUTS)}")
+    previous, lay = LAYOUT, LAYOUTS[name]
+    LAYOUT, MULTI_SIZE_RANGE, MULTI_OBJECTS = name, lay.size_range, lay.objects
+    MIN_MAIN_RATIO, MAX_MAIN_RATIO = lay.min_ratio, lay.max_ratio
+    return previous
+
+
 # ------------------------------------------------------------------------------------ sources
-@lru_cache(maxsize=2)
-def load_fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST images ``(N, 28, 28) uint8`` and labels ``(N,) int64`` of ``split``."""
+@lru_cache(maxsize=4)
+def load_fashion_mnist(split: str, fine: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST images ``(N, 28, 28) uint8`` and labels ``(N,) int64`` of ``split``: indices into
+    :data:`CLASSES` (after :data:`CLASS_MERGE`), or the original ten with ``fine``."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     prefix = "train" if split == "train" else "t10k"
@@ -142,7 +211,16 @@ def load_fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
         x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
     with gzip.open(lab_path) as f:
         y = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
-    return x, y
+    return x, (y if fine else FINE_TO_CLASS[y])
+
+
+def random_items(split: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` item indices of ``split``, class-balanced: a class uniformly among :data:`CLASSES`, then
+    an item of it uniformly (a merged class is not drawn more often than the others)."""
+    _, labels = load_fashion_mnist(split)
+    by_class = [np.flatnonzero(labels == c) for c in range(len(CLASSES))]
+    cls = rng.integers(0, len(CLASSES), n)
+    return np.array([by_class[c][rng.integers(len(by_class[c]))] for c in cls], np.int64)
 
 
 @lru_cache(maxsize=1)

@@ -27,6 +27,7 @@ from sklearn.linear_model import Lasso, LassoCV, LinearRegression, Ridge, RidgeC
 from headflow.util import checks
 
 REGRESSIONS = ("auto", "ols", "ridge", "lasso")
+#: "auto" fits OLS from this many training masks per parameter, ridge below.
 MIN_ROWS_PER_PARAMETER = 2.0  # "auto" uses OLS from this many training masks per parameter, ridge below
 RIDGE_GRID = np.logspace(-3, 3, 13)
 HELDOUT = 0.2

@@ -1,4 +1,4 @@
-"""Counting what a method costs, by instrumentation: every call of the language model is seen.
+"""Counting what a method costs, by instrumentation: every call of the language model is seen::
 
     with cost.count(model) as n:
         rankings.single_head(model, task, baseline)

@@ -2,7 +2,7 @@
 
 :func:`prepare` turns COCO examples into :class:`ImageTask` objects (processor inputs and the
 answer's token ids); :func:`run_attribution` runs the random-mask ablations of every image
-through the prefix-reusing fast path, writing each image to a :class:`RunStore` as it finishes.
+through the prefix-reusing fast path, writing each image to a :class:`headflow.store.runstore.RunStore` as it finishes.
 """
 from __future__ import annotations
 

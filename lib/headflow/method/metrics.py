@@ -3,7 +3,7 @@
 - ``faithfulness(S) = (y(only S kept) - y_none) / (y_clean - y_none)``
 - ``completeness(S) = (y_clean - y(S ablated)) / (y_clean - y_none)``
 
-where ``y_none`` ablates all heads.  Curves run over k = |S| for the top-k heads of a ranking;
+where ``y_none`` ablates all heads.  Curves run over k = ``|S|`` for the top-k heads of a ranking;
 the summary is the smallest k reaching 0.8.
 
 **Over images** (one rule for every chapter, :func:`aggregate`): within each class, the ratio of
@@ -23,6 +23,7 @@ import torch
 
 # The image effect y_clean - y_none below which one image's faithfulness and completeness are undefined
 # (the ratio would divide by noise: 0.01 logits of effect turn 5 logits of change into 500).
+#: The image effect (logits) below which one image's faithfulness and completeness are undefined.
 MIN_IMAGE_EFFECT = 0.1
 
 

@@ -201,6 +201,7 @@ def images_record() -> dict:
 
 # study parameters that choose *which* images are analysed, not what one image's unit holds (its masks
 # are seeded by the image: experiment.unit_masks; the baseline's reference depends on n_reference only)
+#: The set-up parameters that select images (not part of a run-store key).
 SELECTION = ("per_class", "offset", "keep", "correct_per_class", "short_classes")
 
 

@@ -24,6 +24,7 @@ MODELS_DIR = REPO_ROOT / "data" / "models"
 ORGANISM_DIR = Path(os.environ.get("HEADFLOW_ORGANISM", MODELS_DIR / "organism"))
 # The organisms committed in this repository (chapter 0): name -> folder (stored by
 # headflow.models.organism_store: float16, one shared vision tower in data/models/vision-tower/).
+#: The committed organisms: name -> folder.
 ORGANISMS = {"organism": ORGANISM_DIR, "organism-seed2": MODELS_DIR / "organism-seed2",
              "organism-single": MODELS_DIR / "organism-single", "organism-scratch": MODELS_DIR / "organism-scratch"}
 TOWER_DIR = MODELS_DIR / "vision-tower"

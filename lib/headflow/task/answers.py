@@ -48,9 +48,11 @@ from typing import Sequence
 
 from headflow.task.prompt import build_prompt, chat_messages
 
+#: How an answer is spelled: as labelled, or capitalised.
 CASES = ("as-labelled", "capitalized")
 SENTINEL = "HEADFLOWANSWERSENTINEL"
 # Names a model may use for a COCO or FashionScenes class (matched after normalisation).
+#: Names a model may use for a COCO or FashionScenes class (the old one-way table; the judge uses headflow.task.judge.SYNONYM_GROUPS).
 SYNONYMS = {
     "tv": ("television", "tv monitor", "monitor"),
     "couch": ("sofa",),
@@ -120,6 +122,7 @@ def answer_form(processor, question: str) -> AnswerForm:
 
 
 # Labels a capitalising checkpoint writes in capitals (``case="capitalized"``).
+#: Labels a capitalising checkpoint writes in capitals.
 ACRONYMS = {"tv": "TV", "tvmonitor": "TV monitor", "tv monitor": "TV monitor", "atm": "ATM", "suv": "SUV",
             "dvd": "DVD", "cd": "CD", "pc": "PC", "ufo": "UFO"}
 

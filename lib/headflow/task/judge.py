@@ -25,7 +25,7 @@ label set and reads such an answer by stated rules:
 A label set is refused (``ValueError``, naming the classes) where the judge could not tell two
 classes apart: two labels with a common name after normalisation ("Apple"/"apple", "dog"/"dog."/
 "dogs"), fewer than two classes, or an empty label.  A synonym that is a name of two classes of the
-set belongs to neither (listed in :attr:`Judge.dropped`); a synonym that is another class's label
+set belongs to neither (listed in the judge's ``dropped``); a synonym that is another class's label
 belongs to that class only.
 """
 from __future__ import annotations
@@ -36,6 +36,7 @@ from typing import Sequence
 # Names a model may use for a class, in groups that hold both ways (matched after normalisation).
 # Only unambiguous names: "notebook" (a laptop or a paper notebook) and "monitor" (a TV or a
 # computer screen) are left out.
+#: Names of one class, each group holding both ways.
 SYNONYM_GROUPS = (
     ("tv", "television", "tv monitor", "tvmonitor", "tv set"),
     ("couch", "sofa"),
@@ -70,14 +71,17 @@ INVARIANT = {"sheep", "deer", "fish", "aircraft", "scissors", "trousers", "pants
              "series", "species", "skis"}
 
 # Words that may follow a class name and end its phrase.
+#: Words that may follow a class name and end its phrase.
 PHRASE_END = frozenset("""on in at with near next beside behind under over above below by from to and or but that
 which who is are was were sits sit sitting stands standing lies lying holding being of for as
 here there while side corner edge part half""".split())
 # Leading words skipped when no name starts at them (sizes, colours, counts, looks).
+#: Leading words skipped while no class name starts at them.
 MODIFIERS = frozenset("""small large big little huge tiny tall short long young old new single whole main
 red green blue yellow white black purple pink orange brown grey gray dark light bright colorful colourful
 one two three several many some few pair of cute wooden metal plastic""".split())
 ARTICLES = ("a pair of", "a couple of", "a", "an", "the", "some", "two", "one")
+#: Sentence frames stripped from the start of an answer (regular expressions, applied repeatedly).
 FRAMES = tuple(re.compile(p) for p in (
     r"^(the )?(main |largest |biggest |central |primary )?(object|item|thing|subject|animal|answer|color|colour"
     r"|position|location)( of (the|this) (object|item))?( (in|of) (the|this) (image|picture|photo|scene))?"
@@ -88,6 +92,7 @@ FRAMES = tuple(re.compile(p) for p in (
     r"^(the )?(image|picture|photo|scene) (shows|contains|depicts|has) ",
     r"^(it is |it's )?(located |positioned |placed )?(on|at|in|to|towards) (the )?",
 ))
+#: Decode budget beyond the longest answer (room for a sentence answer).
 SENTENCE_TOKENS = 16  # decode budget beyond the longest answer's tokens (sentence answers)
 
 

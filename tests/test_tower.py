@@ -1,0 +1,89 @@
+"""The per-patch vision tower (headflow.organism.tower), the recognition ceiling
+(headflow.organism.ceiling) and the scene layouts they train on."""
+import json
+
+import numpy as np
+import pytest
+
+from headflow.images import fashionscenes as data
+from headflow.organism import ceiling, tower
+
+
+@pytest.fixture
+def main2x():
+    previous = data.use_layout("main2x")
+    yield
+    data.use_layout(previous)
+
+
+def test_patch_targets_follow_the_covering_item():
+    masks = np.zeros((2, 64, 64), bool)
+    masks[0, :16, :16] = True  # main object: patches (0,0) (0,1) (1,0) (1,1)
+    masks[1, 40:, 40:] = True  # another item: the bottom-right 3x3 patches
+    masks[1, 0:8, 16:17] = True  # 1/8 of patch (0,2): below min_cover, background
+    cls, col, main = tower.patch_targets(masks, [3, 7], [1, 4])
+    grid = cls.reshape(8, 8)
+    assert (grid[:2, :2] == 3).all() and (grid[5:, 5:] == 7).all() and grid[0, 2] == len(data.CLASSES)
+    assert main.reshape(8, 8)[:2, :2].all() and main.sum() == 4
+    assert (col.reshape(8, 8)[5:, 5:] == 4).all() and (col[cls == len(data.CLASSES)] == len(data.COLORS)).all()
+
+
+def test_main2x_layout_makes_the_main_object_at_least_twice_every_other(main2x):
+    specs = data.sample_specs("test", 60, seed=5, objects=data.MULTI_OBJECTS)
+    assert all(2.0 <= s.size ** 2 / max(o.size for o in s.others) ** 2 <= 4.0 for s in specs)
+    assert max(len(s.others) for s in specs) >= 3
+    assert any(sum(o.size ** 2 for o in s.others) > s.size ** 2 for s in specs)  # the others may outweigh it
+    with pytest.raises(ValueError, match="unknown scene layout"):
+        data.use_layout("huge")
+
+
+def test_a_class_merge_keeps_at_least_seven_classes():
+    classes, index = data.class_vocabulary(("top", ("t-shirt", "pullover", "coat", "shirt")))
+    assert classes == ["top", "trouser", "dress", "sandal", "sneaker", "bag", "boot"]
+    assert [classes[i] for i in index] == ["top", "trouser", "top", "dress", "top", "sandal", "top", "sneaker",
+                                           "bag", "boot"]
+    with pytest.raises(ValueError, match="at least 7"):
+        data.class_vocabulary(("x", ("t-shirt", "pullover", "coat", "shirt", "dress")))
+    items = data.random_items("train", 2000, np.random.default_rng(0))
+    counts = np.bincount(data.load_fashion_mnist("train")[1][items], minlength=len(data.CLASSES))
+    assert counts.min() > 150  # class-balanced
+
+
+def test_tower_training_resumes_exactly_where_it_stopped(tmp_path):
+    fast = dict(steps=4, batch=8, warmup=2, ckpt_every=2, eval_every=4, n_monitor=16, threads=1)
+    whole = tower.train_tower(tmp_path / "a", tower.TowerRecipe(**fast))
+    # an interrupted run: stop after the checkpoint at step 2, then resume
+    half = tower.TowerRecipe(**fast)
+    (tmp_path / "b").mkdir()
+    import torch
+    orig = tower.PatchStream.next
+    calls = {"n": 0}
+
+    def stop_after_two(self, n):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return orig(self, n)
+
+    tower.PatchStream.next = stop_after_two
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            tower.train_tower(tmp_path / "b", half)
+    finally:
+        tower.PatchStream.next = orig
+    assert (tmp_path / "b" / ".checkpoint.pt").exists()
+    resumed = tower.train_tower(tmp_path / "b", half)
+    assert resumed["resumed_at"] == [2] and not (tmp_path / "b" / ".checkpoint.pt").exists()
+    from safetensors.torch import load_file
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "b" / "tower_log.json").read_text())["rows"][-1]["step"] == 4
+    assert whole["rows"][-1]["n_patches"] == 16 * 64
+
+
+def test_the_ceiling_reports_a_confusion_matrix_with_intervals(main2x):
+    res = ceiling.measure(steps=3, batch=16, n_test=40, threads=1)
+    conf = np.array(res["confusion"])
+    assert conf.shape == (len(data.CLASSES),) * 2 and conf.sum() == 40
+    assert res["layout"] == "main2x" and all(0 <= v["ci"][0] <= v["ci"][1] <= 1 for v in res["per_class"].values()
+                                             if v["n"])
