@@ -30,7 +30,7 @@ import yaml
 
 from headflow.book import index, realpath
 from headflow.book.outputs import book_dir
-from headflow.models import shadow
+from headflow.models import loading, shadow
 from headflow.util.hashing import sha256
 from headflow.util.paths import REPO_ROOT
 
@@ -103,7 +103,6 @@ def _one_of(options):
 
 
 def _model_rule(v):
-    from headflow.models import loading
     try:
         loading.check_model(v, require_cached=False)  # a hub id's local copy is checked before running
     except (ValueError, FileNotFoundError) as e:
@@ -449,7 +448,6 @@ def main(argv=None) -> None:
                   f"{r['classes_scored']} classes scored ({r['classes_decided_after_the_first_token']} after the first "
                   f"token), role tokens {r['role_tokens']}, {r['image_tokens']} image tokens at 640x480")
         return
-    from headflow.models import loading
     for p, params, _ in plans:  # every model there before any kernel starts (offline: in the local cache)
         for key in ("model", "seed_model", "single_model"):
             if params.get(key):

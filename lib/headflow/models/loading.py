@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from huggingface_hub import try_to_load_from_cache
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 from transformers.processing_utils import ProcessorMixin
 
@@ -91,12 +92,7 @@ def check_model(name_or_path: str, require_cached: bool = True) -> str:
         raise ValueError(f"unknown model {name_or_path!r}: not a built-in name, not an existing folder, and not a "
                          f"hub id of the form 'owner/name'.{hint}")
     if require_cached and _offline():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-            cached = isinstance(try_to_load_from_cache(name_or_path, "config.json"), str)
-        except Exception:  # pragma: no cover - a hub library without the cache helper
-            cached = True
-        if not cached:
+        if not isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
             raise ValueError(f"model {name_or_path!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 is "
                              f"set: download it where there is network (`huggingface-cli download {name_or_path}`) or "
                              f"pass a local folder.{hint if near else ''}")
