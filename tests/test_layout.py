@@ -28,11 +28,12 @@ def module_of(path: Path, pkg: Path = PKG) -> str:
 
 
 def layer_of(module: str, layers=headflow.LAYERS, entries=headflow.ENTRY_POINTS) -> int:
-    """Rank of a module's layer: the package's own ``__init__`` is at the bottom (-1), the layers
-    in :data:`headflow.LAYERS` order, the entry-point modules above them all."""
+    """Rank of a module's layer: the layers in :data:`headflow.LAYERS` order, the entry-point modules
+    above them all, and the package's own ``__init__`` on top: it re-exports the public calls
+    (``headflow.rank_heads`` ...), so no module of the package may import it."""
     parts = module.split(".")
     if len(parts) == 1:
-        return -1
+        return len(layers) + 1
     if parts[1] in layers:
         return layers.index(parts[1])
     if len(parts) == 2 and parts[1] in entries:
@@ -94,7 +95,8 @@ def check(pkg: Path = PKG, layers=headflow.LAYERS, entries=headflow.ENTRY_POINTS
                         problems.append(f"{module}:{node.lineno}: function-level import of the project module {t}")
                     if layer_of(t, layers, entries) > own:
                         problems.append(f"{module}:{node.lineno}: upward import of {t} "
-                                        f"({t.split('.')[1]} is above {module.split('.')[1]})")
+                                        f"({(t.split('.') + ['the package'])[1]} is above "
+                                        f"{(module.split('.') + ['the package'])[1]})")
                     if t != module:
                         graph[module].add(t)
             elif isinstance(node, ast.Call):

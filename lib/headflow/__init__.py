@@ -20,6 +20,9 @@ flows (image -> tokens -> intervention -> attribution -> finding -> page):
 ``scale``       head attribution on Ray, the paper-scale plan and its pass counts, the benchmark, the GPU rehearsal
 ==============  ==================================================================================
 
+The public calls are re-exported here, so ``import headflow`` is all a user needs
+(:func:`rank_heads`, :class:`HeadRanking`); no module of the package imports this one.
+
 Where a head is ablated: :func:`headflow.mechanism.interventions._ablate_heads`.  The modules at
 the top (``headflow.run``, ``attribute``, ``plan``, ``bench``, ``site``, ``evalset``, ``tiny``)
 are entry points for ``python -m headflow.<name>`` that delegate to their layer.
@@ -29,4 +32,9 @@ __version__ = "0.1.0"
 # Bottom to top; imports flow downward only.
 LAYERS = ("util", "store", "images", "task", "models", "mechanism", "method", "findings", "organism", "book", "scale")
 # python -m headflow.<name>: thin modules above every layer
-ENTRY_POINTS = ("run", "attribute", "plan", "bench", "site", "evalset", "tiny")
+ENTRY_POINTS = ("run", "rank", "attribute", "plan", "bench", "site", "evalset", "tiny")
+
+from headflow.images.fashionscenes import CLASSES  # noqa: E402  the organism's object labels
+from headflow.method.heads import HeadRanking, rank_heads  # noqa: E402  the one call (README)
+
+__all__ = ["rank_heads", "HeadRanking", "CLASSES"]

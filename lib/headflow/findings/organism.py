@@ -60,11 +60,14 @@ def object_features(tokens: np.ndarray, masks: np.ndarray, min_cover: float = 0.
     return np.einsum("nt,ntd->nd", w / w.sum(1, keepdims=True), tokens)
 
 
-def _probe(f_tr, y_tr, f_te, y_te) -> tuple[float, tuple]:
+def _probe(f_tr, y_tr, f_te, y_te, n_classes: int | None = None):
     # standardised features: lbfgs converges on them (on the raw tower features it stopped at its limit)
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
-    k = int((probe.fit(f_tr, y_tr).predict(f_te) == y_te).sum())
-    return k / len(y_te), evaluate.wilson_interval(k, len(y_te))
+    pred = probe.fit(f_tr, y_tr).predict(f_te)
+    k = int((pred == y_te).sum())
+    conf = np.zeros((n_classes or int(max(y_te.max(), pred.max())) + 1,) * 2, np.int64)
+    np.add.at(conf, (y_te, pred), 1)
+    return k / len(y_te), evaluate.wilson_interval(k, len(y_te)), conf
 
 
 def tower_probes(model, n_train: int = 3000, n_test: int = 1000, objects=(2, 3), seed: int = 0) -> dict:
@@ -73,7 +76,8 @@ def tower_probes(model, n_train: int = 3000, n_test: int = 1000, objects=(2, 3),
     and ``seed + 12``), ``objects`` items per scene, on two read-outs of the vision tower:
     ``"pooled"`` (:func:`mean_features`) and ``"main_object_tokens"`` (:func:`object_features`,
     given the main object's mask).  Returns ``{"n_train", "n_test", "objects", "pooled":
-    {"accuracy", "ci"}, "main_object_tokens": {"accuracy", "ci"}}``."""
+    {"accuracy", "ci", "confusion"}, "main_object_tokens": {...}}``; ``confusion[q]`` counts test
+    scenes by (true, predicted) answer index, from which per-class accuracy and its interval follow."""
     train = data.sample_specs("train", n_train, seed + 11, objects=objects)
     test = data.sample_specs("test", n_test, seed + 12, objects=objects)
     feats = {}
@@ -83,12 +87,14 @@ def tower_probes(model, n_train: int = 3000, n_test: int = 1000, objects=(2, 3),
         feats[split] = {"pooled": tok.mean(1), "main_object_tokens": object_features(tok, masks)}
     out = {"n_train": n_train, "n_test": n_test, "objects": list(objects)}
     for readout in ("pooled", "main_object_tokens"):
-        out[readout] = {"accuracy": {}, "ci": {}}
+        out[readout] = {"accuracy": {}, "ci": {}, "confusion": {}}
         for q in QUESTION_TYPES:
             y_tr = np.array([getattr(s, _KEYS[q]) for s in train])
             y_te = np.array([getattr(s, _KEYS[q]) for s in test])
-            acc, ci = _probe(feats["train"][readout], y_tr, feats["test"][readout], y_te)
+            acc, ci, conf = _probe(feats["train"][readout], y_tr, feats["test"][readout], y_te,
+                                   len(data.ANSWER_WORDS[q]))
             out[readout]["accuracy"][q], out[readout]["ci"][q] = acc, ci
+            out[readout]["confusion"][q] = conf.tolist()
     return out
 
 

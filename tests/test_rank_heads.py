@@ -1,0 +1,94 @@
+"""The one call a researcher makes with their own images and question (headflow.rank_heads), its
+saved form and its command line."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import headflow
+from headflow.images import coco
+from headflow.method import heads
+
+QUESTION = "Which garment is the largest in this picture?"  # not one of the study's questions
+
+
+@pytest.fixture(scope="module")
+def own_images(tmp_path_factory):
+    """Six organism scenes as a user would have them: two PNG files, two PIL images, two arrays."""
+    ex = coco.load_set(coco.resolve_set("fashionscenes/eval"))
+    chosen = [e for e in ex if e.class_name == "trouser"][:3] + [e for e in ex if e.class_name == "bag"][:3]
+    folder = tmp_path_factory.mktemp("own")
+    out = []
+    for i, e in enumerate(chosen):
+        img = e.load_image()
+        if i % 3 == 0:
+            p = folder / f"{i}.png"
+            img.save(p)
+            out.append(str(p))
+        elif i % 3 == 1:
+            out.append(img)
+        else:
+            out.append(np.asarray(img))
+    return out, [e.class_name for e in chosen]
+
+
+def test_rank_heads_on_own_images_and_question_saves_and_loads(own_images, tmp_path):
+    images, answers = own_images
+    kw = dict(labels=headflow.CLASSES, n_masks=40, masks_per_head=0, n_boot=100, progress=False,
+              store_dir=tmp_path / "store", keep="all", baseline="image-mean")
+    r = headflow.rank_heads("organism", images, QUESTION, answers, **kw)
+    assert list(r.table.columns) == ["layer", "head", "attribution", "ci_low", "ci_high", "rank"]
+    assert len(r.table) == 64 and r.table["rank"].tolist() == list(range(1, 65))
+    assert (r.table["attribution"].diff().dropna() <= 0).all()
+    assert r.per_image.shape == (6, 64) and set(r.images["role"]) == {"analysed"}
+    assert {"heldout_r", "heldout_r2", "regression", "said", "correct"} <= set(r.images.columns)
+    assert r.params["n_masks"] == 40 and r.params["question"] == QUESTION
+    assert heads.HeadRanking.load(r.save(tmp_path / "saved")) == r
+    again = headflow.rank_heads("organism", images, QUESTION, answers, **kw)  # read back from the run store
+    assert again == r
+    assert len(r.top(5)) == 5 and r.order()[0] == r.top(1)[0][0] * 8 + r.top(1)[0][1]
+
+
+def test_the_reference_follows_the_rule_and_is_never_analysed(own_images, tmp_path):
+    images, answers = own_images
+    r = headflow.rank_heads("organism", images, QUESTION, answers, labels=headflow.CLASSES, n_masks=30,
+                            masks_per_head=0, n_boot=50, progress=False, store_dir=tmp_path, keep="all")
+    roles = r.images.groupby("role").size().to_dict()
+    assert roles == {"analysed": 4, "reference": 2}  # the last image of each answer (rule: a quarter, at least 1)
+    assert "last" in r.params["reference_rule"]
+
+
+def test_errors_name_the_fix(own_images, tmp_path):
+    images, answers = own_images
+    with pytest.raises(ValueError, match="baseline='image-mean'"):
+        headflow.rank_heads("organism", images[:2], QUESTION, ["trouser", "bag"], labels=headflow.CLASSES,
+                            store_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="keep='all'"):
+        headflow.rank_heads("tiny:llava", images[:2], QUESTION, ["trouser", "bag"], labels=headflow.CLASSES,
+                            store_dir=tmp_path, progress=False, baseline="zero", n_masks=20, masks_per_head=0)
+    with pytest.raises(ValueError, match="2 images but 1 answers"):
+        headflow.rank_heads("organism", images[:2], QUESTION, ["bag"], store_dir=tmp_path)
+    with pytest.raises(ValueError, match="fewer than two answers"):
+        headflow.rank_heads("organism", images[:2], QUESTION, ["bag", "bag"], store_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        heads.as_images([np.zeros((4, 4))], ["bag"], tmp_path)
+
+
+def test_the_command_line(own_images, tmp_path):
+    images, answers = own_images
+    for i, (img, a) in enumerate(zip(images, answers)):
+        (tmp_path / "imgs" / a).mkdir(parents=True, exist_ok=True)
+        pil = Image.open(img) if isinstance(img, str) else img if isinstance(img, Image.Image) else Image.fromarray(img)
+        pil.save(tmp_path / "imgs" / a / f"{i}.png")
+    r = subprocess.run([sys.executable, "-m", "headflow.rank", "--images", str(tmp_path / "imgs"), "--question",
+                        QUESTION, "--answers", ",".join(headflow.CLASSES), "--out", str(tmp_path / "out"),
+                        "--n-masks", "30", "--masks-per-head", "0", "--keep", "all"],
+                       capture_output=True, text=True, env={**__import__("os").environ,
+                                                            "HEADFLOW_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name in ("heads.csv", "images.csv", "per_image.npy", "ranking.json", "heads.png", "provenance.json"):
+        assert (tmp_path / "out" / name).exists(), name
+    loaded = heads.HeadRanking.load(tmp_path / "out")
+    assert loaded.per_image.shape == (4, 64)  # two of six set apart as the dataset-mean reference
