@@ -208,6 +208,10 @@ def test_api_page_renders_formatted_signatures(built):
         assert raw not in page, raw
     assert 'id="headflow.mechanism.interventions._ablate_heads"' in page
     assert 'id="headflow.task.judge.Judge"' in page
+    import headflow
+    for name in headflow.__all__:  # the public calls, each with its signature
+        assert f'id="headflow.{name}"' in page, name
+    assert 'id="headflow.rank_heads"' in page and "rank_heads</span></span><span class=\"sig-paren\">" in page
 
 
 def test_book_in_a_real_browser(built):

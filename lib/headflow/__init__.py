@@ -21,7 +21,8 @@ flows (image -> tokens -> intervention -> attribution -> finding -> page):
 ==============  ==================================================================================
 
 The public calls are re-exported here, so ``import headflow`` is all a user needs
-(:func:`rank_heads`, :class:`HeadRanking`); no module of the package imports this one.
+(:func:`headflow.rank_heads`, :class:`headflow.HeadRanking`); no module of the package imports
+this one.
 
 Where a head is ablated: :func:`headflow.mechanism.interventions._ablate_heads`.  The modules at
 the top (``headflow.run``, ``attribute``, ``plan``, ``bench``, ``site``, ``evalset``, ``tiny``)

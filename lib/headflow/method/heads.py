@@ -1,4 +1,5 @@
 """One call for the common job: which attention heads move the image's information to the answer?
+::
 
     import headflow
     ranking = headflow.rank_heads("organism", ["a.png", "b.png", ...], "What is the main object?",
@@ -133,7 +134,7 @@ class HeadRanking:
 
     def save(self, folder: str | Path) -> Path:
         """Write ``heads.csv``, ``images.csv``, ``per_image.npy`` and ``ranking.json`` (format,
-        parameters, fingerprint) into ``folder``; :meth:`load` reads them back."""
+        parameters, fingerprint) into ``folder``; ``HeadRanking.load`` reads them back."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.table.to_csv(folder / "heads.csv", index=False)
