@@ -92,3 +92,27 @@ def test_the_command_line(own_images, tmp_path):
         assert (tmp_path / "out" / name).exists(), name
     loaded = heads.HeadRanking.load(tmp_path / "out")
     assert loaded.per_image.shape == (4, 64)  # two of six set apart as the dataset-mean reference
+
+
+def test_the_siblings_curves_ablation_and_knockout(own_images, tmp_path):
+    images, answers = own_images
+    kw = dict(labels=headflow.CLASSES, progress=False, store_dir=tmp_path, keep="all", baseline="image-mean")
+    r = headflow.rank_heads("organism", images[:2] + images[3:5], QUESTION, answers[:2] + answers[3:5], n_masks=30,
+                            masks_per_head=0, n_boot=50, **kw)
+    held_i, held_a = [images[2], images[5]], [answers[2], answers[5]]
+    curves = headflow.faithfulness_curves(r, "organism", held_i, QUESTION, held_a, ks=[0, 4, 64], n_boot=50, **kw)
+    assert curves["k"].tolist() == [0, 4, 64]
+    assert curves["faithfulness"].iloc[-1] == pytest.approx(1.0) and curves["completeness"].iloc[-1] == pytest.approx(1.0)
+    assert curves["faithfulness"].iloc[0] == pytest.approx(0.0) and curves["completeness"].iloc[0] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="not found on"):
+        headflow.faithfulness_curves(r, "organism", images[:1] + held_i[:1], QUESTION, [answers[0], held_a[0]], **kw)
+    ab = headflow.ablate_heads("organism", held_i, QUESTION, held_a, r.top(64), **kw)
+    assert np.allclose(ab["y_ablated"], ab["y_none"]) and np.allclose(ab["share_lost"].dropna(), 1.0)
+    none = headflow.ablate_heads("organism", held_i, QUESTION, held_a, [], **kw)
+    assert np.allclose(none["y_ablated"], none["y_clean"], atol=1e-4)
+    ko = headflow.knockout("organism", held_i, QUESTION, held_a, source="image", receiver="final", **kw)
+    assert set(ko.columns) >= {"y_clean", "y_knocked", "share_lost"} and len(ko) == 2
+    empty = headflow.knockout("organism", held_i, QUESTION, held_a, layers=[], **kw)
+    assert np.allclose(empty["y_knocked"], empty["y_clean"], atol=1e-4)
+    with pytest.raises(ValueError, match="does not exist"):
+        headflow.ablate_heads("organism", held_i, QUESTION, held_a, [(9, 0)], **kw)

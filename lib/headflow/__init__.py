@@ -36,6 +36,7 @@ LAYERS = ("util", "store", "images", "task", "models", "mechanism", "method", "f
 ENTRY_POINTS = ("run", "rank", "attribute", "plan", "bench", "site", "evalset", "tiny")
 
 from headflow.images.fashionscenes import CLASSES  # noqa: E402  the organism's object labels
-from headflow.method.heads import HeadRanking, rank_heads  # noqa: E402  the one call (README)
+from headflow.method.heads import (  # noqa: E402  the one call (README) and its siblings
+    HeadRanking, ablate_heads, faithfulness_curves, knockout, rank_heads)
 
-__all__ = ["rank_heads", "HeadRanking", "CLASSES"]
+__all__ = ["rank_heads", "HeadRanking", "faithfulness_curves", "ablate_heads", "knockout", "CLASSES"]

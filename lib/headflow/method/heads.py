@@ -38,16 +38,18 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from headflow.mechanism import evaluate
+from headflow.mechanism import evaluate, tokens
 from headflow.mechanism import interventions as iv
-from headflow.method import attribution, experiment, reference
+from headflow.method import attribution, experiment, metrics, reference
 from headflow.models import loading as models
 from headflow.models.families import blocking_problem
 from headflow.store.fingerprint import fingerprint
 from headflow.store.runstore import RunStore
+from headflow.util.devices import to_device
 from headflow.util.paths import cache_dir
 from headflow.util.progress import bar
 
@@ -130,7 +132,7 @@ class HeadRanking:
 
     def order(self) -> np.ndarray:
         """Flat head indices (``layer * n_heads + head``) from the largest attribution down."""
-        return (self.table["layer"] * self.n_heads + self.table["head"]).to_numpy()
+        return np.array(self.table["layer"] * self.n_heads + self.table["head"], dtype=np.int64)
 
     def save(self, folder: str | Path) -> Path:
         """Write ``heads.csv``, ``images.csv``, ``per_image.npy`` and ``ranking.json`` (format,
@@ -173,20 +175,53 @@ def _bootstrap_mean(values: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndar
     return np.quantile(draws, 0.025, axis=0), np.quantile(draws, 0.975, axis=0)
 
 
-def rank_heads(model, images: Sequence, question: str, answers: Sequence[str], labels: Sequence[str] | None = None,
-               *, n_masks: int = 0, masks_per_head: float = 4.0, ablation_rate: float = 0.5, regression: str = "auto",
-               target: str = "logit", baseline: str = "dataset-mean", reference_images: Sequence | None = None,
-               n_reference: int = 50, seed: int = 0, device: str | None = None, dtype: str | None = None,
-               batch_size: int = 64, keep: str = "correct", n_boot: int = 1000, progress: bool = True,
-               store_dir: str | Path | None = None) -> HeadRanking:
-    """Rank every attention head of ``model`` by the answer logit lost when it is ablated (module docstring).
+@dataclass
+class Prepared:
+    """A model, its answer targets and the user's images, ready for interventions (:func:`prepare`)."""
 
-    ``answers``: the correct answer of each image, each one of ``labels`` (default: the distinct
-    answers, at least two); masks per image: at least ``n_masks`` and ``masks_per_head`` per head
-    (4 per head: OLS well posed at any head count); ``target``: ``logit``, ``logit-diff`` or
-    ``answer-kl``; ``baseline``: ``dataset-mean`` (with ``reference_images`` or the rule's),
-    ``image-mean`` or ``zero``; ``keep="all"`` analyses wrongly answered images too (a
-    random-weight model answers none correctly)."""
+    model: object
+    processor: object
+    question: str
+    labels: list[str]
+    given: list[UserImage]  # every image given, in order
+    reference: list[UserImage]  # the dataset-mean baseline's reference images (never analysed)
+    reference_rule: str | None
+    tasks: list  # experiment.ImageTask of the analysed images
+    clean: dict  # evaluate.evaluate's result over the analysable images
+    analysable: list[UserImage]
+    baseline: iv.Baseline
+    baseline_kind: str
+    root: Path
+
+    @property
+    def n_layers_heads(self) -> tuple[int, int]:
+        return iv.text_layers_and_heads(self.model)
+
+    def image_rows(self, extra: dict | None = None) -> pd.DataFrame:
+        """One row per image given (and per outside reference image): source, answer, role, what it said."""
+        extra = extra or {}
+        said = dict(zip([u.image_id for u in self.analysable], self.clean["said"]))
+        ok = dict(zip([u.image_id for u in self.analysable], self.clean["correct"]))
+        analysed = {t.example.image_id for t in self.tasks}
+        ref_ids = {u.image_id for u in self.reference}
+        rows = []
+        for u in self.given:
+            role = ("reference" if u.image_id in ref_ids else "analysed" if u.image_id in analysed
+                    else "answered wrongly (not analysed)")
+            rows.append({"image_id": u.image_id, "source": u.source, "answer": u.class_name, "role": role,
+                         "correct": ok.get(u.image_id), "said": said.get(u.image_id), **extra.get(u.image_id, {})})
+        given_ids = {g.image_id for g in self.given}
+        rows += [{"image_id": u.image_id, "source": u.source, "answer": None, "role": "reference"}
+                 for u in self.reference if u.image_id not in given_ids]
+        return pd.DataFrame(rows)
+
+
+def prepare(model, images: Sequence, question: str, answers: Sequence[str], labels: Sequence[str] | None = None, *,
+            baseline: str = "dataset-mean", target: str = "logit", reference_images: Sequence | None = None,
+            n_reference: int = 50, keep: str = "correct", device: str | None = None, dtype: str | None = None,
+            batch_size: int = 64, progress: bool = True, store_dir: str | Path | None = None) -> Prepared:
+    """Check the arguments, load the model, set the reference apart (module docstring), ask the
+    question about every other image and keep the correctly answered ones (``keep="all"``: every one)."""
     images, answers = list(images), [str(a) for a in answers]
     if not images:
         raise ValueError("no images given")
@@ -207,14 +242,14 @@ def rank_heads(model, images: Sequence, question: str, answers: Sequence[str], l
         raise ValueError(f"unknown target {target!r}; choose one of {experiment.TARGETS}")
     root = Path(store_dir) if store_dir is not None else cache_dir() / "rank_heads"
     given = as_images(images, answers, root / "images")
-    net, processor = models.load(model, device=device, dtype=dtype)
+    if isinstance(model, tuple):  # (model, processor) already loaded
+        net, processor = model
+    else:
+        net, processor = models.load(model, device=device, dtype=dtype)
     iv.install(net, "sdpa")
     problem = blocking_problem(net)
     if problem:
-        raise ValueError(f"{problem}: head ablation cannot block all image-to-text flow here; headflow refuses to rank")
-    n_layers, n_heads = iv.text_layers_and_heads(net)
-
-    # the reference: given, or the rule's pool of the user's own images (then never analysed)
+        raise ValueError(f"{problem}: head ablation cannot block all image-to-text flow here; headflow refuses to run")
     if reference_images is not None:
         ref_examples = as_images(reference_images, [labels[0]] * len(reference_images), root / "images")
         analysable, rule = given, "given (reference_images=)"
@@ -228,62 +263,164 @@ def rank_heads(model, images: Sequence, question: str, answers: Sequence[str], l
         ref_examples, rule = ref.examples, ref.record()["rule"]
     else:
         analysable, ref_examples, rule = given, [], None
-
-    q_words = labels
-    targets = [q_words.index(u.class_name) for u in analysable]
-    clean = evaluate.evaluate(net, processor, [u.load_image() for u in analysable], q_words, targets, question,
-                              batch_size=batch_size, progress=progress)
+    clean = evaluate.evaluate(net, processor, [u.load_image() for u in analysable], labels,
+                              [labels.index(u.class_name) for u in analysable], question, batch_size=batch_size,
+                              progress=progress)
     kept = [u for u, ok in zip(analysable, clean["correct"]) if ok or keep == "all"]
     if not kept:
         raise ValueError(f"the model answered none of the {len(analysable)} analysable images correctly (it said "
                          f"{sorted(set(clean['said']))[:5]}); to analyse them anyway pass keep='all'")
-    tasks = experiment.prepare(processor, kept, q_words, question, [u.class_name for u in kept])
-    ref_tasks = experiment.prepare(processor, ref_examples, q_words, question, [u.class_name for u in ref_examples])
+    tasks = experiment.prepare(processor, kept, labels, question, [u.class_name for u in kept])
+    ref_tasks = experiment.prepare(processor, ref_examples, labels, question, [u.class_name for u in ref_examples])
     bl = experiment.reference_baseline(net, ref_tasks, baseline)
+    return Prepared(net, processor, question, labels, given, list(ref_examples), rule, tasks, clean, analysable, bl,
+                    baseline, root)
+
+
+def rank_heads(model, images: Sequence, question: str, answers: Sequence[str], labels: Sequence[str] | None = None,
+               *, n_masks: int = 0, masks_per_head: float = 4.0, ablation_rate: float = 0.5, regression: str = "auto",
+               target: str = "logit", baseline: str = "dataset-mean", reference_images: Sequence | None = None,
+               n_reference: int = 50, seed: int = 0, device: str | None = None, dtype: str | None = None,
+               batch_size: int = 64, keep: str = "correct", n_boot: int = 1000, progress: bool = True,
+               store_dir: str | Path | None = None) -> HeadRanking:
+    """Rank every attention head of ``model`` by the answer logit lost when it is ablated (module docstring).
+
+    ``answers``: the correct answer of each image, each one of ``labels`` (default: the distinct
+    answers, at least two); masks per image: at least ``n_masks`` and ``masks_per_head`` per head
+    (4 per head: OLS well posed at any head count); ``target``: ``logit``, ``logit-diff`` or
+    ``answer-kl``; ``baseline``: ``dataset-mean`` (with ``reference_images`` or the rule's),
+    ``image-mean`` or ``zero``; ``keep="all"`` analyses wrongly answered images too (a
+    random-weight model answers none correctly).  ``model`` may also be a loaded ``(model, processor)``."""
+    prep = prepare(model, images, question, answers, labels, baseline=baseline, target=target,
+                   reference_images=reference_images, n_reference=n_reference, keep=keep, device=device, dtype=dtype,
+                   batch_size=batch_size, progress=progress, store_dir=store_dir)
+    net, tasks = prep.model, prep.tasks
+    n_layers, n_heads = prep.n_layers_heads
     masks = attribution.mask_count(n_layers * n_heads, n_masks, masks_per_head)
-    params = {"model": str(model), "question": question, "labels": q_words, "n_masks": masks,
+    name = model if isinstance(model, str) else getattr(net.config, "_name_or_path", "") or "a loaded model"
+    params = {"model": str(name), "question": question, "labels": prep.labels, "n_masks": masks,
               "ablation_rate": ablation_rate, "regression": regression, "target": target, "baseline": baseline,
-              "reference_rule": rule, "seed": seed, "device": str(net.device),
+              "reference_rule": prep.reference_rule, "seed": seed, "device": str(net.device),
               "dtype": str(net.dtype).removeprefix("torch."), "keep": keep, "n_boot": n_boot,
               "n_layers": n_layers, "n_heads": n_heads}
-    fp = fingerprint(models.resolve_path(str(model)), sorted(str(u.path) for u in given + list(ref_examples)))
+    model_path = models.resolve_path(name) if isinstance(model, str) else str(name)
+    fp = fingerprint(model_path, sorted(str(u.path) for u in prep.given + prep.reference))
     key = {k: v for k, v in params.items() if k not in ("regression", "n_boot", "keep")}
     digest = hashlib.sha256(json.dumps({**key, "fingerprint": fp}, sort_keys=True, default=str).encode()).hexdigest()
-    store = RunStore(root / "runs" / digest[:12], {**key, "fingerprint": fp})
-    runs = experiment.run_attribution(net, tasks, bl, store, masks, ablation_rate, seed, target, batch_size,
+    store = RunStore(prep.root / "runs" / digest[:12], {**key, "fingerprint": fp})
+    runs = experiment.run_attribution(net, tasks, prep.baseline, store, masks, ablation_rate, seed, target, batch_size,
                                       progress=progress)
-
-    per_image, rows = [], []
+    per_image, fit_rows = [], {}
     for t in bar(tasks, desc="fits", show=progress):
         r = runs[t.key]
         f = attribution.fit(r["keep"], r["y"], regression, seed=seed)
         per_image.append(f.attribution)
-        rows.append({"image_id": t.example.image_id, "heldout_r": f.heldout_r, "heldout_r2": f.heldout_r2,
-                     "regression": f.method, "y_clean": float(r["y_clean"]), "y_none": float(r["y_none"])})
+        fit_rows[t.example.image_id] = {"heldout_r": f.heldout_r, "heldout_r2": f.heldout_r2, "regression": f.method,
+                                        "y_clean": float(r["y_clean"]), "y_none": float(r["y_none"])}
     per_image = np.stack(per_image)
-    mean = per_image.mean(0)
     lo, hi = _bootstrap_mean(per_image, n_boot, seed)
     flat = np.arange(n_layers * n_heads)
-    table = pd.DataFrame({"layer": flat // n_heads, "head": flat % n_heads, "attribution": mean,
+    table = pd.DataFrame({"layer": flat // n_heads, "head": flat % n_heads, "attribution": per_image.mean(0),
                           "ci_low": lo, "ci_high": hi})
     table = table.sort_values("attribution", ascending=False, kind="stable").reset_index(drop=True)
     table["rank"] = np.arange(1, len(table) + 1)
+    return HeadRanking(table, per_image, prep.image_rows(fit_rows), params, fp)
 
-    fit_rows = {r["image_id"]: r for r in rows}
-    said = dict(zip([u.image_id for u in analysable], clean["said"]))
-    ok = dict(zip([u.image_id for u in analysable], clean["correct"]))
-    ref_ids = {u.image_id for u in ref_examples}
-    img_rows = []
-    for u in given:
-        role = ("reference" if u.image_id in ref_ids else "analysed" if u.image_id in fit_rows
-                else "answered wrongly (not analysed)")
-        img_rows.append({"image_id": u.image_id, "source": u.source, "answer": u.class_name, "role": role,
-                         "correct": ok.get(u.image_id), "said": said.get(u.image_id),
-                         **{k: v for k, v in fit_rows.get(u.image_id, {}).items() if k != "image_id"}})
-    for u in ref_examples:
-        if u.image_id not in {g.image_id for g in given}:
-            img_rows.append({"image_id": u.image_id, "source": u.source, "answer": None, "role": "reference"})
-    return HeadRanking(table, per_image, pd.DataFrame(img_rows), params, fp)
+
+# ------------------------------------------------------------------------------------ its siblings
+def _heads_mask(heads: Sequence[tuple[int, int]], n_layers: int, n_heads: int) -> np.ndarray:
+    keep = np.ones((n_layers, n_heads), bool)
+    for layer, head in heads:
+        if not (0 <= int(layer) < n_layers and 0 <= int(head) < n_heads):
+            raise ValueError(f"head ({layer}, {head}) does not exist: this model has {n_layers} layers x {n_heads} heads")
+        keep[int(layer), int(head)] = False
+    return keep
+
+
+def ablate_heads(model, images: Sequence, question: str, answers: Sequence[str], heads: Sequence[tuple[int, int]],
+                 labels: Sequence[str] | None = None, *, target: str = "logit", baseline: str = "dataset-mean",
+                 **kw) -> pd.DataFrame:
+    """Ablate the head set ``heads`` (``[(layer, head), ...]``) on every analysed image: per image
+    ``y_clean``, ``y_ablated``, ``y_none`` (every head ablated) and ``share_lost`` =
+    ``(y_clean - y_ablated) / (y_clean - y_none)``, undefined (NaN) where the image effect is below
+    :data:`headflow.method.metrics.MIN_IMAGE_EFFECT`."""
+    prep = prepare(model, images, question, answers, labels, baseline=baseline, target=target, **kw)
+    n_layers, n_heads = prep.n_layers_heads
+    keep = torch.from_numpy(np.stack([np.ones((n_layers, n_heads), bool), _heads_mask(heads, n_layers, n_heads),
+                                      np.zeros((n_layers, n_heads), bool)]))
+    rows = []
+    for t in prep.tasks:
+        y = experiment.masks_y(prep.model, t, prep.baseline, keep, target)
+        share = metrics.completeness(y[1], y[0], y[2])
+        rows.append({"image_id": t.example.image_id, "answer": t.class_name, "y_clean": y[0], "y_ablated": y[1],
+                     "y_none": y[2], "share_lost": np.nan if share is None else share})
+    return pd.DataFrame(rows)
+
+
+def faithfulness_curves(ranking: HeadRanking, model, images: Sequence, question: str, answers: Sequence[str],
+                        labels: Sequence[str] | None = None, *, ks: Sequence[int] | None = None, n_boot: int = 1000,
+                        seed: int = 0, min_images: int = 1, **kw) -> pd.DataFrame:
+    """Faithfulness (only the top-k heads of ``ranking`` kept) and completeness (they are ablated)
+    per k on *held-out* images (any image the ranking analysed is refused), aggregated by the study's
+    rule (:func:`headflow.method.metrics.aggregate`: within each answer the ratio of sums, then the
+    mean over answers) with 95% bootstrap intervals (images resampled within answers)."""
+    opts = {"baseline": ranking.params.get("baseline", "dataset-mean"), "target": ranking.params.get("target", "logit"),
+            **kw}
+    prep = prepare(model, images, question, answers, labels or ranking.params.get("labels"), **opts)
+    seen = set(ranking.images.loc[ranking.images["role"] == "analysed", "image_id"].astype(int))
+    overlap = [t.example.source for t in prep.tasks if t.example.image_id in seen]
+    if overlap:
+        raise ValueError(f"{len(overlap)} of these images were analysed to make the ranking ({overlap[:3]}): evaluate a "
+                         "ranking on images it was not found on")
+    n_layers, n_heads = prep.n_layers_heads
+    ks = list(ks) if ks is not None else metrics.k_grid(n_layers * n_heads)
+    only, abl = metrics.topk_masks(ranking.order(), ks, n_layers, n_heads)
+    ends = torch.stack([torch.ones(n_layers, n_heads, dtype=torch.bool), torch.zeros(n_layers, n_heads, dtype=torch.bool)])
+    keep = torch.cat([ends, only, abl])
+    ys = np.stack([experiment.masks_y(prep.model, t, prep.baseline, keep, opts["target"]) for t in prep.tasks])
+    y_clean, y_none = ys[:, 0], ys[:, 1]
+    effect = y_clean - y_none
+    classes = [t.class_name for t in prep.tasks]
+    out = {"k": ks}
+    for name, num in (("faithfulness", ys[:, 2:2 + len(ks)] - y_none[:, None]),
+                      ("completeness", y_clean[:, None] - ys[:, 2 + len(ks):])):
+        agg = metrics.aggregate(num, effect, classes, min_images)
+        draws = metrics.bootstrap_aggregate(num, effect, classes, n_boot, seed, min_images)
+        out[name], out[f"{name}_ci_low"] = agg["value"], np.quantile(draws, 0.025, axis=0)
+        out[f"{name}_ci_high"] = np.quantile(draws, 0.975, axis=0)
+    return pd.DataFrame(out)
+
+
+def knockout(model, images: Sequence, question: str, answers: Sequence[str], source: str = "image",
+             receiver: str = "final", layers: Sequence[int] | None = None, labels: Sequence[str] | None = None, *,
+             target: str = "logit", **kw) -> pd.DataFrame:
+    """Block attention from the token group ``receiver`` to the group ``source``
+    (:data:`headflow.mechanism.tokens.GROUPS`: image, question, role, final, ...) in ``layers``
+    (default: every layer), in every head; per analysed image ``y_clean``, ``y_knocked`` and
+    ``share_lost`` = ``(y_clean - y_knocked) / (y_clean - y_none)`` (``y_none``: every head ablated;
+    NaN below :data:`headflow.method.metrics.MIN_IMAGE_EFFECT`)."""
+    prep = prepare(model, images, question, answers, labels, target=target, **kw)
+    n_layers, n_heads = prep.n_layers_heads
+    layers = list(range(n_layers)) if layers is None else [int(x) for x in layers]
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} do not exist: this model has {n_layers}")
+    ends = torch.stack([torch.ones(n_layers, n_heads, dtype=torch.bool), torch.zeros(n_layers, n_heads, dtype=torch.bool)])
+    rows = []
+    for t in prep.tasks:
+        groups = tokens.resolve(prep.processor, prep.model, question, t.inputs, n_forced=t.n_forced)
+        y_clean, y_none = experiment.masks_y(prep.model, t, prep.baseline, ends, target)
+        L = t.inputs["input_ids"].shape[1]
+        q, k = torch.zeros(L, dtype=torch.bool), torch.zeros(L, dtype=torch.bool)
+        q[groups.nonempty(receiver)], k[groups.nonempty(source)] = True, True
+        ko = iv.Knockout(queries=q, keys=k, layers=layers)
+        with torch.inference_mode(), iv.intervene(prep.model, knockouts=[ko]):
+            logits = prep.model(**to_device(t.inputs, prep.model.device), logits_to_keep=1).logits[:, -1].float()
+        y = float(experiment.target_values(logits, t, target)[0])
+        share = metrics.completeness(y, y_clean, y_none)
+        rows.append({"image_id": t.example.image_id, "answer": t.class_name, "y_clean": y_clean, "y_knocked": y,
+                     "y_none": y_none, "share_lost": np.nan if share is None else share})
+    return pd.DataFrame(rows)
 
 
 def head_map(ranking: HeadRanking, path: str | Path) -> Path:
