@@ -116,3 +116,12 @@ def test_the_siblings_curves_ablation_and_knockout(own_images, tmp_path):
     assert np.allclose(empty["y_knocked"], empty["y_clean"], atol=1e-4)
     with pytest.raises(ValueError, match="does not exist"):
         headflow.ablate_heads("organism", held_i, QUESTION, held_a, [(9, 0)], **kw)
+
+
+def test_a_dry_run_prices_a_call_on_a_large_model():
+    got = headflow.price_rank_heads("llava-hf/llava-1.5-7b-hf", n_images=100)
+    assert got["masks_per_image"] == 4 * 1024 and got["suffix_passes"] == 100 * (4096 + 2)
+    assert got["full_passes"] == 100 and got["image_tokens"] == 576 and 0 < got["h100_hours"] < 1
+    assert got["peak_memory_gib"] > 13  # 7 B parameters in bf16
+    with pytest.raises(ValueError, match="no architecture numbers"):
+        headflow.price_rank_heads("someone/unknown", 10)

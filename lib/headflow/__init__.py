@@ -38,5 +38,7 @@ ENTRY_POINTS = ("run", "rank", "attribute", "plan", "bench", "site", "evalset", 
 from headflow.images.fashionscenes import CLASSES  # noqa: E402  the organism's object labels
 from headflow.method.heads import (  # noqa: E402  the one call (README) and its siblings
     HeadRanking, ablate_heads, faithfulness_curves, knockout, rank_heads)
+from headflow.scale.plan import price_rank_heads  # noqa: E402  a dry run on a large model
 
-__all__ = ["rank_heads", "HeadRanking", "faithfulness_curves", "ablate_heads", "knockout", "CLASSES"]
+__all__ = ["rank_heads", "HeadRanking", "faithfulness_curves", "ablate_heads", "knockout", "price_rank_heads",
+           "CLASSES"]

@@ -262,6 +262,32 @@ def plan(profile: dict, table: list[dict] | None = None, image_size=IMAGE_SIZE) 
     return rows
 
 
+def price_rank_heads(checkpoint: str, n_images: int, masks_per_head: float = 4.0, n_masks: int = 0,
+                     text_tokens: int = 30, suffix_tokens: int = 24, batch: int = 64, mfu: float = 0.35,
+                     image_size=IMAGE_SIZE) -> dict:
+    """A dry run of :func:`headflow.rank_heads` on a checkpoint of ``data/checkpoints.yml``, before
+    anything is downloaded: the passes it makes (per image one full forward for the prefix, then one
+    suffix pass per mask), their FLOPs (:func:`flops` on the meta model), the peak memory in bf16
+    (:func:`memory_gib`) and the H100 hours at ``mfu`` of the bf16 peak."""
+    by_id = {e["id"]: e for e in load_table()}
+    if checkpoint not in by_id:
+        raise ValueError(f"no architecture numbers for {checkpoint!r} in data/checkpoints.yml; known: {sorted(by_id)}")
+    if n_images < 1:
+        raise ValueError(f"n_images must be at least 1, not {n_images}")
+    e = by_id[checkpoint]
+    model = meta_model(e)
+    p = n_params(model)
+    n_img = image_tokens(e, *image_size)
+    f = flops(model, e, n_img, text_tokens, suffix_tokens)
+    H = e["text"]["layers"] * e["text"]["heads"]
+    masks = attribution.mask_count(H, n_masks, masks_per_head)
+    total = n_images * (f["full"] + (masks + 2) * f["suffix"])  # + y_clean and y_none
+    return {"model": checkpoint, "heads": H, "masks_per_image": masks, "images": n_images,
+            "full_passes": n_images, "suffix_passes": n_images * (masks + 2), "image_tokens": n_img,
+            "tflop": total / 1e12, "peak_memory_gib": memory_gib(e, p, f["prefix_tokens"], suffix_tokens, batch),
+            "h100_hours": total / (H100_BF16_TFLOPS * 1e12 * mfu) / 3600, "mfu": mfu}
+
+
 CHAPTER_MASKS = {"07-token-flow": "fit_masks", "08-object-background": "fit_masks"}
 
 
