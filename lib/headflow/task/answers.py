@@ -51,8 +51,8 @@ from headflow.task.prompt import build_prompt, chat_messages
 #: How an answer is spelled: as labelled, or capitalised.
 CASES = ("as-labelled", "capitalized")
 SENTINEL = "HEADFLOWANSWERSENTINEL"
-# Names a model may use for a COCO or FashionScenes class (matched after normalisation).
-#: Names a model may use for a COCO or FashionScenes class (the old one-way table; the judge uses headflow.task.judge.SYNONYM_GROUPS).
+#: Names a model may use for a COCO or FashionScenes class (the old one-way table; the judge uses
+#: headflow.task.judge.SYNONYM_GROUPS).
 SYNONYMS = {
     "tv": ("television", "tv monitor", "monitor"),
     "couch": ("sofa",),
