@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
-from headflow.util.paths import REPO_ROOT
+from headflow.util.paths import DATA_DIR
 
 
 # COCO's 80 object categories (instances_val2017.json, in category-id order), the label set of the
@@ -260,7 +260,7 @@ def resolve_set(name: str) -> Path:
     holding ``instances.json``, or the path of an instances JSON itself.  (``"mechanics:coco80"``
     is resolved by :func:`headflow.images.mechanics.resolve`.)"""
 
-    for cand in (REPO_ROOT / "data" / name / "instances.json", Path(name) / "instances.json", Path(name)):
+    for cand in (DATA_DIR / name / "instances.json", Path(name) / "instances.json", Path(name)):
         if cand.is_file():
             return cand
     raise FileNotFoundError(f"no image set {name!r}: give 'fashionscenes/eval', 'fashionscenes/variants', a folder "

