@@ -29,12 +29,13 @@ def installed(tmp_path_factory):
     assert r.returncode == 0, r.stderr[-3000:]
     wheel = next((tmp / "dist").glob("headflow-*.whl"))
     assert wheel.stat().st_size < 25 * 2**20, f"the wheel holds {wheel.stat().st_size / 2**20:.1f} MiB"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp / "venv")], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(tmp / "venv")], check=True)
     py = tmp / "venv" / "bin" / "python"
     target = subprocess.run([str(py), "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True,
                             text=True, check=True).stdout.strip()
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(tmp / "venv"),
-                        str(wheel)], capture_output=True, text=True)
+    # the fresh venv's own pip: pip of .venv with --prefix would uninstall the clone's editable headflow first
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     with open(os.path.join(target, "zz_headflow_deps.pth"), "w") as f:
         f.write(site.getsitepackages()[0] + "\n")

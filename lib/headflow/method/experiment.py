@@ -184,9 +184,23 @@ def run_attribution(model, tasks: Sequence[ImageTask], baseline: iv.Baseline, st
                     progress: bool = True, scope: str = "text") -> dict[str, dict]:
     """Random-mask ablations of every image: per image ``keep (S, L, H)``, ``y (S,)``,
     ``y_clean`` and ``y_none``.  Finished images are read back from ``store``; each image is one
-    :func:`attribution_unit` (resumable inside itself)."""
-    for task in bar(tasks, desc="head attribution", show=progress):
-        attribution_unit(model, task, baseline, store, n_masks, ablation_rate, seed, target, batch_size, scope=scope)
+    :func:`attribution_unit` (resumable inside itself).  The progress bar counts masks (each image's
+    ``n_masks`` and its two ends), advancing as each part of a unit is written."""
+    per_unit, step = n_masks + 2, 4 * batch_size  # attribution_unit's parts: part_batches * batch_size masks
+    with bar(total=len(tasks) * per_unit, desc="head attribution (masks)", unit="mask", show=progress) as pbar:
+        for task in tasks:
+            if store.done(task.key):
+                pbar.update(per_unit)
+                continue
+            done = [0]
+
+            def advance(_key, index, done=done):
+                n = min(step, per_unit - index * step)
+                done[0] += n
+                pbar.update(n)
+            attribution_unit(model, task, baseline, store, n_masks, ablation_rate, seed, target, batch_size,
+                             scope=scope, after_part=advance)
+            pbar.update(per_unit - done[0])  # parts found written by an earlier, interrupted run
     return {t.key: load_run(store, t.key) for t in tasks}
 
 
