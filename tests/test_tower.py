@@ -87,3 +87,14 @@ def test_the_ceiling_reports_a_confusion_matrix_with_intervals(main2x):
     assert conf.shape == (len(data.CLASSES),) * 2 and conf.sum() == 40
     assert res["layout"] == "main2x" and all(0 <= v["ci"][0] <= v["ci"][1] <= 1 for v in res["per_class"].values()
                                              if v["n"])
+
+
+def test_the_merge_rule_takes_the_smallest_group_that_lifts_every_class():
+    names = [f"c{i}" for i in range(9)]
+    conf = np.eye(9) * 90 + 1
+    conf[0] = [40, 50, 0, 0, 0, 0, 0, 0, 10, 0][:9]  # c0 is mistaken for c1: below the bar alone
+    got = ceiling.choose_merge(conf, names)
+    assert got["group"] == ["c0", "c1"] and got["worst"] >= 0.6
+    assert ceiling.choose_merge(np.eye(9) * 10, names)["group"] == []  # nothing below the bar: no merge
+    overall, per = ceiling.merged_accuracy(conf, [0, 1])
+    assert len(per) == 8 and per[-1] == pytest.approx((40 + 50 + 91 + 1) / (100 + 99))  # the merged class last

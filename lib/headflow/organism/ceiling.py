@@ -12,10 +12,12 @@ writes ``data/models/vision-tower/ceiling.json``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -105,6 +107,48 @@ def _measure(steps, batch, n_test, layout, styles, seed, threads) -> dict:
             "seed": seed, "minutes": round((time.perf_counter() - t0) / 60, 2), "crop": CROP,
             "accuracy": hit / n_test, "ci": wilson_interval(hit, n_test), "per_class": per_class,
             "classes": list(data.CLASSES), "confusion": conf.tolist()}
+
+
+def merged_accuracy(confusion, group: Sequence[int]) -> tuple[float, np.ndarray]:
+    """Overall and per-class accuracy ``(n_merged,)`` after merging the classes ``group`` into one
+    (``confusion``: counts, rows true, columns predicted)."""
+    conf = np.asarray(confusion, float)
+    k = len(conf)
+    label = [k if i in group else i for i in range(k)]
+    kept = sorted(set(label))
+    index = np.array([kept.index(x) for x in label])
+    merged = np.zeros((len(kept), len(kept)))
+    np.add.at(merged, (index[:, None], index[None, :]), conf)
+    per = np.diag(merged) / np.maximum(merged.sum(1), 1)
+    return float(np.trace(merged) / merged.sum()), per
+
+
+def choose_merge(confusion, classes: Sequence[str], bar: float = 0.60, min_classes: int = 7) -> dict:
+    """The stated rule for issue 28's one merge group, from a confusion matrix of the main object's
+    class (the recognition ceiling's or the tower probe's).  No merge where every class reaches
+    ``bar``.  Otherwise, among the groups that hold every class below ``bar`` and leave at least
+    ``min_classes`` classes, the smallest group after which every class reaches ``bar`` (ties: the
+    higher overall accuracy); where no group lifts every class to ``bar``, the group with the highest
+    worst class.  Returns ``{"group", "overall", "worst", "candidates"}`` (every candidate's numbers)."""
+    conf = np.asarray(confusion, float)
+    per = np.diag(conf) / np.maximum(conf.sum(1), 1)
+    low = [i for i in range(len(conf)) if per[i] < bar]
+    if not low:
+        return {"group": [], "overall": float(np.trace(conf) / conf.sum()), "worst": float(per.min()), "candidates": []}
+    others = [i for i in range(len(conf)) if i not in low]
+    cands = []
+    for extra in range(0, len(conf) - min_classes + 2 - len(low)):
+        for add in itertools.combinations(others, extra):
+            group = sorted(low + list(add))
+            if len(group) < 2 or len(conf) - len(group) + 1 < min_classes:
+                continue
+            overall, merged = merged_accuracy(conf, group)
+            cands.append({"group": [classes[i] for i in group], "size": len(group), "overall": overall,
+                          "worst": float(merged.min()), "meets_bar": bool(merged.min() >= bar)})
+    meeting = [c for c in cands if c["meets_bar"]]
+    best = (min(meeting, key=lambda c: (c["size"], -c["overall"])) if meeting
+            else max(cands, key=lambda c: (c["worst"], c["overall"])))
+    return {"group": best["group"], "overall": best["overall"], "worst": best["worst"], "candidates": cands}
 
 
 def main(argv=None) -> None:
