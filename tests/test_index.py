@@ -59,3 +59,29 @@ def test_faithfulness_rule_uses_the_paired_intervals():
     assert verdicts.faithfulness(res([[True] * 5, [False] * 5]))["verdict"] == verdicts.PARTLY
     st = verdicts.faithfulness(res([[True] * 2 + [False] * 3, [False] * 5]))
     assert st["verdict"] == verdicts.NOT and ">all" in st["finding"]
+
+
+def test_the_organism_bars_of_issue_28_can_fail_and_pass():
+    def res(acc, follows=(0.9, (0.85, 0.93), 0.03, (0.01, 0.06), 300), taught=0.99, kept=1.0, pooled=0.3,
+            tokens=0.82, per_class=0.7, ablated=(0.11, (0.09, 0.13), 0.1)):
+        m = "organism"
+        fm, fm_ci, fo, fo_ci, n = follows
+        return {"model": m, "accuracy": {m: {"object": acc, "color": 0.97, "position": 0.95}},
+                "per_class_object": {m: {"bag": per_class, "boot": 0.9}},
+                "counterfactual_follows_main": {m: {"object": {"n": n, "follows_main": fm, "follows_main_ci": fm_ci,
+                                                               "follows_old": fo, "follows_old_ci": fo_ci}}},
+                "tower_probes": {"pooled": {"accuracy": {"object": pooled, "color": pooled, "position": pooled}},
+                                 "main_object_tokens": {"accuracy": {"object": tokens}}},
+                "all_heads_ablated": {m: {"object": {"accuracy": ablated[0], "ci": ablated[1], "chance": ablated[2]}}},
+                "text_retrieval_after_stage": {"text": {"all": taught}, "kept": kept}}
+    met = lambda r: {k: v["met"] for k, v in verdicts.organism_checks(r).items()}  # noqa: E731
+    assert all(met(res(0.85)).values())
+    assert not met(res(0.79))["accuracy object"]
+    assert not met(res(0.85, per_class=0.55))["object class bag"]
+    assert not met(res(0.85, follows=(0.9, (0.85, 0.93), 0.03, (0.01, 0.06), 150)))["follows the new main object (object)"]
+    assert not met(res(0.85, follows=(0.9, (0.78, 0.93), 0.03, (0.01, 0.06), 300)))["follows the new main object (object)"]
+    assert not met(res(0.85, follows=(0.9, (0.85, 0.93), 0.08, (0.05, 0.12), 300)))["follows the old main object (object)"]
+    assert not met(res(0.85, pooled=0.75))["pooled probe object"]
+    assert not met(res(0.85, tokens=0.95))["object vs main-object-token probe"]
+    assert not met(res(0.85, ablated=(0.3, (0.27, 0.33), 0.1)))["every head ablated (object)"]
+    assert not met(res(0.85, taught=0.5, kept=1.03))["text task kept"]  # kept at chance is not kept
