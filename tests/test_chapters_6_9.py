@@ -254,6 +254,8 @@ def test_new_chapter_rules():
     assert verdicts.knockout(ko({"object": "undetermined", "color": "yes", "position": "yes"}))["verdict"] == "reproduced"
     assert verdicts.knockout(ko({"color": "yes", "position": "undetermined"}))["verdict"] == "partly"
     assert verdicts.knockout(ko({"color": "yes", "position": "no (later)"}))["verdict"] == "not reproduced"
+    nothing = ko({q: "undetermined" for q in ("object", "color", "position")})  # the committed chapter 7's case
+    assert verdicts.knockout(nothing)["verdict"] == verdicts.INCONCLUSIVE
     e = lambda v, lo, hi: {"value": v, "ci": [lo, hi]}  # noqa: E731
     heads = {"object_effect": e(0.3, 0.2, 0.4), "background_effect": e(0.04, 0.01, 0.07),
              "other_objects_effect": e(0.1, 0.05, 0.15), "object_random_effect": e(0.1, 0.05, 0.15),

@@ -12,6 +12,7 @@ from __future__ import annotations
 from headflow.method.stats import ALPHA, holm
 
 REPRODUCED, PARTLY, NOT = "reproduced", "partly", "not reproduced"
+INCONCLUSIVE = "inconclusive"  # the data cannot decide the rule (no test determined, too few images)
 
 
 def status(chapter: str, paper: str, model: str, finding: str, verdict: str) -> dict:
@@ -357,11 +358,13 @@ def knockout(res: dict) -> dict:
     otherwise, or if a flow has no onset, *undetermined*.  Reproduced if "before" holds for role and
     final on the colour and position questions (the paper's groups; role-only is reported beside
     them, the test that tells role from final); not reproduced if any role or final test finds the
-    question later; otherwise partly."""
+    question later; partly if at least one of the decisive tests finds "before"; inconclusive if none
+    of them is determined (a rule that nothing decided never defaults to a positive label)."""
     answers = {q: {g: d["answer"] for g, d in v.items()} for q, v in res["timing"].items()}
     decisive = [answers[q][g] for q in ("color", "position") if q in answers for g in ("role", "final")]
     later = any(a == "no (later)" for v in answers.values() for a in v.values())
-    verdict = NOT if later else REPRODUCED if decisive and all(a == "yes" for a in decisive) else PARTLY
+    verdict = (NOT if later else REPRODUCED if decisive and all(a == "yes" for a in decisive)
+               else PARTLY if any(a == "yes" for a in decisive) else INCONCLUSIVE)
 
     def say(d):
         if d["difference"] is None:
