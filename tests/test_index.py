@@ -85,3 +85,18 @@ def test_the_organism_bars_of_issue_28_can_fail_and_pass():
     assert not met(res(0.85, tokens=0.95))["object vs main-object-token probe"]
     assert not met(res(0.85, ablated=(0.3, (0.27, 0.33), 0.1)))["every head ablated (object)"]
     assert not met(res(0.85, taught=0.5, kept=1.03))["text task kept"]  # kept at chance is not kept
+
+
+def test_the_validation_rule_does_not_count_a_demonstration_built_to_hold():
+    def planting(prec, lo):
+        return {"attribution": {"precision": prec, "per_planting": [{"ci": [lo, 1.0]}]}, "random_expectation": 0.1,
+                "single_head": {"precision": 0.0}}
+    red = {"redundant_by_rule": True, "attribution_ranks": {"A": 1, "B": 2}, "single_head_ranks": {"A": 60, "B": 61},
+           "single_over_joint": {"A": -0.01, "B": -0.01}, "joint_effect": 3.7}
+    res = {"planted_flow": {"4": planting(0.5, 0.05)}, "planted_pairs": {"4": planting(0.5, 0.05)},
+           "redundancy_in_network": red}
+    assert verdicts.validation(res)["verdict"] == "not validated"  # only (b) holds, and it holds by construction
+    res["planted_pairs"]["4"] = planting(1.0, 0.8)
+    assert verdicts.validation(res)["verdict"] == "partly"
+    res["planted_flow"]["4"] = planting(0.95, 0.7)
+    assert verdicts.validation(res)["verdict"] == "validated"
