@@ -260,8 +260,8 @@ def validation(res: dict) -> dict:
     measured; recovered by the rule of (a).  Validated if (a) holds at every planted size, (b)
     holds and (c) holds at every size with a scored planting; partly if (a) or (c) holds at some
     size; otherwise not validated ((b) alone never makes "partly": the pair is built so that
-    single-head ablation cannot see it, so it holds by construction).  Single-head ablation is scored on the same plantings and reported
-    beside attribution; it does not enter the verdict."""
+    single-head ablation cannot see it, so it holds by construction).  Single-head ablation is
+    scored on the same plantings and reported beside attribution; it does not enter the verdict."""
     def recovered(d):
         a = d["attribution"]
         return a["precision"] >= 0.9 and all(p["ci"][0] > d["random_expectation"] for p in a["per_planting"])
