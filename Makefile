@@ -9,7 +9,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 export HF_HUB_OFFLINE ?= 1
 export PYTHONHASHSEED = 0
 
-.PHONY: setup book html notebooks test test-fast organism organism-seed2 organism-single organism-scratch data bench bench-gpu rehearse-gpu clean
+.PHONY: setup book html notebooks test test-fast ceiling tower organism organism-seed2 organism-scratch data bench bench-gpu rehearse-gpu clean
 
 setup: $(STAMP)
 
@@ -51,9 +51,15 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest tests -ra -m "not slow"
 
-# The four organisms (chapter 0), each from the committed shared vision tower (data/models/vision-tower/),
-# stored in float16 (headflow.models.organism_store). The default: multi-object scenes, bound-retrieval text
-# pretraining, a protected language model (under 60 min on 2 cores).
+# Issue 28's organisms (chapter 0), trained on one frozen per-patch vision tower (data/models/vision-tower/) and
+# stored in float16 (headflow.models.organism_store).  `make tower` (re)trains the tower: the organisms saved on
+# another tower then refuse to load until they are retrained on it.  The tower resumes from its last checkpoint.
+ceiling: setup
+	$(PY) -m headflow.organism.ceiling --out data/models/vision-tower/ceiling.json
+
+tower: setup
+	$(PY) -m headflow.organism.tower --out data/models/vision-tower
+
 organism: setup
 	$(PY) -m headflow.organism --recipe organism
 	$(PY) -m headflow.evalset --readme-only
@@ -63,13 +69,7 @@ organism-seed2: setup
 	$(PY) -m headflow.organism --recipe organism-seed2
 	$(PY) -m headflow.evalset --readme-only
 
-# the first default: single-object scenes, flat text retrieval, the language model at the projector's rate
-organism-single: setup
-	$(PY) -m headflow.organism --recipe organism-single
-	$(PY) -m headflow.evalset --readme-only
-
-# the contrast organism: vision tower, then the whole LLaVA, no text pretraining (about 58 min). It retrains
-# the shared vision tower: the other organisms then refuse to load until they are retrained on it.
+# the same tower and scenes, a language model never trained on text
 organism-scratch: setup
 	$(PY) -m headflow.organism --recipe organism-scratch
 	$(PY) -m headflow.evalset --readme-only

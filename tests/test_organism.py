@@ -67,7 +67,7 @@ def test_a_changed_tower_is_refused(tmp_path):
 @pytest.mark.parametrize("name", ["organism", "organism-seed2"])
 def test_default_recipe_logs_record_the_recipe_and_the_held_out_evaluation(name):
     log = json.loads((models.ORGANISMS[name] / "training_log.json").read_text())
-    assert organism.recipe_from_log(log) == organism.recipe_of(name)
+    assert organism.recipe_from_log(log) == organism.recipe_of(name, committed=True)
     final = log["final"]
     assert final["n_eval"] >= 3000 and final["split"] == "test"
     assert final["seed"] != log["monitor"]["seed"], "the held-out set must not be the monitoring set"
@@ -108,17 +108,38 @@ def test_fresh_evaluation_agrees_with_fast_training_path(organism_model):
 
 
 def test_training_loop_runs_every_stage_and_saves(tmp_path):
-    recipe = organism.Recipe(**{**TINY.__dict__, "stages": ("vision", "text", "align", "llava"), "vision_steps": 2,
-                                "text_steps": 2, "align_steps": 2, "llava_steps": 2, "vision_batch": 8, "text_batch": 8,
-                                "align_batch": 8, "llava_batch": 8, "eval_every": 2, "n_eval_during": 20,
-                                "n_eval_final": 30})
-    log = organism.train(tmp_path, recipe)
+    """The tower first (per patch, headflow.organism.tower), then every stage of a recipe on it, frozen."""
+    from headflow.organism import tower
+    arch = {k: v for k, v in TINY.__dict__.items() if k.startswith("vision_") or k == "seed"}
+    tower.train_tower(tmp_path / "vision-tower", tower.TowerRecipe(steps=2, batch=4, warmup=1, eval_every=2,
+                                                                   n_monitor=8, threads=1, arch=arch))
+    recipe = organism.Recipe(**{**TINY.__dict__, "stages": ("text", "align", "llava"), "text_steps": 2,
+                                "align_steps": 2, "llava_steps": 2, "text_batch": 8, "align_batch": 8,
+                                "llava_batch": 8, "eval_every": 2, "n_eval_during": 20, "n_eval_final": 30,
+                                "tower_from": str(tmp_path / "vision-tower")})
+    log = organism.train(tmp_path / "organism", recipe)
     assert set(log["final"]) >= {"object", "color", "position"}
     for stage in recipe.stages:
         assert log[f"{stage}_stage"] and log[f"{stage}_minutes"] is not None, stage
-    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "training_log.json").exists()
-    m, p = models.load(str(tmp_path))
+    assert log["vision_tower"]["steps"] == 2 and log["recipe"]["scene_layout"] == "main2x"
+    assert (tmp_path / "organism" / "model.safetensors").exists()
+    m, p = models.load(str(tmp_path / "organism"))
     assert models.n_heads(m) == (2, 4)
+    tower_state = load_file(tmp_path / "vision-tower" / "model.safetensors")
+    assert all(torch.equal(m.model.vision_tower.state_dict()[k].half(), v) for k, v in tower_state.items())
+    with pytest.raises(ValueError, match="make tower"):
+        organism.train(tmp_path / "x", organism.Recipe(**{**recipe.__dict__, "stages": ("vision", "llava")}))
+
+
+def test_the_organism_learns_to_end_its_answer(tmp_path):
+    """The llava stage's loss covers the end-of-answer token after the answer (teacher forced)."""
+    processor = llava_builder.build_processor()
+    specs = data.sample_specs("test", 4, seed=3)
+    images, _ = data.render_many(specs)
+    prompts = organism.PromptCache(processor, images[0])
+    assert prompts.end_id == processor.tokenizer.eos_token_id
+    ids, att, _ = prompts.batch([0, 1], torch.tensor([7, 9]))
+    assert ids[0, -1] == 7 and ids[1, -1] == 9 and att[:, -1].all()
 
 
 def test_frozen_parts_do_not_move_in_the_align_stage(tmp_path):
