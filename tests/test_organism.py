@@ -277,3 +277,35 @@ def test_bound_accuracy_by_items_reports_the_type_guess(tiny_llava):
     got = texttasks.accuracy_by_items(model, task, n=8)
     assert sorted(got) == [1, 2, 3, 4] and all(got[k]["type_guess"] == 1 / k and got[k]["n"] == 8 for k in got)
     assert all(0 <= got[k]["accuracy"] <= 1 for k in got)
+
+
+def test_organism_training_resumes_where_it_stopped(tmp_path):
+    """Interrupted in the llava stage, a rerun of the same recipe skips the finished stages and resumes at
+    the last checkpoint with the same streams: the weights equal an uninterrupted run's."""
+    from headflow.organism import tower
+    arch = {k: v for k, v in TINY.__dict__.items() if k.startswith("vision_") or k == "seed"}
+    tower.train_tower(tmp_path / "vision-tower", tower.TowerRecipe(steps=1, batch=4, warmup=1, eval_every=1,
+                                                                   n_monitor=8, threads=1, arch=arch))
+    recipe = organism.Recipe(**{**TINY.__dict__, "text_steps": 2, "align_steps": 2, "llava_steps": 4, "text_batch": 4,
+                                "align_batch": 4, "llava_batch": 4, "eval_every": 100, "ckpt_every": 2,
+                                "n_eval_during": 8, "n_eval_final": 8, "text_replay_batch": 2, "threads": 1,
+                                "tower_from": str(tmp_path / "vision-tower")})
+    organism.train(tmp_path / "a", recipe)
+    orig, calls = organism.SceneStream.next, {"n": 0}
+
+    def stop(self, n):
+        calls["n"] += 1
+        if calls["n"] == 2 + 3 + 1:  # align's two batches, then the fourth llava batch (after the step-2 checkpoint)
+            raise KeyboardInterrupt
+        return orig(self, n)
+    organism.SceneStream.next = stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            organism.train(tmp_path / "b", recipe)
+    finally:
+        organism.SceneStream.next = orig
+    assert (tmp_path / "b" / ".checkpoint.pt").exists()
+    log = organism.train(tmp_path / "b", recipe)
+    assert log["resumed"] == [{"stage": "llava", "step": 2}] and not (tmp_path / "b" / ".checkpoint.pt").exists()
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -117,6 +117,7 @@ class Recipe(LlavaArch):
     weight_decay: float = 0.05
     bf16: bool = True
     eval_every: int = 200
+    ckpt_every: int = 100  # steps between resumable checkpoints (Checkpoint)
     n_eval_during: int = 600
     monitor_seed: int = 2000  # the scenes progress is monitored on (no checkpoint is selected on them)
     eval_seed: int = 1000  # the held-out scenes of the final evaluation, which no training step sees
@@ -292,6 +293,48 @@ def text_monitor(recipe: Recipe, processor, n: int = 600):
     return texttasks.make(recipe.text_task, processor.tokenizer, recipe.seed + 4, recipe).batch(n)
 
 
+class Checkpoint:
+    """Resumable training.  Every ``ckpt_every`` steps and at the end of each stage, the model, the
+    stage's optimiser, every random stream (scenes, questions, text task, replay) and the log go to
+    ``path`` (written to a temporary file and renamed); a later run of the same recipe finds it, skips
+    the finished stages and resumes the current one at its step, with the same streams."""
+
+    def __init__(self, path: Path, recipe: Recipe):
+        self.path, self.every, self.state = Path(path), recipe.ckpt_every, None
+        if self.path.exists():
+            state = torch.load(self.path, weights_only=False)
+            if state["recipe"] == asdict(recipe):
+                self.state = state
+                progress.write(f"[organism] resuming: stages done {state['finished']}, "
+                               f"{state['stage']} at step {state['step']}")
+            else:
+                progress.write(f"[organism] {self.path} is another recipe's checkpoint: starting afresh")
+
+    @property
+    def finished(self) -> list[str]:
+        return self.state["finished"] if self.state else []
+
+    def resume(self, stage: str, opt, rngs: dict) -> int:
+        """The step to start ``stage`` at (its optimiser and ``rngs`` restored where it was interrupted)."""
+        if not self.state or self.state["stage"] != stage:
+            return 0
+        opt.load_state_dict(self.state["opt"])
+        for name, rng in rngs.items():
+            rng.bit_generator.state = self.state["rngs"][name]
+        return self.state["step"]
+
+    def save(self, model, stage: str | None, step: int, opt, rngs: dict, log: dict, finished: list[str],
+             recipe: Recipe) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.state = {"recipe": asdict(recipe), "model": model.state_dict(), "stage": stage, "step": step,
+                      "opt": opt.state_dict() if opt is not None else None, "finished": list(finished),
+                      "rngs": {k: r.bit_generator.state for k, r in rngs.items()}, "log": log,
+                      "torch_rng": torch.get_rng_state()}
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(self.state, tmp)
+        os.replace(tmp, self.path)
+
+
 def text_loss(model, task, n: int, bf16: bool) -> torch.Tensor:
     ids, att, pos, y, _ = task.batch(n)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -299,16 +342,20 @@ def text_loss(model, task, n: int, bf16: bool) -> torch.Tensor:
     return F.cross_entropy(logits.float(), y)
 
 
-def train_text(model, recipe: Recipe, processor, log: dict) -> None:
+def train_text(model, recipe: Recipe, processor, log: dict, ck: Checkpoint | None = None,
+               streams: dict | None = None) -> None:
     """Stage ``text``: the language model alone learns the text task (no image, no projector)."""
     task = texttasks.make(recipe.text_task, processor.tokenizer, recipe.seed + 3, recipe)
     task.check()
     monitor = text_monitor(recipe, processor, 512)
     params = list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
     opt = _optimizer(params, recipe.text_lr, recipe)
-    rows, t0 = log.setdefault("text_stage", []), time.perf_counter()
+    rngs = {**(streams or {}), "text": task.rng}
+    start = ck.resume("text", opt, rngs) if ck else 0
+    rows, t0 = log.setdefault("text_stage", []), time.perf_counter() - 60 * (log.get("text_minutes_so_far") or 0)
     model.train()
-    bar = progress.bar(range(recipe.text_steps), desc=f"stage text: {recipe.text_task} retrieval", mininterval=5)
+    bar = progress.bar(range(start, recipe.text_steps), desc=f"stage text: {recipe.text_task} retrieval",
+                       mininterval=5, initial=start, total=recipe.text_steps)
     for step in bar:
         _set_lr(opt, recipe.text_lr, step, recipe.text_steps, recipe)
         loss = text_loss(model, task, recipe.text_batch, recipe.bf16)
@@ -323,11 +370,15 @@ def train_text(model, recipe: Recipe, processor, log: dict) -> None:
             rows.append(row)
             bar.set_postfix(loss=f"{loss.item():.3f}", retrieval=f"{row['retrieval']:.3f}")
             progress.write(f"[text] {row}")
+        if ck and (step + 1) % ck.every == 0 and step + 1 < recipe.text_steps:
+            log["text_minutes_so_far"] = (time.perf_counter() - t0) / 60
+            ck.save(model, "text", step + 1, opt, rngs, log, ck.finished, recipe)
+    log.pop("text_minutes_so_far", None)
     log["text_minutes"] = round((time.perf_counter() - t0) / 60, 2)
 
 
 def train_answers(model, recipe: Recipe, stage: str, stream: SceneStream, prompts: PromptCache, eval_images,
-                  eval_labels, log: dict, replay=None) -> None:
+                  eval_labels, log: dict, replay=None, ck: Checkpoint | None = None, streams: dict | None = None) -> None:
     """Stage ``align`` (projector only) or ``llava`` (projector + language model): answer the three
     question types, loss on the answer token and the end-of-answer token after it.  The vision tower is frozen unless
     ``tower_lr_scale > 0``; in ``llava`` the language model learns at ``lm_lr_scale`` of the
@@ -351,9 +402,12 @@ def train_answers(model, recipe: Recipe, stage: str, stream: SceneStream, prompt
         p.requires_grad_(id(p) in trained)
     opt = _optimizer(groups, lr, recipe)
     rng = np.random.default_rng(recipe.seed + (recipe.llava_question_offset if stage == "llava" else 22))
-    rows, t0 = log.setdefault(f"{stage}_stage", []), time.perf_counter()
+    rngs = {**(streams or {}), "questions": rng}
+    start = ck.resume(stage, opt, rngs) if ck else 0
+    rows = log.setdefault(f"{stage}_stage", [])
+    t0 = time.perf_counter() - 60 * (log.get(f"{stage}_minutes_so_far") or 0)
     model.train()
-    bar = progress.bar(range(steps), desc=f"stage {stage}", mininterval=5)
+    bar = progress.bar(range(start, steps), desc=f"stage {stage}", mininterval=5, initial=start, total=steps)
     for step in bar:
         _set_lr(opt, lr, step, steps, recipe)
         images, labels = stream.next(batch)
@@ -376,8 +430,12 @@ def train_answers(model, recipe: Recipe, stage: str, stream: SceneStream, prompt
             rows.append(row)
             bar.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.3f}" for k, v in acc.items()})
             progress.write(f"[{stage}] {row}")
+        if ck and (step + 1) % ck.every == 0 and step + 1 < steps:
+            log[f"{stage}_minutes_so_far"] = (time.perf_counter() - t0) / 60
+            ck.save(model, stage, step + 1, opt, rngs, log, ck.finished, recipe)
     for p in model.parameters():
         p.requires_grad_(True)
+    log.pop(f"{stage}_minutes_so_far", None)
     log[f"{stage}_minutes"] = round((time.perf_counter() - t0) / 60, 2)
 
 
@@ -427,14 +485,32 @@ def train(out: Path, recipe: Recipe, tower_dir: Path | None = None) -> dict:
         raise ValueError("the tower is trained on its own now (make tower: headflow.organism.tower); "
                          f"organisms take it frozen; drop {LEGACY_STAGES} from the stages")
     load_tower(model, recipe.tower_from, log)
+    ck = Checkpoint(Path(out) / ".checkpoint.pt", recipe)
+    streams = {"scenes": stream.rng, "replay": replay.rng}
+    if ck.state:  # resume: the model, the log and the streams as they were
+        model.load_state_dict(ck.state["model"])
+        log = ck.state["log"]
+        log.setdefault("resumed", []).append({"stage": ck.state["stage"], "step": ck.state["step"]})
+        for name, rng in streams.items():
+            rng.bit_generator.state = ck.state["rngs"][name]
+        torch.set_rng_state(ck.state["torch_rng"])
+        t0 -= 60 * log.get("wall_minutes_so_far", 0)
     after = log.setdefault("text_retrieval_after_stage", {"init": texttasks.accuracy(model, text_check)})
+    finished = list(ck.finished)
     for stage in recipe.stages:
+        if stage in finished:
+            continue
         if stage == "text":
-            train_text(model, recipe, processor, log)
+            train_text(model, recipe, processor, log, ck, streams)
         else:
-            train_answers(model, recipe, stage, stream, prompts, monitor_images, monitor_labels, log, replay)
+            train_answers(model, recipe, stage, stream, prompts, monitor_images, monitor_labels, log, replay, ck,
+                          streams)
         after[stage] = texttasks.accuracy(model, text_check)
         progress.write(f"[text task after {stage}] {after[stage]}")
+        finished.append(stage)
+        log["wall_minutes_so_far"] = (time.perf_counter() - t0) / 60
+        ck.save(model, None, 0, None, streams, log, finished, recipe)
+    log.pop("wall_minutes_so_far", None)
     model.eval()
     organism_store.round_trip(model)  # the committed checkpoint is float16: evaluate exactly that
     after["stored"] = texttasks.accuracy(model, text_check)
@@ -449,6 +525,7 @@ def train(out: Path, recipe: Recipe, tower_dir: Path | None = None) -> dict:
     log["stored"] = {"dtype": shared["dtype"], "vision_tower": shared["vision_tower"],
                      "final_evaluated_after_rounding": True}
     (out / "training_log.json").write_text(json.dumps(log, indent=1))
+    ck.path.unlink(missing_ok=True)
     print(json.dumps(log["final"]), f"wall {log['wall_minutes']} min")
     return log
 
