@@ -53,7 +53,7 @@ test-fast: setup
 
 # Issue 28's organisms (chapter 0), trained on one frozen per-patch vision tower (data/models/vision-tower/) and
 # stored in float16 (headflow.models.organism_store).  `make tower` (re)trains the tower: the organisms saved on
-# another tower then refuse to load until they are retrained on it.  The tower resumes from its last checkpoint.
+# another tower then refuse to load until they are retrained on it.  Training resumes from its last checkpoint.
 ceiling: setup
 	$(PY) -m headflow.organism.ceiling --out data/models/vision-tower/ceiling.json
 
