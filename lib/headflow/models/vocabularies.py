@@ -35,7 +35,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from headflow.util.hashing import files_sha256
+from headflow.util.hashing import file_sha256, files_sha256
 from headflow.util.paths import CACHE_DIR, REPO_ROOT
 
 NODE_MODULES = REPO_ROOT / "tools" / "tokenizers" / "node_modules"
@@ -122,8 +122,8 @@ def internvl_tokenizer_json() -> dict:
     return out
 
 
-def _cached(name: str, build) -> Path:
-    path = CACHE / f"{name}-{files_sha256([source_file(name), __file__])[:12]}" / "tokenizer.json"
+def _cached(name: str, build, key: str) -> Path:
+    path = CACHE / f"{name}-{key[:12]}" / "tokenizer.json"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -135,12 +135,12 @@ def _cached(name: str, build) -> Path:
 def tokenizer_file(name: str) -> Path:
     """The HF-format ``tokenizer.json`` of a vocabulary (built into ``.cache`` for ``llama2`` and the
     Qwen2.5-based ``qwen``/``internvl``, keyed by the npm file it comes from)."""
-    if name == "llama2":
-        return _cached(name, llama2_tokenizer_json)
+    if name == "llama2":  # keyed by the npm file alone (its records in book/results name this path)
+        return _cached(name, llama2_tokenizer_json, file_sha256(source_file(name)))
     if name == "qwen":
-        return _cached(name, qwen25_tokenizer_json)
+        return _cached(name, qwen25_tokenizer_json, files_sha256([source_file(name), __file__]))
     if name == "internvl":
-        return _cached(name, internvl_tokenizer_json)
+        return _cached(name, internvl_tokenizer_json, files_sha256([source_file(name), __file__]))
     return source_file(name)
 
 
