@@ -98,3 +98,16 @@ def test_the_merge_rule_takes_the_smallest_group_that_lifts_every_class():
     assert ceiling.choose_merge(np.eye(9) * 10, names)["group"] == []  # nothing below the bar: no merge
     overall, per = ceiling.merged_accuracy(conf, [0, 1])
     assert len(per) == 8 and per[-1] == pytest.approx((40 + 50 + 91 + 1) / (100 + 99))  # the merged class last
+
+
+def test_crowd_layout_others_share_a_class_and_a_colour_unlike_the_main_object():
+    previous = data.use_layout("crowd")
+    try:
+        specs = data.sample_specs("test", 80, seed=4, objects=data.MULTI_OBJECTS)
+    finally:
+        data.use_layout(previous)
+    for s in specs:
+        assert len({o.label for o in s.others}) == 1 and len({o.color for o in s.others}) == 1
+        assert s.others[0].label != s.label and s.others[0].color != s.color
+        assert all(s.size ** 2 >= 2.0 * o.size ** 2 for o in s.others)
+    assert np.mean([sum(o.size ** 2 for o in s.others) > s.size ** 2 for s in specs]) > 0.9

@@ -107,10 +107,12 @@ class Layout:
     min_ratio: float
     max_ratio: float
     objects: tuple[int, int]
+    crowd: bool = False  # the other items share one class and one colour, both unlike the main object's
 
 
 #: The scene layouts (see the module docstring).
-LAYOUTS = {"overlap": Layout((26, 38), 1.25, 1.5, (2, 3)), "main2x": Layout((30, 40), 2.0, 4.0, (3, 5))}
+LAYOUTS = {"overlap": Layout((26, 38), 1.25, 1.5, (2, 3)), "main2x": Layout((30, 40), 2.0, 4.0, (3, 5)),
+           "crowd": Layout((30, 40), 2.0, 2.8, (4, 5), crowd=True)}
 #: The layout in use (:func:`use_layout`): sets the four constants below.
 LAYOUT = "overlap"
 MULTI_SIZE_RANGE = LAYOUTS[LAYOUT].size_range
@@ -359,9 +361,17 @@ def _with_others(spec: SceneSpec, n_others: int, labels: np.ndarray, rng: np.ran
             break
     else:
         raise RuntimeError(f"no other item fits beside a main object of side {spec.size}")
-    items = rng.integers(0, len(labels), len(placed))
-    others = tuple(Other(item=int(it), label=int(labels[it]), color=int(rng.integers(len(COLORS))), size=sz,
-                         x0=x, y0=y) for it, (sz, (x, y)) in zip(items, placed))
+    if LAYOUTS[LAYOUT].crowd:  # one other class and one other colour for every other item
+        cls = int(rng.choice([c for c in range(int(labels.max()) + 1) if c != spec.label]))
+        pool = np.flatnonzero(labels == cls)
+        items = pool[rng.integers(0, len(pool), len(placed))]
+        colour = int(rng.choice([c for c in range(len(COLORS)) if c != spec.color]))
+        colours = [colour] * len(placed)
+    else:
+        items = rng.integers(0, len(labels), len(placed))
+        colours = [int(rng.integers(len(COLORS))) for _ in placed]
+    others = tuple(Other(item=int(it), label=int(labels[it]), color=c, size=sz, x0=x, y0=y)
+                   for it, c, (sz, (x, y)) in zip(items, colours, placed))
     return dataclasses.replace(spec, others=others)
 
 

@@ -88,7 +88,7 @@ class Recipe(LlavaArch):
     stages: tuple = ("text", "align", "llava")
     tower_from: str = "vision-tower"  # the per-patch tower's folder (make tower), frozen
     scene_layout: str = "main2x"  # how multi-object scenes are drawn (headflow.images.fashionscenes.LAYOUTS)
-    scene_objects: tuple = data.LAYOUTS["main2x"].objects  # items per training and evaluation scene
+    scene_objects: tuple | None = None  # items per scene (lo, hi); None: the layout's
     text_task: str = "flat"  # "flat" (one word per type) or "bound" (binding + keyed retrieval)
     # text: in-context retrieval, language model alone
     text_steps: int = 300
@@ -132,7 +132,9 @@ class Recipe(LlavaArch):
             raise ValueError("need 0 <= text_min_fillers <= text_max_fillers")
         if self.text_task not in texttasks.TASKS:
             raise ValueError(f"unknown text task {self.text_task!r}; choose one of {texttasks.TASKS}")
-        self.scene_objects = tuple(self.scene_objects)
+        if self.scene_layout not in data.LAYOUTS:
+            raise ValueError(f"unknown scene layout {self.scene_layout!r}; choose one of {sorted(data.LAYOUTS)}")
+        self.scene_objects = tuple(self.scene_objects or data.LAYOUTS[self.scene_layout].objects)
         self.stages = tuple(self.stages)
         self.question_probs = tuple(self.question_probs)
 
@@ -635,6 +637,8 @@ def main(argv=None) -> None:
     for f in Recipe.__dataclass_fields__.values():  # every int/float field of the recipe is an option
         if type(f.default) in (int, float):
             ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None)
+    ap.add_argument("--scene-layout", default=None, choices=sorted(data.LAYOUTS))
+    ap.add_argument("--text-task", default=None, choices=texttasks.TASKS)
     args = vars(ap.parse_args(argv))
     name, out = args.pop("recipe"), args.pop("out")
     overrides = {k: v for k, v in args.items() if v is not None}
