@@ -101,6 +101,10 @@ def check_book(html: Path, screenshots: Path, shoot: list[str]) -> dict:
                     elif path.suffix == ".html" and not target.startswith(("_static", "_sources", "_images")):
                         todo.append(str(path.relative_to(html)))
                 stem = Path(page).stem
+                if stem == "93-api":  # the API page as a reader sees it: rendered entries, no raw markup
+                    report["api"] = d.execute_script(
+                        "return {entries: Array.from(document.querySelectorAll('dl.py > dt[id]')).map("
+                        "dt => [dt.id, dt.innerText]), text: document.body.innerText}")
                 if stem in shoot:
                     d.save_screenshot(str(screenshots / f"{stem}.png"))
         finally:

@@ -229,6 +229,12 @@ def test_book_in_a_real_browser(built):
     assert report["images"] > 20 and report["internal_links"] > 50
     for name in ("index", "04-faithfulness-completeness"):
         assert (ROOT / "_build" / "screenshots" / f"{name}.png").stat().st_size > 10_000
+    import headflow
+    entries = dict(report["api"]["entries"])
+    for name in headflow.__all__:  # every public name rendered as an entry with its signature
+        assert f"headflow.{name}" in entries, name
+        assert name in entries[f"headflow.{name}"] and ("(" in entries[f"headflow.{name}"] or name.isupper()), name
+    assert ".. py:" not in report["api"]["text"] and ":func:" not in report["api"]["text"]
 
 
 def test_rendered_chapters_collapse_their_code(executed):
