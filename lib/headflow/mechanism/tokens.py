@@ -34,6 +34,7 @@ from headflow.models import families
 from headflow.task.answers import answer_form
 from headflow.task.prompt import build_prompt, chat_messages
 
+#: The token groups a prompt is split into (:class:`TokenGroups`).
 GROUPS = ("image", "object", "background", "other_objects", "question", "role", "answer", "final", "system")
 
 

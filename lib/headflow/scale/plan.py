@@ -267,8 +267,8 @@ def price_rank_heads(checkpoint: str, n_images: int, masks_per_head: float = 4.0
                      image_size=IMAGE_SIZE) -> dict:
     """A dry run of :func:`headflow.rank_heads` on a checkpoint of ``data/checkpoints.yml``, before
     anything is downloaded: the passes it makes (per image one full forward for the prefix, then one
-    suffix pass per mask), their FLOPs (:func:`flops` on the meta model), the peak memory in bf16
-    (:func:`memory_gib`) and the H100 hours at ``mfu`` of the bf16 peak."""
+    suffix pass per mask), their FLOPs (:func:`headflow.scale.plan.flops` on the meta model), the peak
+    memory in bf16 (:func:`headflow.scale.plan.memory_gib`) and the H100 hours at ``mfu`` of the bf16 peak."""
     by_id = {e["id"]: e for e in load_table()}
     if checkpoint not in by_id:
         raise ValueError(f"no architecture numbers for {checkpoint!r} in data/checkpoints.yml; known: {sorted(by_id)}")
