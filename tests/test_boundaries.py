@@ -28,7 +28,7 @@ def test_float_masks_are_refused_not_read_as_all_kept():
     with pytest.raises(ValueError, match="boolean keep-masks"):
         attribution.fit(keep.astype(np.float64) * 0.5, np.arange(50.0))
     with pytest.raises(ValueError, match="must be \\(S, n_layers, n_heads\\)"):
-        attribution.fit(keep.reshape(50, 8), np.arange(50.0))
+        attribution.fit(keep.reshape(50, 2, 2, 2), np.arange(50.0))
     with pytest.raises(ValueError, match="bool mask"):
         iv.HeadAblation(keep=torch.full((2, 4), 0.3), image_mask=torch.ones(1, 5, dtype=torch.bool))
 
