@@ -107,12 +107,17 @@ def test_fresh_evaluation_agrees_with_fast_training_path(organism_model):
     assert torch.allclose(slow, fast, atol=1e-4)
 
 
-def test_training_loop_runs_every_stage_and_saves(tmp_path):
-    """The tower first (per patch, headflow.organism.tower), then every stage of a recipe on it, frozen."""
+def tiny_tower(folder, steps: int) -> None:
+    """A per-patch tower of the tiny architecture, trained ``steps`` steps into ``folder``."""
     from headflow.organism import tower
     arch = {k: v for k, v in TINY.__dict__.items() if k.startswith("vision_") or k == "seed"}
-    tower.train_tower(tmp_path / "vision-tower", tower.TowerRecipe(steps=2, batch=4, warmup=1, eval_every=2,
-                                                                   n_monitor=8, threads=1, arch=arch))
+    tower.train_tower(folder, tower.TowerRecipe(steps=steps, batch=4, warmup=1, eval_every=steps, n_monitor=8,
+                                                threads=1, arch=arch))
+
+
+def test_training_loop_runs_every_stage_and_saves(tmp_path):
+    """The tower first (per patch, headflow.organism.tower), then every stage of a recipe on it, frozen."""
+    tiny_tower(tmp_path / "vision-tower", steps=2)
     recipe = organism.Recipe(**{**TINY.__dict__, "stages": ("text", "align", "llava"), "text_steps": 2,
                                 "align_steps": 2, "llava_steps": 2, "text_batch": 8, "align_batch": 8,
                                 "llava_batch": 8, "eval_every": 2, "n_eval_during": 20, "n_eval_final": 30,
@@ -282,10 +287,7 @@ def test_bound_accuracy_by_items_reports_the_type_guess(tiny_llava):
 def test_organism_training_resumes_where_it_stopped(tmp_path):
     """Interrupted in the llava stage, a rerun of the same recipe skips the finished stages and resumes at
     the last checkpoint with the same streams: the weights equal an uninterrupted run's."""
-    from headflow.organism import tower
-    arch = {k: v for k, v in TINY.__dict__.items() if k.startswith("vision_") or k == "seed"}
-    tower.train_tower(tmp_path / "vision-tower", tower.TowerRecipe(steps=1, batch=4, warmup=1, eval_every=1,
-                                                                   n_monitor=8, threads=1, arch=arch))
+    tiny_tower(tmp_path / "vision-tower", steps=1)
     recipe = organism.Recipe(**{**TINY.__dict__, "text_steps": 2, "align_steps": 2, "llava_steps": 4, "text_batch": 4,
                                 "align_batch": 4, "llava_batch": 4, "eval_every": 100, "ckpt_every": 2,
                                 "n_eval_during": 8, "n_eval_final": 8, "text_replay_batch": 2, "threads": 1,
