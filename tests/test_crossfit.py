@@ -1,5 +1,6 @@
 """Cross-fitting over images and pass counting by instrumentation."""
 import numpy as np
+import pytest
 import torch
 
 from headflow.mechanism import interventions as iv
@@ -55,3 +56,121 @@ def test_pass_counter_counts_full_suffix_and_gradient_passes(tiny_llava):
     with cost.count(model) as n:
         rankings.attribution_patching(model, t, iv.Baseline("zero"))
     assert n.as_dict() == {"full_passes": 1, "suffix_passes": 0, "gradient_passes": 1}
+
+
+# ------------------------------------------------------------------------------------ adaptive k (issue 31)
+class _Task:
+    def __init__(self, key, class_name):
+        self.key, self.class_name = key, class_name
+
+
+class _Study:
+    """What crossfit.run reads of a study, for model-free runs: tasks, the head grid."""
+
+    def __init__(self, n_images, n_classes, n_layers, n_heads):
+        self.tasks = [_Task(f"img{i}", f"c{i % n_classes}") for i in range(n_images)]
+        self.n_layers, self.n_heads = n_layers, n_heads
+        self.model = self.baseline = self.target = None
+
+
+def _synthetic_curves(H, keys, names, seed):
+    """Per (image, ranking name): y(top-k kept) and y(top-k ablated) over k = 0..H, with y_none = 0 and
+    y_clean = the image effect: non-monotone, noisy, several crossings of 0.8 (a spike between grid
+    points), flat random-like curves that cross late, and some images with a non-positive effect."""
+    rng = np.random.default_rng(seed)
+    k = np.arange(H + 1) / H
+    table = {}
+    effects = {key: (rng.uniform(0.5, 3.0) if i % 11 else -0.2) for i, key in enumerate(keys)}
+    for key in keys:
+        for n in names:
+            kind = n.split("/")[0]
+            if kind == "random":
+                f = k + 0.03 * rng.standard_normal(H + 1)  # flat: crosses near 0.8 H
+            elif kind == "attention_weight":  # a spike above 0.8 at k = 37 (no grid point), low until late
+                f = np.where(np.arange(H + 1) == 37, 0.95, 0.5 * k) + 0.02 * rng.standard_normal(H + 1)
+                f[-60:] = np.linspace(0.6, 1.0, 60)
+            elif kind == "single_head":  # crosses up, back down, up again (several crossings)
+                f = 0.9 * np.sin(np.pi * np.clip(k * 12, 0, 1)) + np.clip(k * 3 - 1, 0, 1)
+                f += 0.1 * rng.standard_normal(H + 1)
+            elif kind == "attribution_patching":  # a step at a different k per image: bootstrap replicates
+                f = (np.arange(H + 1) >= rng.uniform(100, 420)).astype(float)  # cross after the aggregate's grid k
+            else:  # saturating, noisy
+                f = 1 - np.exp(-k * rng.uniform(20, 80)) + 0.05 * rng.standard_normal(H + 1)
+            f[0], f[-1] = 0.0, 1.0
+            g = 1 - (1 - k) ** rng.uniform(0.3, 3) + 0.05 * rng.standard_normal(H + 1)
+            g[0], g[-1] = 0.0, 1.0
+            e = effects[key]
+            table[key, n] = (f * e, e - g * e)  # kept: y = faith * effect; ablated: y = clean - compl * effect
+    return table, effects
+
+
+def _patched_run(monkeypatch, st, table, effects, design, **kw):
+    seen = []
+
+    def judge_split(st_, task, orders, ks_kept, ks_ablated, batch_size=128):
+        seen.append(sum(len(v) for v in ks_kept.values()) + sum(len(v) for v in ks_ablated.values()))
+        return {n: (table[task.key, n][0][list(ks_kept.get(n, []))], table[task.key, n][1][list(ks_ablated.get(n, []))])
+                for n in orders}
+
+    monkeypatch.setattr(crossfit, "judge_split", judge_split)
+    H = st.n_layers * st.n_heads
+    rng = np.random.default_rng(1)
+    scores = {m: {t.key: rng.standard_normal((st.n_layers, st.n_heads)) for t in st.tasks} for m in crossfit.METHODS}
+    runs = {key: {"y_clean": e, "y_none": 0.0} for key, e in effects.items()}
+    cf = crossfit.run(st, scores, runs, 2, 0, kw.pop("n_random"), 0, design=design, **kw)
+    assert all(v.shape[1] == H + 1 for c in cf["curves"].values() for v in c.values())
+    return cf, sum(seen)
+
+
+def _same_statistics(a, b):
+    for metric in ("faithfulness", "completeness"):
+        for m, r in a["heldout"][metric].items():
+            assert (r["k"], r["ci"]) == (b["heldout"][metric][m]["k"], b["heldout"][metric][m]["ci"]), (metric, m)
+        for m, r in a["paired_vs_attribution"][metric].items():
+            o = b["paired_vs_attribution"][metric][m]
+            assert (r["median_difference"], r["ci"], r["p_holm"]) == (o["median_difference"], o["ci"], o["p_holm"])
+        for key in ("class_rankings", "in_sample"):
+            assert {m: r["k"] for m, r in a[key][metric].items()} == {m: r["k"] for m, r in b[key][metric].items()}
+
+
+def test_adaptive_k_equals_every_k_on_synthetic_curves_at_1024_heads(monkeypatch):
+    st = _Study(n_images=24, n_classes=4, n_layers=32, n_heads=32)
+    names = [m for m in crossfit.METHODS] + [f"{m}/in-sample" for m in crossfit.METHODS] + \
+        [f"{m}/class" for m in ("attribution", "single_head", "attribution_patching")] + [f"random/{r}" for r in range(3)]
+    table, effects = _synthetic_curves(1024, [t.key for t in st.tasks], names, seed=0)
+    kw = {"n_random": 3, "n_boot": 200, "min_images": 2, "threshold": 0.8}
+    every, n_every = _patched_run(monkeypatch, st, table, effects, "every", **kw)
+    adaptive, n_adaptive = _patched_run(monkeypatch, st, table, effects, "adaptive", **kw)
+    a = crossfit.summarise(adaptive, 200, 0, 2)
+    b = crossfit.summarise(every, 200, 0, 2)
+    _same_statistics(a, b)
+    # the spike at k = 37 (no grid point) is the attention-weight ranking's first crossing in both designs
+    assert a["heldout"]["faithfulness"]["attention_weight"]["k"] == 37
+    assert adaptive["design"]["masks_judged"]["faithfulness"] + adaptive["design"]["masks_judged"]["completeness"] \
+        == n_adaptive < n_every == sum(every["design"]["masks_every_k"].values())
+    print(f"adaptive / every-k masks at H = 1024: {n_adaptive / n_every:.3f}")
+    with pytest.raises(ValueError, match="other summary settings"):
+        crossfit.summarise(adaptive, 100, 0, 2)
+
+
+def test_adaptive_k_equals_every_k_on_the_organism(organism_model, monkeypatch, tmp_path):
+    from headflow.method import study
+
+    net, processor = organism_model
+    monkeypatch.setattr(study.models, "load", lambda *a, **k: (net, processor))
+    monkeypatch.setattr(study, "RUN_DIR", tmp_path / "runs")
+    st = study.setup("organism", "fashionscenes/eval", "object", per_class=2, n_reference=10)
+    runs = study.attribution_runs(st, 60, 0.5, 0)
+    scores, _ = crossfit.method_scores(st, study.fits(runs), runs, 60)
+    kw = dict(n_boot=200, min_images=2, threshold=0.8)
+    passes = {}
+    cfs = {}
+    for design in ("every", "adaptive"):
+        with cost.count(st.model) as n:
+            cfs[design] = crossfit.run(st, scores, runs, 2, 0, 2, 0, design=design, **kw)
+        passes[design] = n.as_dict()["suffix_passes"]
+    _same_statistics(crossfit.summarise(cfs["adaptive"], 200, 0, 2), crossfit.summarise(cfs["every"], 200, 0, 2))
+    masks = {d: sum(cf["design"]["masks_judged"].values()) for d, cf in cfs.items()}
+    assert passes["every"] == masks["every"] and passes["adaptive"] == masks["adaptive"] < masks["every"]
+    print(f"organism (H = 64): adaptive {passes['adaptive']} / every-k {passes['every']} suffix passes "
+          f"= {passes['adaptive'] / passes['every']:.3f}")

@@ -82,37 +82,80 @@ def build_ranking(scores: dict, runs: dict, classes: dict, keys: Sequence[str], 
 def judge(st, task, orders: dict, ks_of: dict, batch_size: int = 128) -> dict:
     """y under the top-k heads of each ranking kept alone and ablated: ``{name: (2, len(ks))}``
     (row 0: only top-k kept, row 1: top-k ablated)."""
-    masks, names = [], list(orders)
+    y = judge_split(st, task, orders, ks_of, ks_of, batch_size)
+    return {n: np.stack([y[n][0], y[n][1]]) for n in orders}
+
+
+def judge_split(st, task, orders: dict, ks_kept: dict, ks_ablated: dict, batch_size: int = 128) -> dict:
+    """y with only the top-k heads kept at ``ks_kept[name]`` and with the top-k ablated at
+    ``ks_ablated[name]``, in one batched call: ``{name: (y_kept (len(ks_kept[name]),),
+    y_ablated (len(ks_ablated[name]),))}``.  A name with no k at all costs nothing."""
+    masks, sizes, names = [], [], [n for n in orders if len(ks_kept.get(n, ())) + len(ks_ablated.get(n, ()))]
     for name in names:
-        only, abl = metrics.topk_masks(orders[name], ks_of[name], st.n_layers, st.n_heads)
+        kk, ka = list(ks_kept.get(name, ())), list(ks_ablated.get(name, ()))
+        only, _ = metrics.topk_masks(orders[name], kk, st.n_layers, st.n_heads)
+        _, abl = metrics.topk_masks(orders[name], ka, st.n_layers, st.n_heads)
         masks += [only, abl]
+        sizes.append((len(kk), len(ka)))
+    empty = np.zeros(0)
+    if not masks:
+        return {n: (empty, empty) for n in orders}
     y = masks_y(st.model, task, st.baseline, torch.cat(masks), st.target, batch_size)
-    out, at = {}, 0
-    for name in names:
-        K = len(ks_of[name])
-        out[name] = np.stack([y[at:at + K], y[at + K:at + 2 * K]])
-        at += 2 * K
+    out, at = {n: (empty, empty) for n in orders}, 0
+    for name, (a, b) in zip(names, sizes):
+        out[name] = (y[at:at + a], y[at + a:at + a + b])
+        at += a + b
     return out
 
 
-def run(st, scores: dict, runs: dict, n_folds: int, seed: int, n_random: int, n_k_random: int,
-        batch_size: int = 128) -> dict:
-    """Cross-fitted curves of every method (global and per class), random rankings, and the
-    in-sample per-image view.  Returns per ranking name the numerator arrays
-    ``faithfulness``/``completeness`` ``(n_images, len(ks))`` (image order = ``keys``), with
-    ``ks``, ``effects``, ``classes``, ``keys`` and the folds."""
-    H = st.n_layers * st.n_heads
+# ------------------------------------------------------------------------------------ adaptive k
+ADAPTIVE_RULE = (
+    "Adaptive k (identical to evaluating every k): each ranking is first judged on a log-spaced grid of k "
+    "(metrics.k_grid, always holding 0 and all heads) on every image. For each statistic the chapter reads (a "
+    "ranking's aggregated curve, and each of its bootstrap replicates, drawn exactly as the summary draws them), "
+    "the first grid k whose value reaches the threshold is an upper bound on that curve's first crossing: the "
+    "curve reaches the threshold there, so its first crossing is at that k or before. Every k from 0 to the "
+    "largest such bound is then judged on every image. So every k at or below any curve's first crossing is "
+    "judged, and no earlier crossing can be missed however the curve wiggles between grid points; above the "
+    "bound only grid points are judged, which no k at the threshold and no interval reads (the figures draw "
+    "the curves through the judged k). A curve that reaches the threshold at no grid point bounds at all heads "
+    "(every k is judged). Faithfulness (top-k kept) and completeness (top-k ablated) are bounded separately.")
+
+
+def first_grid_crossings(values: np.ndarray, ks: Sequence[int], grid: Sequence[int], threshold: float) -> np.ndarray:
+    """For curves ``values (..., len(ks))`` judged (finite) at least on ``grid``, the first grid k reaching
+    ``threshold``; the largest k of ``ks`` where no grid point reaches it."""
+    col = [list(ks).index(k) for k in grid]
+    sub = np.asarray(values, float)[..., col]
+    reached = sub >= threshold
+    first = np.asarray(grid, float)[reached.argmax(-1)]
+    return np.where(reached.any(-1), first, float(max(ks)))
+
+
+def crossing_bound(numerators: np.ndarray, effects, classes, ks: Sequence[int], grid: Sequence[int],
+                   threshold: float, min_images: int, n_boot: int = 0, seed: int = 0) -> int:
+    """The largest k any read curve can first reach ``threshold`` at (:data:`ADAPTIVE_RULE`):
+    ``numerators (n_images, len(ks))``, finite at ``grid``; the aggregate (metrics.aggregate) and, with
+    ``n_boot``, the ``n_boot`` replicates of metrics.bootstrap_aggregate at ``seed``."""
+    col = [list(ks).index(k) for k in grid]
+    num = np.asarray(numerators, float)[:, col]
+    curves = [metrics.aggregate(num, effects, classes, min_images)["value"][None]]
+    if n_boot:
+        curves.append(metrics.bootstrap_aggregate(num, effects, classes, n_boot, seed, min_images))
+    return int(first_grid_crossings(np.concatenate(curves), grid, grid, threshold).max())
+
+
+def heldout_orders(st, scores: dict, runs: dict, n_folds: int, seed: int, n_random: int) -> tuple[dict, list]:
+    """Per image key, the rankings that judge it (``{name: order}``: every method's global ranking and
+    per-class ranking fitted on the other folds, its in-sample ranking, ``n_random`` random ones), and the folds."""
     keys = [t.key for t in st.tasks]
     classes = {t.key: t.class_name for t in st.tasks}
-    all_k = list(range(H + 1))
-    k_random = all_k if n_k_random <= 0 else metrics.k_grid(H, n_k_random)  # 0: every k (the chapters)
     fold_list = folds(keys, [classes[k] for k in keys], n_folds, seed)
-    task_of = {t.key: t for t in st.tasks}
-    y = {}
-    for f, held in enumerate(progress.bar(fold_list, desc="cross-fitting folds")):
+    orders_of = {}
+    for held in fold_list:
         fit_keys = [k for k in keys if k not in set(held)]
         glob = {m: build_ranking(scores[m], runs, classes, fit_keys, m) for m in METHODS}
-        for k in progress.bar(held, desc=f"fold {f + 1}/{n_folds}: judging held-out images", leave=False):
+        for k in held:
             c = classes[k]
             same = [j for j in fit_keys if classes[j] == c
                     and float(runs[j]["y_clean"]) - float(runs[j]["y_none"]) > 0]
@@ -124,22 +167,80 @@ def run(st, scores: dict, runs: dict, n_folds: int, seed: int, n_random: int, n_
             for r in range(n_random):
                 orders[f"random/{r}"] = attribution.ranking(rankings.random_scores(st.n_layers, st.n_heads,
                                                                                     seed * 1000 + r).ravel())
-            ks_of = {n: (k_random if n.startswith("random/") else all_k) for n in orders}
-            y[k] = judge(st, task_of[k], orders, ks_of, batch_size)
+            orders_of[k] = orders
+    return orders_of, fold_list
+
+
+def run(st, scores: dict, runs: dict, n_folds: int, seed: int, n_random: int, n_k_random: int,
+        batch_size: int = 128, design: str = "every", n_boot: int = 0, min_images: int = 2,
+        threshold: float = 0.8, n_grid: int = 16) -> dict:
+    """Cross-fitted curves of every method (global and per class), random rankings, and the
+    in-sample per-image view.  Returns per ranking name the numerator arrays
+    ``faithfulness``/``completeness`` ``(n_images, len(ks))`` (image order = ``keys``), with
+    ``ks``, ``effects``, ``classes``, ``keys``, the folds and ``design`` (what was judged).
+
+    ``design="every"`` judges every k (random rankings: every k, or ``metrics.k_grid(H, n_k_random)``);
+    ``design="adaptive"`` judges a grid, then every k up to the bound of :data:`ADAPTIVE_RULE` (pass the
+    ``n_boot``, ``min_images`` and ``threshold`` that :func:`summarise` will use: its k, intervals and
+    p-values are then identical to the every-k design's); unjudged entries are nan."""
+    if design not in ("adaptive", "every"):
+        raise ValueError(f"design must be 'adaptive' or 'every', not {design!r}")
+    H = st.n_layers * st.n_heads
+    keys = [t.key for t in st.tasks]
+    classes = {t.key: t.class_name for t in st.tasks}
+    all_k = list(range(H + 1))
+    k_random = all_k if n_k_random <= 0 else metrics.k_grid(H, n_k_random)  # 0: every k (the chapters)
+    orders_of, fold_list = heldout_orders(st, scores, runs, n_folds, seed, n_random)
+    task_of = {t.key: t for t in st.tasks}
+    names = sorted({n for v in orders_of.values() for n in v})
+    base = {n: (k_random if n.startswith("random/") else all_k) for n in names}
     effects = np.array([float(runs[k]["y_clean"]) - float(runs[k]["y_none"]) for k in keys])
-    names = sorted({n for v in y.values() for n in v})
+    y_none = np.array([float(runs[k]["y_none"]) for k in keys])
+    y_clean = np.array([float(runs[k]["y_clean"]) for k in keys])
+    # judged[metric][name]: (n_images, len(base)) numerators, nan where not judged
+    judged = {m: {n: np.full((len(keys), len(base[n])), np.nan) for n in names} for m in ("faithfulness", "completeness")}
+
+    def judge_all(want: dict, desc: str):
+        for i, k in enumerate(progress.bar(keys, desc=desc)):
+            orders = orders_of[k]
+            kk = {n: want["faithfulness"][n] for n in orders if n in want["faithfulness"]}
+            ka = {n: want["completeness"][n] for n in orders if n in want["completeness"]}
+            y = judge_split(st, task_of[k], orders, kk, ka, batch_size)
+            for n, (y_kept, y_abl) in y.items():
+                col = {kv: j for j, kv in enumerate(base[n])}
+                for metric, ks, vals in (("faithfulness", kk.get(n, []), y_kept - y_none[i]),
+                                         ("completeness", ka.get(n, []), y_clean[i] - y_abl)):
+                    judged[metric][n][i, [col[kv] for kv in ks]] = vals
+
+    if design == "every":
+        judge_all({m: dict(base) for m in judged}, "judging held-out images (every k)")
+    else:
+        grid = {n: sorted(set(metrics.k_grid(H, n_grid)) & set(base[n]) | {0, max(base[n])}) for n in names}
+        judge_all({m: dict(grid) for m in judged}, "judging held-out images on the k grid")
+        cls = [classes[k] for k in keys]
+        groups = {m: ([m], n_boot) for m in METHODS}
+        groups["random"] = ([n for n in names if n.startswith("random/")], n_boot)
+        groups.update({n: ([n], 0) for n in names if "/class" in n or "/in-sample" in n})
+        more = {m: {} for m in judged}
+        for metric in judged:
+            for g, (members, nb) in groups.items():
+                if not members:
+                    continue
+                num = np.mean([judged[metric][n] for n in members], axis=0)
+                rows = np.isfinite(num[:, base[members[0]].index(0)])  # images this ranking judged
+                b = crossing_bound(num[rows], effects[rows], [c for c, r in zip(cls, rows) if r], base[members[0]],
+                                   grid[members[0]], threshold, min_images, nb, seed)
+                for n in members:
+                    more[metric][n] = [kv for kv in base[n] if kv <= b and kv not in set(grid[n])]
+        judge_all(more, "judging held-out images below the crossing bounds")
     out = {"keys": keys, "classes": [classes[k] for k in keys], "effects": effects, "folds": fold_list,
-           "ks": {n: (k_random if n.startswith("random/") else all_k) for n in names}, "curves": {}}
-    for n in names:
-        K = len(out["ks"][n])
-        faith = np.full((len(keys), K), np.nan)
-        compl = np.full((len(keys), K), np.nan)
-        for i, k in enumerate(keys):
-            if n in y[k]:
-                y_clean, y_none = float(runs[k]["y_clean"]), float(runs[k]["y_none"])
-                faith[i] = y[k][n][0] - y_none
-                compl[i] = y_clean - y[k][n][1]
-        out["curves"][n] = {"faithfulness": faith, "completeness": compl}
+           "ks": base, "curves": {n: {m: judged[m][n] for m in judged} for n in names}}
+    judged_n = {m: int(sum(np.isfinite(judged[m][n]).sum() for n in names)) for m in judged}
+    every_n = {m: int(sum(len(base[n]) * sum(n in orders_of[k] for k in keys) for n in names)) for m in judged}
+    out["design"] = {"design": design, "rule": ADAPTIVE_RULE if design == "adaptive" else "every k judged",
+                     "n_grid": n_grid, "n_boot": n_boot, "seed": seed, "min_images": min_images, "threshold": threshold,
+                     "masks_judged": judged_n, "masks_every_k": every_n,
+                     "fraction_of_every_k": sum(judged_n.values()) / max(sum(every_n.values()), 1)}
     return out
 
 
@@ -161,11 +262,20 @@ def summarise(cf: dict, n_boot: int, seed: int, min_images: int = 2, threshold: 
     paired bootstrap differences of k against attribution (each with a one-sided bootstrap p-value,
     Holm-adjusted over the whole family of methods x metrics: ``attribution_needs_fewer`` where the
     adjusted p is below ``stats.ALPHA`` and the median difference is positive), per-class curves, values above 1."""
+    d = cf.get("design", {"design": "every"})
+    if d["design"] == "adaptive":
+        used = {"n_boot": n_boot, "seed": seed, "min_images": min_images, "threshold": threshold}
+        other = {k: (d[k], v) for k, v in used.items() if d[k] != v}
+        if other:
+            raise ValueError(f"these curves were judged adaptively for other summary settings {other} (run, summarise): "
+                             "pass run(...) the n_boot, seed, min_images and threshold you summarise with, or "
+                             "design='every'")
     eff, cls = cf["effects"], cf["classes"]
     held = list(METHODS)
     random_names = sorted(n for n in cf["curves"] if n.startswith("random/"))
     ks_all, ks_rand = cf["ks"][held[0]], cf["ks"][random_names[0]]
     out = {"n_boot": n_boot, "min_images": min_images, "threshold": threshold, "ks": ks_all, "ks_random": ks_rand,
+           "design": {k: v for k, v in d.items() if k != "rule"}, "design_rule": d.get("rule", "every k judged"),
            "heldout": {}, "class_rankings": {}, "in_sample": {}, "paired_vs_attribution": {}, "above_one": []}
     for metric in ("faithfulness", "completeness"):
         main = _stack(cf, held, metric)  # (n, M, K)
@@ -199,7 +309,7 @@ def summarise(cf: dict, n_boot: int, seed: int, min_images: int = 2, threshold: 
             out[key][metric] = {}
             for n in names:
                 num = cf["curves"][n][metric]
-                ok = np.isfinite(num).all(1)
+                ok = np.isfinite(num).any(1)  # the images this ranking judged (adaptive: nan above its bound)
                 a = metrics.aggregate(num[ok], eff[ok], [c for c, o in zip(cls, ok) if o], min_images)
                 out[key][metric][n.split("/")[0]] = {"curve": a["value"], "k": metrics.k_at(a["value"], ks_all, threshold),
                                                     "n_images_used": a["n_images_used"]}
