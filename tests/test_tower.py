@@ -49,6 +49,29 @@ def test_a_class_merge_keeps_at_least_seven_classes():
     assert counts.min() > 150  # class-balanced
 
 
+def test_use_classes_changes_every_importer_s_vocabulary_in_place_and_the_recipe_records_it():
+    from headflow.images.fashionscenes import ANSWER_WORDS
+    from headflow.organism import training
+
+    merge = ("pullover/coat/shirt", ("pullover", "coat", "shirt"))
+    before = list(data.CLASSES)
+    previous = data.use_classes(merge)
+    try:
+        assert ANSWER_WORDS["object"] is data.CLASSES and len(data.CLASSES) == 8
+        assert data.CLASSES[data.FINE_TO_CLASS[6]] == "pullover/coat/shirt"  # shirt
+        assert set(data.load_fashion_mnist("test")[1].tolist()) == set(range(8))  # labels re-mapped, cache cleared
+    finally:
+        data.use_classes(previous)
+    assert data.CLASSES == before and data.load_fashion_mnist("test")[1].max() == len(before) - 1
+    assert training.recipe_of("organism").class_merge == merge
+    assert training.recipe_of("organism", committed=True).class_merge is None
+    assert training.recipe_from_log({"recipe": {}}).class_merge is None  # logs before the field: the ten classes
+    logged = training.recipe_from_log({"recipe": {"class_merge": ["pullover/coat/shirt", ["pullover", "coat", "shirt"]]}})
+    assert logged.class_merge == merge  # a JSON log's lists read back as the recipe's tuples
+    with pytest.raises(ValueError, match="two or more"):
+        training.Recipe(class_merge=("x", ("pullover", "jumper")))
+
+
 def test_tower_training_resumes_exactly_where_it_stopped(tmp_path):
     fast = dict(steps=4, batch=8, warmup=2, ckpt_every=2, eval_every=4, n_monitor=16, threads=1)
     whole = tower.train_tower(tmp_path / "a", tower.TowerRecipe(**fast))

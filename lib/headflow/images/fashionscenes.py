@@ -76,6 +76,20 @@ _VOCABULARY = class_vocabulary()
 CLASSES = _VOCABULARY[0]
 #: Fashion-MNIST label -> index into :data:`CLASSES`.
 FINE_TO_CLASS = _VOCABULARY[1]
+
+
+def use_classes(merge: tuple[str, tuple[str, ...]] | None) -> tuple[str, tuple[str, ...]] | None:
+    """Answer with the classes under ``merge`` from now on (:data:`CLASSES`, :data:`FINE_TO_CLASS` and
+    ``ANSWER_WORDS["object"]`` change in place, so every module that imported them sees the change);
+    returns the previous merge.  Training records the merge it ran with (``Recipe.class_merge``)."""
+    global CLASS_MERGE
+    merge = None if merge is None else (str(merge[0]), tuple(str(m) for m in merge[1]))
+    classes, index = class_vocabulary(merge)
+    previous, CLASS_MERGE = CLASS_MERGE, merge
+    CLASSES[:] = classes
+    FINE_TO_CLASS[:] = index
+    load_fashion_mnist.cache_clear()
+    return previous
 COLORS = {
     "red": (1.0, 0.12, 0.12),
     "green": (0.15, 0.85, 0.15),

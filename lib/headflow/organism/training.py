@@ -78,6 +78,11 @@ STAGES = ("text", "align", "llava")
 LEGACY_STAGES = ("vision",)  # the pooled-head tower stage of the retired organisms (read from their logs only)
 
 
+#: The merge the organisms train with: chosen by ``choose_merge`` on the tower's crowd-scene probe
+#: (data/models/vision-tower/tower_probes_crowd.json), before any organism trained.
+MERGE = ("pullover/coat/shirt", ("pullover", "coat", "shirt"))
+
+
 @dataclass
 class Recipe(LlavaArch):
     """Architecture (:class:`headflow.models.llava_builder.LlavaArch`) and training schedule of the
@@ -87,8 +92,11 @@ class Recipe(LlavaArch):
 
     stages: tuple = ("text", "align", "llava")
     tower_from: str = "vision-tower"  # the per-patch tower's folder (make tower), frozen
-    scene_layout: str = "main2x"  # how multi-object scenes are drawn (headflow.images.fashionscenes.LAYOUTS)
+    scene_layout: str = "crowd"  # how multi-object scenes are drawn (headflow.images.fashionscenes.LAYOUTS)
     scene_objects: tuple | None = None  # items per scene (lo, hi); None: the layout's
+    # the object classes: at most one merge group (name, members), decided from the recognition ceiling and
+    # the tower's probes before any organism trained (headflow.organism.ceiling.choose_merge); None: the ten
+    class_merge: tuple | None = MERGE
     text_task: str = "flat"  # "flat" (one word per type) or "bound" (binding + keyed retrieval)
     # text: in-context retrieval, language model alone
     text_steps: int = 300
@@ -135,6 +143,9 @@ class Recipe(LlavaArch):
         if self.scene_layout not in data.LAYOUTS:
             raise ValueError(f"unknown scene layout {self.scene_layout!r}; choose one of {sorted(data.LAYOUTS)}")
         self.scene_objects = tuple(self.scene_objects or data.LAYOUTS[self.scene_layout].objects)
+        if self.class_merge is not None:
+            self.class_merge = (str(self.class_merge[0]), tuple(self.class_merge[1]))
+            data.class_vocabulary(self.class_merge)  # an unknown class or too few left is refused here
         self.stages = tuple(self.stages)
         self.question_probs = tuple(self.question_probs)
 
@@ -155,7 +166,7 @@ RECIPES = {"organism": Recipe, "organism-seed2": lambda **o: Recipe(**{"seed": S
 # The recipes of the checkpoints committed in data/models today (the pooled-head tower trained in a "vision"
 # stage, the "overlap" scenes, one answer token), kept so their logs can be read and checked against them; they
 # give way to RECIPES when the book is rebuilt on the new organisms.  The new code cannot retrain them.
-_COMMITTED_DEFAULT = {"tower_from": "organism-scratch", "scene_layout": "overlap", "scene_objects": (2, 3),
+_COMMITTED_DEFAULT = {"tower_from": "organism-scratch", "scene_layout": "overlap", "scene_objects": (2, 3), "class_merge": None,
                       "text_task": "bound", "text_steps": 1200, "text_batch": 64, "text_lr": 2e-3,
                       "end_token_loss": False, "balanced_items": False}
 _FIRST_DEFAULT = {**_COMMITTED_DEFAULT, "scene_objects": (1, 1), "text_task": "flat", "text_steps": 300,
@@ -462,9 +473,17 @@ def load_tower(model, source: str, log: dict) -> None:
 def train(out: Path, recipe: Recipe, tower_dir: Path | None = None) -> dict:
     """Train the organism by ``recipe.stages`` and save model, processor and ``training_log.json`` in
     ``out`` (:mod:`headflow.models.organism_store`: float16, the vision tower in ``tower_dir``,
-    default ``<out>/../vision-tower``, shared with the other organisms)."""
+    default ``<out>/../vision-tower``, shared with the other organisms).  The recipe's scene layout and
+    class merge hold while it trains; the ones before are restored after."""
+    layout, merge = data.use_layout(recipe.scene_layout), data.use_classes(recipe.class_merge)
+    try:
+        return _train(out, recipe, tower_dir)
+    finally:
+        data.use_layout(layout)
+        data.use_classes(merge)
 
-    data.use_layout(recipe.scene_layout)
+
+def _train(out: Path, recipe: Recipe, tower_dir: Path | None) -> dict:
     torch.manual_seed(recipe.seed)
     torch.set_num_threads(recipe.threads)
     t0 = time.perf_counter()
@@ -582,7 +601,7 @@ RECIPE_KEYS = ("seed", "stages", "tower_from", "scene_layout", "scene_objects", 
 # what the logs written before these recipe fields existed ran with
 _BEFORE = {"stages": ("vision", "llava"), "scene_objects": (1, 1), "text_task": "flat", "lm_lr_scale": 1.0,
            "scene_layout": "overlap", "tower_from": "organism-scratch", "end_token_loss": False,
-           "balanced_items": False, "text_replay_batch": 0}
+           "balanced_items": False, "text_replay_batch": 0, "class_merge": None}
 
 
 def recipe_from_log(log: dict) -> Recipe:
