@@ -260,6 +260,7 @@ def test_new_chapter_rules():
     heads = {"object_effect": e(0.3, 0.2, 0.4), "background_effect": e(0.04, 0.01, 0.07),
              "other_objects_effect": e(0.1, 0.05, 0.15), "object_random_effect": e(0.1, 0.05, 0.15),
              "background_random_effect": e(0.5, 0.4, 0.6), "object_minus_random": e(0.2, 0.1, 0.3),
+             "background_minus_random": e(0.1, 0.02, 0.2),
              "object_per_token": e(0.01, 0, 0.02), "background_per_token": e(0.001, 0, 0.002),
              "n_images": 20, "classes": ["a", "b"]}
     tok = {"model": "m", "k": 5, "all_heads": heads, "top_heads": heads}
@@ -268,6 +269,15 @@ def test_new_chapter_rules():
     assert verdicts.tokens(tok)["verdict"] == verdicts.REPRODUCED
     tok["all_heads"]["object_minus_random"] = e(0.05, -0.01, 0.1)  # no more than as many background tokens
     assert verdicts.tokens(tok)["verdict"] == verdicts.PARTLY
+    # the background judged against its size-matched control too: the committed chapter 8's case (it loses
+    # 0.41 of the effect, but its control 0.085 [-0.04, 0.26] less is not above zero) does not count
+    tok["all_heads"] = {**heads, "object_minus_random": e(0.05, -0.01, 0.1), "background_effect": e(0.41, 0.3, 0.5),
+                        "background_minus_random": e(0.085, -0.04, 0.26)}
+    assert verdicts.tokens(tok)["verdict"] == verdicts.INCONCLUSIVE
+    tok["all_heads"]["object_effect"] = e(0.03, 0.01, 0.045)  # at most 5% by its upper end: it does not
+    assert verdicts.tokens(tok)["verdict"] == verdicts.INCONCLUSIVE  # the background still undecided
+    tok["all_heads"]["background_minus_random"] = e(-0.1, -0.2, -0.01)
+    assert verdicts.tokens(tok)["verdict"] == verdicts.NOT
 
 
 def test_local_mathjax_is_copied_only_when_a_page_uses_math(tmp_path):

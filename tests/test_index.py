@@ -47,17 +47,25 @@ def test_where_heads_rule_is_against_uniform_placement():
     assert one["verdict"] == verdicts.PARTLY
 
 
-def test_faithfulness_rule_uses_the_paired_intervals():
-    def res(wins):
-        methods = ["single_head", "attention_weight", "attention_weight_text", "attribution_patching", "random"]
-        paired = {m: {n: {"attribution_needs_fewer": w} for n, w in zip(methods, ws)}
-                  for m, ws in zip(("faithfulness", "completeness"), wins)}
+def test_faithfulness_rule_reads_the_primary_contrast_and_returns_each_outcome():
+    methods = ["single_head", "attention_weight", "attention_weight_text", "attribution_patching", "random"]
+
+    def res(wins, primary_ci=((2, 9), (2, 9))):
+        paired = {m: {n: {"attribution_needs_fewer": w, "median_difference": 4.0, "ci": [-3, 9], "p_holm": 0.5}
+                      for n, w in zip(methods, ws)} for m, ws in zip(("faithfulness", "completeness"), wins)}
+        for m, ci in zip(paired, primary_ci):
+            paired[m]["single_head"]["ci"] = list(ci)
         k = {m: {n: {"k": 5, "ci": [3, 7]} for n in ["attribution"] + methods} for m in paired}
         k["completeness"]["random"] = {"k": None, "ci": [40, None]}
         return {"model": "m", "paired_vs_attribution": paired, "k_at_0.8_heldout": k}
     assert verdicts.faithfulness(res([[True] * 5, [True] * 5]))["verdict"] == verdicts.REPRODUCED
-    assert verdicts.faithfulness(res([[True] * 5, [False] * 5]))["verdict"] == verdicts.PARTLY
-    st = verdicts.faithfulness(res([[True] * 2 + [False] * 3, [False] * 5]))
+    # the primary contrast on one metric only: partly, whatever the secondary comparisons say
+    assert verdicts.faithfulness(res([[True] + [False] * 4, [False] * 5]))["verdict"] == verdicts.PARTLY
+    # every secondary comparison won, the primary contrast on neither metric: never partly
+    tie = res([[False] + [True] * 4, [False] + [True] * 4], ((-3, 4), (-2, 5)))
+    st = verdicts.faithfulness(tie)
+    assert st["verdict"] == verdicts.INCONCLUSIVE and "[-3, +4] heads (undetermined)" in st["finding"]
+    st = verdicts.faithfulness(res([[False] * 5, [False] * 5], ((-6, 0), (-3, 4))))
     assert st["verdict"] == verdicts.NOT and ">all" in st["finding"]
 
 
@@ -97,6 +105,36 @@ def test_the_validation_rule_does_not_count_a_demonstration_built_to_hold():
            "redundancy_in_network": red}
     assert verdicts.validation(res)["verdict"] == "not validated"  # only (b) holds, and it holds by construction
     res["planted_pairs"]["4"] = planting(1.0, 0.8)
+    assert verdicts.validation(res)["verdict"] == "not validated"  # (c) without the planted flow (a): not partly
+    res["planted_flow"] = {"4": planting(0.95, 0.7), "8": planting(0.5, 0.05)}
     assert verdicts.validation(res)["verdict"] == "partly"
-    res["planted_flow"]["4"] = planting(0.95, 0.7)
+    res["planted_flow"]["8"] = planting(0.95, 0.7)
     assert verdicts.validation(res)["verdict"] == "validated"
+
+
+def test_the_competence_gate_fires_on_a_missed_bar_and_keeps_the_rule_s_outcome():
+    checks = {name: {"met": True} for needs in verdicts.COMPETENCE_NEEDS.values() for name in needs}
+    st = verdicts.status("4-faithfulness-completeness", "Sec. 4", "organism", "k ...", verdicts.REPRODUCED)
+    assert verdicts.gate(st, checks)["verdict"] == verdicts.REPRODUCED
+    checks["follows the old main object (object)"] = {"met": False}
+    gated = verdicts.gate(st, checks)
+    assert gated["verdict"] == "not testable on this organism (bar follows the old main object (object) missed)"
+    assert gated["verdict_if_competent"] == verdicts.REPRODUCED and gated["finding"] == "k ..."
+    # chapter 6 needs the class only; a bar never measured counts as missed
+    six = verdicts.status("6-semantics", "Sec. 5", "organism", "", verdicts.PARTLY)
+    assert verdicts.gate(six, checks)["verdict"] == verdicts.PARTLY
+    assert "accuracy object (not measured)" in verdicts.gate(six, {})["verdict"]
+    # a real checkpoint has no chapter-0 bars: the verdict stands, and says so
+    real = verdicts.gate(st, None)
+    assert real["verdict"] == verdicts.REPRODUCED and real["competence"]["missed"] is None
+    assert {r["chapter"] for r in verdicts.competence_table()} == set(verdicts.COMPETENCE_NEEDS)
+
+
+def test_too_few_images_make_a_verdict_inconclusive():
+    st = verdicts.status("2-single-head-ablation", "Fig. 1A", "organism", "", verdicts.REPRODUCED)
+    many = {f"c{i}": 12 for i in range(8)}
+    assert verdicts.enough_images(st, many)["verdict"] == verdicts.REPRODUCED
+    few = verdicts.enough_images(st, {**many, "coat": 2})
+    assert few["verdict"] == "inconclusive (too few images: fewer than 10 images in 1 class(es): coat 2)"
+    assert few["verdict_if_enough_images"] == verdicts.REPRODUCED
+    assert "7 classes analysed" in verdicts.enough_images(st, {f"c{i}": 12 for i in range(7)})["verdict"]

@@ -29,7 +29,8 @@ FAMILY_RULE = {
     "2-single-head-ablation": "two threshold rules on medians (no test): nothing to correct",
     "3-head-attribution": "one threshold rule on the median held-out r (no test): nothing to correct",
     "4-faithfulness-completeness": "every paired difference k(method) - k(attribution), methods x metrics "
-                                   f"(one-sided paired bootstrap), Holm at {ALPHA}",
+                                   f"(one-sided paired bootstrap), Holm at {ALPHA}: the primary contrast (single-head "
+                                   "ablation, both metrics) is corrected within that whole family",
     "5-where-the-heads-are": "the verdict's one primary test (the default's object question, 95% interval); the "
                              "secondary questions (colour, position) and the comparisons between organisms each a "
                              f"family, Holm at {ALPHA} (one-sided bootstrap p-values)",
@@ -39,7 +40,8 @@ FAMILY_RULE = {
                     f"two-sided paired bootstrap of the onset difference), Holm at {ALPHA}; the sensitivity analyses "
                     "(other windows, onset shares, the logit-difference target) are corrected the same way and reported "
                     "beside it, not read by the verdict",
-    "8-object-background": "two interval rules per group (no test): nothing to correct",
+    "8-object-background": "two interval rules per group, each against its size-matched control (no test): "
+                           "nothing to correct",
     "9-sensitivity": "per k, every setting's overlap against the mask-seed noise floor (one-sided paired bootstrap), "
                      f"Holm at {ALPHA}; the linearity rule reads intervals (no test)",
 }
@@ -136,6 +138,86 @@ def organism(res: dict) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------ competence
+NOT_TESTABLE = "not testable on this organism"
+_CF = ("follows the new main object ({q})", "follows the old main object ({q})")
+#: Chapter -> the chapter-0 bars (names of :func:`organism_checks`) its question needs (issue 32): the
+#: chapters that read the answer to one question about the main object need the organism to answer it
+#: and to answer about the main object (the size-swap counterfactual); chapter 6 reads the class.
+COMPETENCE_NEEDS = {
+    **{ch: ("accuracy object", *(n.format(q="object") for n in _CF))
+       for ch in ("2-single-head-ablation", "3-head-attribution", "4-faithfulness-completeness",
+                  "5-where-the-heads-are", "8-object-background", "9-sensitivity")},
+    "6-semantics": ("accuracy object",),
+    "7-token-flow": ("accuracy object", "accuracy color", "accuracy position",
+                     *(n.format(q=q) for q in ("object", "color") for n in _CF)),
+}
+
+
+def competence_missed(chapter: str, checks: dict) -> list[str]:
+    """The bars of :data:`COMPETENCE_NEEDS` [``chapter``] that ``checks`` (:func:`organism_checks`) misses;
+    a needed bar that was not measured is missed too ("... (not measured)")."""
+    missed = []
+    for name in COMPETENCE_NEEDS.get(chapter, ()):
+        if name not in checks:
+            missed.append(f"{name} (not measured)")
+        elif not checks[name]["met"]:
+            missed.append(name)
+    return missed
+
+
+def gate(st: dict, checks: dict | None) -> dict:
+    """The competence gate, one rule for every chapter: a chapter whose organism misses a bar its
+    question needs (:data:`COMPETENCE_NEEDS`) is *not testable on this organism*; its rule's outcome stays
+    beside it (``verdict_if_competent``) and its numbers are shown.  ``checks`` None: a model without
+    chapter 0's bars (a real checkpoint): the verdict stands, and ``competence`` says it was not measured."""
+    out = dict(st)
+    if checks is None:
+        out["competence"] = {"needs": list(COMPETENCE_NEEDS.get(st["chapter"], ())), "missed": None,
+                             "note": "no chapter-0 bars for this model: competence not measured"}
+        return out
+    missed = competence_missed(st["chapter"], checks)
+    out["competence"] = {"needs": list(COMPETENCE_NEEDS.get(st["chapter"], ())), "missed": missed}
+    if missed:
+        out["verdict_if_competent"] = st["verdict"]
+        out["verdict"] = f"{NOT_TESTABLE} (bar {', '.join(missed)} missed)"
+    return out
+
+
+def competence_table() -> list[dict]:
+    """:data:`COMPETENCE_NEEDS` as rows for the book's table (chapter, the bars it needs)."""
+    return [{"chapter": ch, "needs": ", ".join(needs)} for ch, needs in COMPETENCE_NEEDS.items()]
+
+
+#: Enough images (issue 32): a chapter's primary analysis needs at least this many correctly answered
+#: images in each class it analyses, and at least ``MIN_CLASSES`` classes.
+MIN_IMAGES_PER_CLASS = 10
+MIN_CLASSES = 8
+
+
+def too_few_images(images_per_class: dict, min_per_class: int = MIN_IMAGES_PER_CLASS,
+                   min_classes: int = MIN_CLASSES) -> str | None:
+    """Why ``images_per_class`` (class -> analysed images) is too few for a verdict, or None."""
+    small = {c: n for c, n in images_per_class.items() if n < min_per_class}
+    if small:
+        return (f"fewer than {min_per_class} images in {len(small)} class(es): "
+                + ", ".join(f"{c} {n}" for c, n in sorted(small.items())))
+    if len(images_per_class) < min_classes:
+        return f"{len(images_per_class)} classes analysed, fewer than {min_classes}"
+    return None
+
+
+def enough_images(st: dict, images_per_class: dict) -> dict:
+    """*Inconclusive* where the analysed images are too few (:func:`too_few_images`); the rule's outcome
+    stays beside it (``verdict_if_enough_images``)."""
+    why = too_few_images(images_per_class)
+    out = dict(st, images_per_class=dict(images_per_class))
+    if why:
+        out["verdict_if_enough_images"] = st["verdict"]
+        out["verdict"] = f"{INCONCLUSIVE} (too few images: {why})"
+    return out
+
+
 def task(res: dict) -> dict:
     """Chapter 1 (no verdict): the token groups resolve and the clean accuracy."""
     finding = (f"token groups from the processor and chat template ({res['group_sizes']['image']} image tokens); "
@@ -166,23 +248,59 @@ def head_attribution(res: dict) -> dict:
     return status("3-head-attribution", "Fig. 1B", res["model"], finding, verdict)
 
 
+PRIMARY_CONTRAST = "single_head"  # chapter 4: the paper's contrast, attribution against single-head ablation
+
+
+def contrast(d: dict) -> str:
+    """One paired comparison k(method) - k(attribution): "yes" (attribution needs fewer: Holm p below
+    ALPHA, median difference positive), "no" (the interval's upper end is at most 0: the method needs no
+    more heads than attribution), else "undetermined"."""
+    if d["attribution_needs_fewer"]:
+        return "yes"
+    hi = d.get("ci", [None, None])[1]
+    return "no" if hi is not None and hi <= 0 else "undetermined"
+
+
 def faithfulness(res: dict) -> dict:
-    """Chapter 4, on held-out images.  For each metric (faithfulness, completeness) and each other
-    method (single head, attention weight from the final token and from the text, attribution
-    patching, random), *attribution needs fewer heads* if the one-sided paired-bootstrap p-value of
-    k(method) - k(attribution) > 0, Holm-adjusted over all the pairs (``FAMILY_RULE``), is below
-    ``ALPHA``.  Reproduced if it does for every pair; partly if for at least half of the pairs;
-    otherwise not reproduced."""
+    """Chapter 4, on held-out images.  The primary contrast is the paper's: attribution against
+    single-head ablation, on each metric (faithfulness, completeness): *attribution needs fewer heads*
+    ("yes") if the one-sided paired-bootstrap p-value of k(single head) - k(attribution) > 0,
+    Holm-adjusted over every pair of the chapter (``FAMILY_RULE``), is below ``ALPHA``; "no" if the
+    interval of that difference lies at or below 0; otherwise undetermined.  The other methods
+    (attention weights, attribution patching, random) are secondary comparisons by the same test.
+    Reproduced if the primary contrast is "yes" on both metrics and every secondary comparison is
+    "yes"; partly if the primary contrast is "yes" on at least one metric; not reproduced if it is
+    "no" on both metrics, or "no" on one and undetermined on the other; inconclusive if it is
+    undetermined on both (the interval of the difference, whose half-width is the smallest
+    difference the design could detect, is given beside it)."""
     paired = res["paired_vs_attribution"]
-    wins = [v["attribution_needs_fewer"] for metric in paired.values() for v in metric.values()]
-    verdict = REPRODUCED if all(wins) else PARTLY if sum(wins) >= len(wins) / 2 else NOT
+    primary = {metric: contrast(v[PRIMARY_CONTRAST]) for metric, v in paired.items() if PRIMARY_CONTRAST in v}
+    secondary = [contrast(d) for v in paired.values() for m, d in v.items() if m != PRIMARY_CONTRAST]
+    p = list(primary.values())
+    if p and all(a == "yes" for a in p) and all(a == "yes" for a in secondary):
+        verdict = REPRODUCED
+    elif "yes" in p:
+        verdict = PARTLY
+    elif "no" in p:
+        verdict = NOT
+    else:
+        verdict = INCONCLUSIVE
     k = res["k_at_0.8_heldout"]
     show = lambda d: ">all" if d["k"] is None else str(d["k"])  # noqa: E731
     order = ["attribution", "single_head", "attribution_patching", "attention_weight", "random"]
     fmt = lambda m: ", ".join(f"{n.replace('_', ' ')} {show(k[m][n])}" for n in order if n in k[m])  # noqa: E731
+
+    def diff(metric):
+        d = paired[metric][PRIMARY_CONTRAST]
+        lo, hi = d.get("ci", [None, None])
+        rng = "" if lo is None or hi is None else f" [{lo:+.0f}, {hi:+.0f}]"
+        return f"{metric} {d.get('median_difference', float('nan')):+.0f}{rng} heads ({primary[metric]})"
+    wins = [contrast(d) == "yes" for v in paired.values() for d in v.values()]
     finding = (f"held-out images, heads to reach 0.8: faithfulness {fmt('faithfulness')}; completeness "
-               f"{fmt('completeness')}; attribution needs fewer (paired bootstrap, Holm over {len(wins)}) in "
-               f"{sum(wins)} of {len(wins)} comparisons")
+               f"{fmt('completeness')}; primary contrast, k(single head) - k(attribution): "
+               + "; ".join(diff(m) for m in primary)
+               + f"; attribution needs fewer (paired bootstrap, Holm over {len(wins)}) in {sum(wins)} of {len(wins)} "
+               "comparisons")
     return status("4-faithfulness-completeness", "Sec. 4", res["model"], finding, verdict)
 
 
@@ -258,9 +376,9 @@ def validation(res: dict) -> dict:
     effect, by the aggregation rule of chapter 4) and attribution ranks the pair first and second.
     (c) Flow split over redundant pairs: scored only on plantings whose every pair is redundant as
     measured; recovered by the rule of (a).  Validated if (a) holds at every planted size, (b)
-    holds and (c) holds at every size with a scored planting; partly if (a) or (c) holds at some
-    size; otherwise not validated ((b) alone never makes "partly": the pair is built so that
-    single-head ablation cannot see it, so it holds by construction).  Single-head ablation is
+    holds and (c) holds at every size with a scored planting; partly if (a) holds at some size (the
+    planted flow recovered: neither (b), built so that single-head ablation cannot see it, nor (c)
+    alone makes "partly"); otherwise not validated.  Single-head ablation is
     scored on the same plantings and reported beside attribution; it does not enter the verdict."""
     def recovered(d):
         a = d["attribution"]
@@ -270,8 +388,7 @@ def validation(res: dict) -> dict:
     red = res["redundancy_in_network"]
     shown = red["redundant_by_rule"] and sorted(red["attribution_ranks"].values()) == [1, 2]
     parts = list(flow.values()) + list(pairs.values()) + [shown]
-    can_fail = list(flow.values()) + list(pairs.values())
-    verdict = "validated" if all(parts) and flow else "partly" if any(can_fail) else "not validated"
+    verdict = "validated" if all(parts) and flow else "partly" if any(flow.values()) else "not validated"
     others = [m for m in ("single_head", "attribution_patching", "attention_weight_value")
               if all(m in d for d in res["planted_flow"].values())]
     prec = ", ".join(f"{s} heads: {d['attribution']['precision']:.2f} ("
@@ -389,20 +506,31 @@ def knockout(res: dict) -> dict:
 TOKEN_THRESHOLD = 0.05  # chapter 8: a group carries image information if its ablation loses more
 
 
+def group_carries(effect: dict, minus_control: dict, threshold: float = TOKEN_THRESHOLD) -> str:
+    """Chapter 8, one token group: "yes" if ablating it loses more than ``threshold`` of the image effect
+    and more than its size-matched control, both by the lower ends of their 95% intervals; "no" if either
+    upper end says otherwise (at most ``threshold``, or at most the control); else "undetermined"."""
+    if effect["ci"][0] > threshold and minus_control["ci"][0] > 0:
+        return "yes"
+    if effect["ci"][1] <= threshold or minus_control["ci"][1] <= 0:
+        return "no"
+    return "undetermined"
+
+
 def tokens(res: dict, threshold: float = TOKEN_THRESHOLD) -> dict:
     """Chapter 8, on the ablations in every head (the primary analysis; the top heads are reported
-    beside it).  The *main object* carries image information if ablating its positions alone loses
-    more than ``threshold`` (5%) of the image effect *and* more than as many random background
-    positions do (main object minus its control), both by the lower end of the 95% interval.  The
-    *background* carries image information if ablating it alone loses more than ``threshold``, by the
-    lower end of its interval; whether it carries more or less than as many random grid positions do
-    is reported beside it.  Reproduced if both carry information; partly if one does; not
-    reproduced if neither."""
+    beside it).  Each group, the *main object* and the *background*, is judged against its size-matched
+    control the same way (:func:`group_carries`): it carries image information if ablating its positions
+    alone loses more than ``threshold`` (5%) of the image effect *and* more than as many random positions
+    do (group minus its control), both by the lower end of the 95% interval; it does not if either upper
+    end rules that out.  Reproduced if both carry information; partly if one does; not reproduced if
+    neither does; inconclusive if neither is decided either way."""
     a = res["all_heads"]
     o, b = a["object_effect"], a["background_effect"]
-    main = o["ci"][0] > threshold and a["object_minus_random"]["ci"][0] > 0
-    bg = b["ci"][0] > threshold
-    verdict = REPRODUCED if main and bg else PARTLY if main or bg else NOT
+    main = group_carries(o, a["object_minus_random"], threshold)
+    bg = group_carries(b, a["background_minus_random"], threshold)
+    verdict = (REPRODUCED if main == bg == "yes" else PARTLY if "yes" in (main, bg)
+               else NOT if main == bg == "no" else INCONCLUSIVE)
     f = lambda d: f"{d['value']:.2f} [{d['ci'][0]:.2f}, {d['ci'][1]:.2f}]"  # noqa: E731
     t = res["top_heads"]
     finding = (f"in every head, ablating the main object's tokens loses {f(o)} of the image effect (size-matched "
