@@ -1,4 +1,5 @@
 """The book's status table is generated from book/results, and verdict rules apply as stated."""
+import numpy as np
 import pytest
 
 from headflow.book import index
@@ -138,3 +139,64 @@ def test_too_few_images_make_a_verdict_inconclusive():
     assert few["verdict"] == "inconclusive (too few images: fewer than 10 images in 1 class(es): coat 2)"
     assert few["verdict_if_enough_images"] == verdicts.REPRODUCED
     assert "7 classes analysed" in verdicts.enough_images(st, {f"c{i}": 12 for i in range(7)})["verdict"]
+
+
+def test_chapters_2_and_3_read_intervals_of_the_verdict_s_statistic_and_return_each_outcome():
+    iv = lambda v, lo, hi: {"value": v, "ci": [lo, hi], "images_per_class": {"a": 10, "b": 10}}  # noqa: E731
+
+    def two(share, margin):
+        return {"model": "m", "n_images": 20, "superadditivity_k": 40, "superadditive_factor": 1.5,
+                "images_per_class": {"a": 10, "b": 10}, "max_single_share": share, "joint_share": iv(0.9, 0.8, 1.0),
+                "singles_share": iv(0.3, 0.2, 0.4), "superadditive_margin": margin}
+    assert verdicts.single_head(two(iv(0.1, 0.05, 0.15), iv(0.4, 0.1, 0.6)))["verdict"] == verdicts.REPRODUCED
+    assert verdicts.single_head(two(iv(0.1, 0.05, 0.15), iv(0.1, -0.1, 0.3)))["verdict"] == verdicts.PARTLY
+    assert verdicts.single_head(two(iv(0.3, 0.25, 0.35), iv(-0.3, -0.5, -0.1)))["verdict"] == verdicts.NOT
+    assert verdicts.single_head(two(iv(0.2, 0.15, 0.25), iv(0.0, -0.1, 0.1)))["verdict"] == verdicts.INCONCLUSIVE
+
+    def three(r):
+        return {"model": "m", "n_masks": 100, "ablation_rate": 0.5, "fit": {"pearson_r": r, "r2_median": 0.5}}
+    assert verdicts.head_attribution(three(iv(0.9, 0.85, 0.93)))["verdict"] == verdicts.REPRODUCED
+    assert verdicts.head_attribution(three(iv(0.8, 0.7, 0.85)))["verdict"] == verdicts.PARTLY
+    assert verdicts.head_attribution(three(iv(0.4, 0.3, 0.5)))["verdict"] == verdicts.NOT
+    assert verdicts.head_attribution(three(iv(0.6, 0.5, 0.7)))["verdict"] == verdicts.INCONCLUSIVE
+
+
+def test_class_mean_and_aggregate_intervals_weight_classes_equally():
+    from headflow.method import metrics
+
+    v = [1.0, 1.0, 1.0, 0.0, 0.0, np.nan, 5.0]
+    c = ["a", "a", "a", "b", "b", "b", "c"]
+    r = metrics.class_mean(v, c, 200, 0)
+    assert r["value"] == 0.5 and r["images_per_class"] == {"a": 3, "b": 2} and r["classes_left_out"] == {"c": 1}
+    assert r["ci"][0] <= 0.5 <= r["ci"][1]
+    with pytest.raises(ValueError, match="one number per image"):
+        metrics.class_mean([[1.0]], ["a"], 10, 0)
+    a = metrics.aggregate_ci([1.0, 3.0, 2.0, 2.0], [2.0, 2.0, 4.0, 4.0], ["a", "a", "b", "b"], 100, 0)
+    assert a["value"] == 0.75 and a["images_per_class"] == {"a": 2, "b": 2}  # (4/4 + 4/8) / 2
+
+
+def test_chapter_2_summary_by_the_aggregation_rule_and_with_too_few_images():
+    import pandas as pd
+
+    from headflow.findings import redundancy
+
+    class T:
+        def __init__(self, key, c):
+            self.key, self.class_name = key, c
+
+    class St:
+        n_images = 6
+        tasks = [T(f"i{j}", "ab"[j % 2]) for j in range(6)]
+    rng = np.random.default_rng(0)
+    single = {t.key: rng.uniform(0, 0.2, (2, 4)) for t in St.tasks}
+    joint = {t.key: 2.0 for t in St.tasks}
+    red = pd.DataFrame([{"image": t.key, "k": k, "sum_of_singles": 0.1 * k, "joint": 0.2 * k}
+                        for t in St.tasks for k in (1, 4, 8)])
+    res = redundancy.summary_json("m", St, single, joint, red, n_boot=50)
+    # the largest random set below all heads (k = 4): joint 0.8, singles 0.4 of the effect, margin 0.8 - 0.6
+    assert res["superadditive_margin"]["value"] == pytest.approx(0.2) and res["images_per_class"] == {"a": 3, "b": 3}
+    assert verdicts.single_head(res)["verdict"] in (verdicts.REPRODUCED, verdicts.PARTLY)
+    St.tasks = [T(f"i{j}", "abcdef"[j]) for j in range(6)]  # one image per class: no class has two
+    res = redundancy.summary_json("m", St, single, joint, red, n_boot=50)
+    assert res["max_single_share"] is None
+    assert verdicts.single_head(res)["verdict"].startswith("inconclusive (too few images")

@@ -77,16 +77,44 @@ def random_sets(st, single: dict, joint: dict, n_random_sets: int, seed: int, n_
     return pd.DataFrame(rows)
 
 
-def summary_json(model: str, st, single: dict, joint: dict, red, ends: dict | None = None) -> dict:
-    """``book/results/single_head.json`` (medians over images with a positive effect; with ``ends``
-    also the medians of ``y_clean``, ``y_none`` and the effect per class, over every image)."""
+SUPERADDITIVE_FACTOR = 1.5  # chapter 2: random sets lose at least this times the sum of their single effects
+
+
+def summary_json(model: str, st, single: dict, joint: dict, red, ends: dict | None = None, n_boot: int = 1000,
+                 seed: int = 0, min_images: int = 2) -> dict:
+    """``book/results/single_head.json``.  The verdict's statistics by the one aggregation rule
+    (:func:`headflow.method.metrics.aggregate`: ratio of sums per class over the image effects, classes
+    weighted equally), each with its bootstrap interval: ``max_single_share`` (the largest single head's
+    effect) and, at the largest random-set size below all heads, ``joint_share``, ``singles_share`` and
+    ``superadditive_margin`` = joint - ``SUPERADDITIVE_FACTOR`` x singles (a difference: no division by a
+    sum of single effects that can be near zero).  Medians over images are kept for the figures' tables;
+    with ``ends`` also the per-class medians of ``y_clean``, ``y_none`` and the effect."""
     keys, left = usable(joint)
     S = np.stack([single[k].ravel() for k in keys])
     J = np.array([joint[k] for k in keys])
     by_k = red.groupby("k")[["sum_of_singles", "joint"]].median()
     big = by_k.index[-2]
     sums = by_k.loc[big, "sum_of_singles"]
+    cls_of = {t.key: t.class_name for t in st.tasks}
+    cls = [cls_of[k] for k in keys]
+    at = red[red.k == big].groupby("image")[["sum_of_singles", "joint"]].mean()  # per image, over its random sets
+    shares = at.reindex(keys)
+    stat = lambda num: metrics.aggregate_ci(num, J, cls, n_boot, seed, min_images)  # noqa: E731
+    names = ("max_single_share", "joint_share", "singles_share", "superadditive_margin")
+    try:
+        rule = {"max_single_share": stat(S.max(1)), "joint_share": stat(shares.joint.to_numpy() * J),
+                "singles_share": stat(shares.sum_of_singles.to_numpy() * J),
+                "superadditive_margin": stat((shares.joint.to_numpy()
+                                              - SUPERADDITIVE_FACTOR * shares.sum_of_singles.to_numpy()) * J)}
+        counts = {"images_per_class": rule["max_single_share"]["images_per_class"],
+                  "classes_left_out": rule["max_single_share"]["classes_left_out"]}
+    except ValueError as e:  # no class with min_images usable images: no statistic, the verdict says so
+        rule = dict.fromkeys(names)
+        counts = {"images_per_class": {}, "classes_left_out": {c: cls.count(c) for c in sorted(set(cls))},
+                  "no_statistic": str(e)}
     return {"model": model, "n_images": len(keys), "n_asked": st.n_images, "left_out_non_positive_effect": left,
+            **rule, **counts, "n_boot": n_boot,
+            "superadditive_factor": SUPERADDITIVE_FACTOR,
             "median_max_single_share": float(np.median(S.max(1) / J)),
             "median_sum_single_share": float(np.median(S.sum(1) / J)), "median_joint_effect": float(np.median(J)),
             "redundancy_by_k": by_k.reset_index().to_dict("records"), "superadditivity_k": int(big),

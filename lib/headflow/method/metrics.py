@@ -120,6 +120,42 @@ def bootstrap_aggregate(numerators, effects, classes, n_boot: int, seed: int, mi
     return out
 
 
+def class_mean(values, classes, n_boot: int, seed: int, min_images: int = 2, level: float = 0.95) -> dict:
+    """A per-image statistic without a denominator (a fit's held-out r, say) over images by the same
+    weighting as :func:`aggregate`: the mean within each class, then the mean over classes with equal
+    weight; classes with fewer than ``min_images`` images left out and named.  The interval resamples
+    images within classes (percentile, ``n_boot`` draws).  Returns ``value``, ``ci``, ``per_class``,
+    ``images_per_class`` and ``classes_left_out`` (class -> count)."""
+    v = np.asarray(values, float)
+    if v.ndim != 1 or len(v) != len(classes):
+        raise ValueError(f"values must be one number per image: got shape {v.shape} for {len(classes)} classes")
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(classes):
+        if np.isfinite(v[i]):
+            groups.setdefault(c, []).append(i)
+    left = {c: len(idx) for c, idx in groups.items() if len(idx) < min_images}
+    groups = {c: np.array(idx) for c, idx in groups.items() if len(idx) >= min_images}
+    if not groups:
+        raise ValueError(f"no class has {min_images} images with a finite value")
+    per_class = {c: float(v[idx].mean()) for c, idx in groups.items()}
+    rng = np.random.default_rng(seed)
+    draws = np.array([np.mean([v[idx[rng.integers(0, len(idx), len(idx))]].mean() for idx in groups.values()])
+                      for _ in range(n_boot)])
+    return {"value": float(np.mean(list(per_class.values()))), "ci": interval(draws, level), "per_class": per_class,
+            "images_per_class": {c: len(idx) for c, idx in groups.items()}, "classes_left_out": left}
+
+
+def aggregate_ci(numerators, effects, classes, n_boot: int, seed: int, min_images: int = 2) -> dict:
+    """:func:`aggregate` of a per-image numerator ``(n_images,)`` with its bootstrap interval
+    (:func:`bootstrap_aggregate`): ``value``, ``ci``, ``images_per_class``, ``classes_left_out``."""
+    agg = aggregate(numerators, effects, classes, min_images)
+    draws = bootstrap_aggregate(numerators, effects, classes, n_boot, seed, min_images)
+    groups, _, _ = usable_groups(effects, classes, min_images)
+    left = {c: int(sum(1 for cc, e in zip(classes, effects) if cc == c and e > 0)) for c in agg["classes_left_out"]}
+    return {"value": float(agg["value"]), "ci": interval(draws), "images_per_class": {c: len(i) for c, i in groups.items()},
+            "classes_left_out": left, "images_left_out": len(agg["images_left_out"])}
+
+
 def k_at_draws(curves: np.ndarray, ks: Sequence[int], threshold: float = 0.8) -> np.ndarray:
     """k at ``threshold`` of each curve ``(..., len(ks))``; ``inf`` where a curve never reaches it."""
     curves = np.asarray(curves)
