@@ -109,8 +109,10 @@ def _patched_run(monkeypatch, st, table, effects, design, **kw):
 
     def judge_split(st_, task, orders, ks_kept, ks_ablated, batch_size=128):
         seen.append(sum(len(v) for v in ks_kept.values()) + sum(len(v) for v in ks_ablated.values()))
-        return {n: (table[task.key, n][0][list(ks_kept.get(n, []))], table[task.key, n][1][list(ks_ablated.get(n, []))])
-                for n in orders}
+        def y(n, row, ks):  # a ranking refitted on another fold split ("name@r") judges a little differently
+            base, _, r = n.partition("@")
+            return table[task.key, base][row][list(ks)] * (1 + 0.05 * int(r or 0))
+        return {n: (y(n, 0, ks_kept.get(n, [])), y(n, 1, ks_ablated.get(n, []))) for n in orders}
 
     monkeypatch.setattr(crossfit, "judge_split", judge_split)
     H = st.n_layers * st.n_heads
@@ -149,6 +151,18 @@ def test_adaptive_k_equals_every_k_on_synthetic_curves_at_1024_heads(monkeypatch
     assert adaptive["design"]["masks_judged"]["faithfulness"] + adaptive["design"]["masks_judged"]["completeness"] \
         == n_adaptive < n_every == sum(every["design"]["masks_every_k"].values())
     print(f"adaptive / every-k masks at H = 1024: {n_adaptive / n_every:.3f}")
+    # repeated fold splits: the fold-dependent rankings judged once per split, their mean read; identical again
+    kw2 = {**kw, "n_repeats": 2}
+    every2, n2 = _patched_run(monkeypatch, st, table, effects, "every", **kw2)
+    adaptive2, _ = _patched_run(monkeypatch, st, table, effects, "adaptive", **kw2)
+    _same_statistics(crossfit.summarise(adaptive2, 200, 0, 2), crossfit.summarise(every2, 200, 0, 2))
+    assert set(every2["curves"]) == set(every["curves"]) and len(every2["repeat_folds"]) == 2
+    assert every2["repeat_folds"][0] != every2["repeat_folds"][1]
+    np.testing.assert_allclose(every2["curves"]["attribution"]["faithfulness"],  # the mean of x 1 and x 1.05
+                               every["curves"]["attribution"]["faithfulness"] * 1.025)
+    np.testing.assert_array_equal(every2["curves"]["random/0"]["faithfulness"], every["curves"]["random/0"]["faithfulness"])
+    # only the fold-dependent rankings (5 global, 3 per class) are judged again, at every k, kept and ablated
+    assert n2 - n_every == len(st.tasks) * 8 * 2 * 1025
     with pytest.raises(ValueError, match="other summary settings"):
         crossfit.summarise(adaptive, 100, 0, 2)
 

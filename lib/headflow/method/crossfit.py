@@ -171,9 +171,23 @@ def heldout_orders(st, scores: dict, runs: dict, n_folds: int, seed: int, n_rand
     return orders_of, fold_list
 
 
+REPEAT_SEED = 7919  # the seed step between repeated fold splits
+
+
+def _members(name: str, names) -> list[str]:
+    """``name`` and its repeats on other fold splits (``name@1``, ``name@2``, ...)."""
+    return [name] + [n for n in names if n.startswith(name + "@")]
+
+
+def _mean_over(judged: dict, members: list[str]) -> np.ndarray:
+    """The mean of the members' numerators per image and k; nan where an image was not judged by every one
+    (a per-class ranking exists on one split only if the class had fitting images there)."""
+    return np.mean([judged[n] for n in members], axis=0)
+
+
 def run(st, scores: dict, runs: dict, n_folds: int, seed: int, n_random: int, n_k_random: int,
         batch_size: int = 128, design: str = "every", n_boot: int = 0, min_images: int = 2,
-        threshold: float = 0.8, n_grid: int = 16) -> dict:
+        threshold: float = 0.8, n_grid: int = 16, n_repeats: int = 1) -> dict:
     """Cross-fitted curves of every method (global and per class), random rankings, and the
     in-sample per-image view.  Returns per ranking name the numerator arrays
     ``faithfulness``/``completeness`` ``(n_images, len(ks))`` (image order = ``keys``), with
@@ -182,7 +196,13 @@ def run(st, scores: dict, runs: dict, n_folds: int, seed: int, n_random: int, n_
     ``design="every"`` judges every k (random rankings: every k, or ``metrics.k_grid(H, n_k_random)``);
     ``design="adaptive"`` judges a grid, then every k up to the bound of :data:`ADAPTIVE_RULE` (pass the
     ``n_boot``, ``min_images`` and ``threshold`` that :func:`summarise` will use: its k, intervals and
-    p-values are then identical to the every-k design's); unjudged entries are nan."""
+    p-values are then identical to the every-k design's); unjudged entries are nan.
+
+    ``n_repeats > 1`` refits the rankings that depend on the folds (global and per class) on
+    ``n_repeats`` fold splits (seeds ``seed``, ``seed + REPEAT_SEED``, ...): each image is judged by
+    each split's rankings, none of which saw it, and its numerator is the mean over the splits, so the
+    bootstrap over images carries the variation of refitting.  In-sample and random rankings do not
+    depend on the split and are judged once."""
     if design not in ("adaptive", "every"):
         raise ValueError(f"design must be 'adaptive' or 'every', not {design!r}")
     H = st.n_layers * st.n_heads
@@ -190,7 +210,15 @@ def run(st, scores: dict, runs: dict, n_folds: int, seed: int, n_random: int, n_
     classes = {t.key: t.class_name for t in st.tasks}
     all_k = list(range(H + 1))
     k_random = all_k if n_k_random <= 0 else metrics.k_grid(H, n_k_random)  # 0: every k (the chapters)
+    if n_repeats < 1:
+        raise ValueError(f"n_repeats must be at least 1, not {n_repeats}")
     orders_of, fold_list = heldout_orders(st, scores, runs, n_folds, seed, n_random)
+    repeat_folds = [fold_list]
+    for r in range(1, n_repeats):  # the fold-dependent rankings of another split, named "<name>@<r>"
+        more, folds_r = heldout_orders(st, scores, runs, n_folds, seed + r * REPEAT_SEED, 0)
+        repeat_folds.append(folds_r)
+        for k, orders in more.items():
+            orders_of[k].update({f"{n}@{r}": o for n, o in orders.items() if not n.endswith("/in-sample")})
     task_of = {t.key: t for t in st.tasks}
     names = sorted({n for v in orders_of.values() for n in v})
     base = {n: (k_random if n.startswith("random/") else all_k) for n in names}
@@ -218,23 +246,27 @@ def run(st, scores: dict, runs: dict, n_folds: int, seed: int, n_random: int, n_
         grid = {n: sorted(set(metrics.k_grid(H, n_grid)) & set(base[n]) | {0, max(base[n])}) for n in names}
         judge_all({m: dict(grid) for m in judged}, "judging held-out images on the k grid")
         cls = [classes[k] for k in keys]
-        groups = {m: ([m], n_boot) for m in METHODS}
+        groups = {m: (_members(m, names), n_boot) for m in METHODS}
         groups["random"] = ([n for n in names if n.startswith("random/")], n_boot)
-        groups.update({n: ([n], 0) for n in names if "/class" in n or "/in-sample" in n})
+        groups.update({n: (_members(n, names), 0) for n in names if ("/class" in n or "/in-sample" in n) and "@" not in n})
         more = {m: {} for m in judged}
         for metric in judged:
             for g, (members, nb) in groups.items():
                 if not members:
                     continue
-                num = np.mean([judged[metric][n] for n in members], axis=0)
+                num = _mean_over(judged[metric], members) if g != "random" else \
+                    np.mean([judged[metric][n] for n in members], axis=0)
                 rows = np.isfinite(num[:, base[members[0]].index(0)])  # images this ranking judged
                 b = crossing_bound(num[rows], effects[rows], [c for c, r in zip(cls, rows) if r], base[members[0]],
                                    grid[members[0]], threshold, min_images, nb, seed)
                 for n in members:
                     more[metric][n] = [kv for kv in base[n] if kv <= b and kv not in set(grid[n])]
         judge_all(more, "judging held-out images below the crossing bounds")
+    shown = [n for n in names if "@" not in n]  # a ranking's curve: the mean over the fold splits that judged it
     out = {"keys": keys, "classes": [classes[k] for k in keys], "effects": effects, "folds": fold_list,
-           "ks": base, "curves": {n: {m: judged[m][n] for m in judged} for n in names}}
+           "repeat_folds": repeat_folds, "n_repeats": n_repeats, "ks": {n: base[n] for n in shown},
+           "curves": {n: {m: (_mean_over(judged[m], _members(n, names)) if not n.startswith("random/")
+                              else judged[m][n]) for m in judged} for n in shown}}
     judged_n = {m: int(sum(np.isfinite(judged[m][n]).sum() for n in names)) for m in judged}
     every_n = {m: int(sum(len(base[n]) * sum(n in orders_of[k] for k in keys) for n in names)) for m in judged}
     out["design"] = {"design": design, "rule": ADAPTIVE_RULE if design == "adaptive" else "every k judged",
