@@ -139,6 +139,11 @@ def test_too_few_images_make_a_verdict_inconclusive():
     assert few["verdict"] == "inconclusive (too few images: fewer than 10 images in 1 class(es): coat 2)"
     assert few["verdict_if_enough_images"] == verdicts.REPRODUCED
     assert "7 classes analysed" in verdicts.enough_images(st, {f"c{i}": 12 for i in range(7)})["verdict"]
+    # the two gates in order: competence first, then images
+    checks = {name: {"met": True} for name in verdicts.COMPETENCE_NEEDS["2-single-head-ablation"]}
+    assert verdicts.final(st, checks, {**many, "coat": 2})["verdict"].startswith("inconclusive (too few images")
+    checks["accuracy object"] = {"met": False}
+    assert verdicts.final(st, checks, {**many, "coat": 2})["verdict"].startswith("not testable on this organism")
 
 
 def test_chapters_2_and_3_read_intervals_of_the_verdict_s_statistic_and_return_each_outcome():

@@ -219,6 +219,16 @@ def enough_images(st: dict, images_per_class: dict) -> dict:
     return out
 
 
+def final(st: dict, checks: dict | None, images_per_class: dict | None) -> dict:
+    """What a chapter saves: its rule's status through the competence gate (:func:`gate`), then, if the
+    organism is competent, through the images gate (:func:`enough_images`; ``None``: the chapter's rule
+    counts its images itself)."""
+    out = gate(st, checks)
+    if images_per_class is not None and "verdict_if_competent" not in out:
+        out = enough_images(out, images_per_class)
+    return out
+
+
 def task(res: dict) -> dict:
     """Chapter 1 (no verdict): the token groups resolve and the clean accuracy."""
     finding = (f"token groups from the processor and chat template ({res['group_sizes']['image']} image tokens); "
