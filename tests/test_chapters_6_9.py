@@ -45,6 +45,7 @@ def test_knockout_plan_equals_one_knockout_per_row(tiny_study):
     assert len(plan.select("image->final", 1, "some")) == st.n_layers and not plan.select("image->role", 1, "some")
     assert len(plan.select("question->role-only", 2)) == st.n_layers - 1
     got = flow.run_image(st, t, plan)
+    assert got["suffix_path"]  # every row a suffix pass over one prefix; checked against full forwards below
     g = flow.group_masks(st, t)
     assert g["role-only"].any() and not (g["role-only"] & g["final"]).any()
     assert ((g["role-only"] | g["final"]) == g["role"]).all()
@@ -61,6 +62,27 @@ def test_knockout_plan_equals_one_knockout_per_row(tiny_study):
     assert (np.abs(got["y"] - got["y_clean"]) > 1e-4).sum() >= 6  # the knockouts act
     with pytest.raises(ValueError, match="window size"):
         flow.windows(st.n_layers, st.n_layers + 1)
+
+
+def test_chapter_7_rows_on_the_suffix_path_equal_full_forwards_on_the_organism(organism_model, monkeypatch):
+    net, processor = organism_model
+    iv.install(net, "sdpa")
+    f = coco.resolve_set("fashionscenes/eval")
+    words = coco.class_names(f)
+    q = question_text("color")
+    tasks = experiment.prepare(processor, coco.load_set(f)[:2], words, q)
+    n_layers, n_heads = iv.text_layers_and_heads(net)
+    st = study.Study("organism", net, processor, words, q, tasks, 2, 1.0, iv.Baseline("zero"), "zero", "logit",
+                     n_layers, n_heads, {"image_set": "fashionscenes/eval"})
+    plan = flow.chapter_plan(n_layers, {"all heads": None, "top": np.array([3, 9, 17])}, window=1, sensitivity_window=3)
+    fast = [flow.run_image(st, t, plan) for t in tasks]
+    monkeypatch.setattr(flow, "suffix_path", lambda *a, **k: None)  # force full forwards
+    full = [flow.run_image(st, t, plan) for t in tasks]
+    for a, b in zip(fast, full):
+        assert a["suffix_path"] and not b["suffix_path"]
+        for key in ("y", "y_diff", "y_clean", "y_none", "y_clean_diff", "y_none_diff"):
+            assert np.abs(np.asarray(a[key]) - np.asarray(b[key])).max() < 1e-4, key
+        assert np.array_equal(a["correct"], b["correct"])
 
 
 def test_onset_and_timing_statistics():

@@ -299,6 +299,45 @@ def test_fast_path_is_exact_where_valid_and_refuses_where_not(built, family, bas
     _done(f"fast-path-{base}", family)
 
 
+@pytest.mark.parametrize("family", FAMS)
+@pytest.mark.parametrize("base", BASES)
+def test_knockouts_on_the_suffix_path_equal_full_forwards(built, family, base):
+    """Chapter 7's rows (every flow of findings.flow in every window, one head set besides all heads): run
+    as suffix passes over the prefix computed once, each row's logits equal the full forward's."""
+    from types import SimpleNamespace
+
+    from headflow.findings import flow
+
+    model, processor = built(family)
+    task = _task(model, processor)
+    if family == "gemma3":
+        model = _long_window(model)
+    iv.install(model, base)
+    n_l, n_h = iv.text_layers_and_heads(model)
+    st = SimpleNamespace(model=model, processor=processor, question=question_text("object"), n_layers=n_l,
+                         n_heads=n_h, baseline=iv.Baseline("zero"))
+    plan = flow.chapter_plan(n_l, {"all heads": None, "two heads": np.array([0, n_h + 1])}, window=1,
+                             sensitivity_window=2)
+    kos = flow.knockouts_for(plan, flow.group_masks(st, task), n_l, n_h)
+    reuse = flow.suffix_path(st, task, kos, len(plan.rows))
+    assert reuse is not None, family  # every flow ends after the image in every tested template
+    ids = list(range(min(model.config.get_text_config().vocab_size, 200)))
+    keep = torch.ones(len(plan.rows), n_l, n_h, dtype=torch.bool)
+    fast = reuse.final_logits(keep, batch_size=5, reduce=lambda lg: lg[:, ids], knockouts=kos).double()
+    full = flow.full_knockout_logits(st, task, kos, len(plan.rows), ids, batch_size=5)
+    assert (fast - full).abs().max() <= 1e-4, (family, (fast - full).abs().max())
+    with torch.inference_mode():
+        clean = model(**task.inputs, logits_to_keep=1).logits[0, -1, ids].double()
+    assert (full - clean).abs().amax(-1).max() > 1e-3  # the knockouts matter
+    # a knockout whose queries start inside the prefix is refused (the rows then take full forwards)
+    L = task.inputs["input_ids"].shape[1]
+    inside = iv.Knockout(torch.ones(L, dtype=torch.bool), torch.ones(L, dtype=torch.bool), [0])
+    assert "before position" in reuse.knockouts_fit([inside], 1)
+    with pytest.raises(ValueError, match="full forwards"):
+        reuse.final_logits(keep[:1], knockouts=[inside])
+    _done(f"knockout-suffix-{base}", family)
+
+
 # ------------------------------------------------------------------------------------ baselines
 def test_dataset_mean_baseline_needs_the_same_image_token_count(built):
     """Qwen2-VL gives a 64x64 image 16 tokens and a 64x96 one more: a per-position baseline built on
@@ -360,7 +399,7 @@ def test_zz_exactly_the_tested_families_ran():
     which is also the adapter table's list of tested families."""
     assert set(models.TESTED_FAMILIES) == {n for n, f in families.FAMILIES.items() if f.tested}
     checks = ["layout", "groups", "interventions-sdpa", "interventions-eager", "no-leak-zero", "no-leak-dataset-mean",
-              "fast-path-sdpa", "fast-path-eager"]
+              "fast-path-sdpa", "fast-path-eager", "knockout-suffix-sdpa", "knockout-suffix-eager"]
     for check in checks:
         assert RAN[check] == set(models.TESTED_FAMILIES), (check, sorted(RAN[check]))
 

@@ -41,7 +41,9 @@ import torch
 from headflow.mechanism import interventions as iv
 from headflow.mechanism import tokens
 from headflow.method import attribution, crossfit, metrics, stats, study
-from headflow.method.experiment import ImageTask, masks_y, repeat_inputs
+from headflow.mechanism.prefix_reuse import PrefixReuse
+from headflow.method.experiment import ImageTask, masks_y_raw, repeat_inputs
+from headflow.models import families
 from headflow.util.devices import to_device
 from headflow.util import progress
 
@@ -136,28 +138,49 @@ def run_image(st, task: ImageTask, plan: Plan, batch_size: int = 64) -> dict:
     ``y_none`` and their logit differences ``y_clean_diff``, ``y_none_diff``."""
     groups = group_masks(st, task)
     kos = knockouts_for(plan, groups, st.n_layers, st.n_heads)
-    B = len(plan.rows)
     ids = [task.target_id] + list(task.other_ids)
-    ys, diffs, ok = [], [], []
-    for s in range(0, B, batch_size):
-        n = min(batch_size, B - s)
+    reuse = suffix_path(st, task, kos, len(plan.rows))
+    if reuse is not None:  # every knocked-out flow ends after the image: the prefix is computed once
+        keep = torch.ones(len(plan.rows), st.n_layers, st.n_heads, dtype=torch.bool, device="cpu")
+        answers = reuse.final_logits(keep, batch_size, reduce=lambda lg: lg[:, ids], knockouts=kos).double()
+    else:
+        answers = full_knockout_logits(st, task, kos, len(plan.rows), ids, batch_size)
+    ends = torch.stack([torch.ones(st.n_layers, st.n_heads, dtype=torch.bool, device="cpu"),
+                        torch.zeros(st.n_layers, st.n_heads, dtype=torch.bool, device="cpu")])
+    # one pass per mask for both targets (the answer's logit and the logit difference)
+    two = masks_y_raw(st.model, task, st.baseline, ends, ids, reuse=reuse).double()
+    (y_clean, y_none), (d_clean, d_none) = two[:, 0], two[:, 0] - two[:, 1:].amax(-1)
+    return {"y": answers[:, 0].numpy(), "y_diff": (answers[:, 0] - answers[:, 1:].amax(-1)).numpy(),
+            "correct": (answers.argmax(-1) == 0).numpy(), "y_clean": float(y_clean), "y_none": float(y_none),
+            "y_clean_diff": float(d_clean), "y_none_diff": float(d_none), "suffix_path": reuse is not None}
+
+
+def suffix_path(st, task: ImageTask, kos: Sequence[iv.Knockout], n_rows: int):
+    """The prefix-reusing fast path for these knockout rows (a
+    :class:`headflow.mechanism.prefix_reuse.PrefixReuse`), or ``None`` where it does not apply: the
+    family refuses prefix reuse (:func:`headflow.models.families.prefix_reuse_problem`), or a knocked-out
+    flow's receiving group starts before the end of the image (the prefix would change)."""
+    if families.prefix_reuse_problem(st.model, task.inputs["input_ids"].shape[1]):
+        return None
+    reuse = PrefixReuse(st.model, task.inputs, st.baseline)
+    return None if reuse.knockouts_fit(kos, n_rows) else reuse
+
+
+@torch.inference_mode()
+def full_knockout_logits(st, task: ImageTask, kos: Sequence[iv.Knockout], n_rows: int, ids: Sequence[int],
+                         batch_size: int) -> torch.Tensor:
+    """The answers' logits ``(n_rows, len(ids))`` (float64, CPU) under each knockout row, by full forwards."""
+    out = []
+    for s in range(0, n_rows, batch_size):
+        n = min(batch_size, n_rows - s)
         dev = st.model.device
         part = [iv.Knockout(ko.queries[s:s + n].to(dev), ko.keys[s:s + n].to(dev), ko.layers,
                             head_mask=ko.head_mask[s:s + n].to(dev)) for ko in kos if ko.queries[s:s + n].any()]
         with iv.intervene(st.model, knockouts=part):
             inputs = to_device(repeat_inputs(task.inputs, n), dev)
             logits = st.model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1].double().cpu()
-        answers = logits[:, ids]
-        ys.append(answers[:, 0].numpy())
-        diffs.append((answers[:, 0] - answers[:, 1:].amax(-1)).numpy())
-        ok.append((answers.argmax(-1) == 0).numpy())
-    ends = torch.stack([torch.ones(st.n_layers, st.n_heads, dtype=torch.bool, device="cpu"),
-                        torch.zeros(st.n_layers, st.n_heads, dtype=torch.bool, device="cpu")])
-    y_clean, y_none = masks_y(st.model, task, st.baseline, ends, "logit")
-    d_clean, d_none = masks_y(st.model, task, st.baseline, ends, "logit-diff")
-    return {"y": np.concatenate(ys), "y_diff": np.concatenate(diffs), "correct": np.concatenate(ok),
-            "y_clean": float(y_clean), "y_none": float(y_none), "y_clean_diff": float(d_clean),
-            "y_none_diff": float(d_none)}
+        out.append(logits[:, list(ids)])
+    return torch.cat(out)
 
 
 #: The targets a knockout row is read under.

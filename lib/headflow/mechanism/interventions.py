@@ -231,8 +231,9 @@ def _is_sdpa(module) -> bool:
 
 
 # ------------------------------------------------------------------------------------ the function
-def _knockout_mask(ctx: _Context, layer: int, mask, B: int, Hq: int, q_len: int, k_len: int, sdpa: bool):
-    """The attention mask of this layer with every knockout applied (``None`` if none applies)."""
+def _knockout_block(ctx: _Context, layer: int, B: int, Hq: int, q_len: int, k_len: int, device):
+    """``(B, Hq, q_len, k_len)`` bool: the query-key pairs this layer's knockouts block (queries are the
+    last ``q_len`` of the ``k_len`` positions, as in a suffix pass); ``None`` if no knockout acts here."""
     block = None
     q_off = k_len - q_len
     for ko in ctx.knockouts:
@@ -243,16 +244,22 @@ def _knockout_mask(ctx: _Context, layer: int, mask, B: int, Hq: int, q_len: int,
                 raise ValueError(f"knockout {what} cover {getattr(ko, what).shape[-1]} positions but this prompt has "
                                  f"{k_len}: build the masks for this prompt (headflow.mechanism.tokens.resolve on its "
                                  "input_ids), one bool per position")
-        qm = _rows(ko.queries, B)[:, q_off:q_off + q_len].to(mask.device)
-        km = _rows(ko.keys, B)[:, :k_len].to(mask.device)
+        qm = _rows(ko.queries, B)[:, q_off:q_off + q_len].to(device)
+        km = _rows(ko.keys, B)[:, :k_len].to(device)
         b = (qm[:, :, None] & km[:, None, :])[:, None]  # (B, 1, Q, K)
         if ko.heads is not None:
-            hm = torch.zeros(Hq, dtype=torch.bool, device=mask.device)
+            hm = torch.zeros(Hq, dtype=torch.bool, device=device)
             hm[list(ko.heads)] = True
             b = b & hm[None, :, None, None]
         elif ko.head_mask is not None:
-            b = b & _rows(ko.head_mask, B).to(mask.device)[:, :, None, None]
+            b = b & _rows(ko.head_mask, B).to(device)[:, :, None, None]
         block = b if block is None else block | b
+    return block if block is None else block.expand(B, Hq, q_len, k_len)
+
+
+def _knockout_mask(ctx: _Context, layer: int, mask, B: int, Hq: int, q_len: int, k_len: int, sdpa: bool):
+    """The attention mask of this layer with every knockout applied (``mask`` itself if none applies)."""
+    block = _knockout_block(ctx, layer, B, Hq, q_len, k_len, mask.device)
     if block is None:
         return mask
     if sdpa:
@@ -352,8 +359,13 @@ def headflow_attention(module, query, key, value, attention_mask, **kwargs):
     """
     base = _base_attention(module)
     ctx = _ACTIVE
-    if ctx is not None and ctx.prefix is not None:  # a suffix pass of prefix_reuse
-        return prefix_attention(module, query, key, value, ctx.prefix, kwargs.get("scaling", module.scaling)), None
+    if ctx is not None and ctx.prefix is not None:  # a suffix pass of prefix_reuse (head ablations, knockouts)
+        block = None
+        if ctx.knockouts:
+            S, P = query.shape[2], ctx.prefix.keys[module.layer_idx].shape[1]
+            block = _knockout_block(ctx, module.layer_idx, query.shape[0], query.shape[1], S, P + S, query.device)
+        return prefix_attention(module, query, key, value, ctx.prefix, kwargs.get("scaling", module.scaling),
+                                block), None
     if ctx is None or not ctx.needs_mask:
         return base(module, query, key, value, attention_mask, **kwargs)
     layer = module.layer_idx

@@ -20,6 +20,8 @@ LLaVA-1.5's 32,064 words are 3.5 GB in float32); results come back to the CPU pe
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from headflow.util.devices import to_device
@@ -37,6 +39,13 @@ def position_ids(model, inputs) -> torch.Tensor:
         pos, _ = inner.get_rope_index(ids, **kw)
         return pos
     return torch.arange(ids.shape[1], device=ids.device)[None]
+
+
+def _rows_of(ko: iv.Knockout, start: int, n: int, device) -> iv.Knockout:
+    """Rows ``start:start + n`` of a per-row knockout (a shared one as it is), on ``device``."""
+    pick = lambda m: m.to(device) if m is None or m.dim() == 1 else m[start:start + n].to(device)  # noqa: E731
+    return iv.Knockout(pick(ko.queries), pick(ko.keys), ko.layers, ko.heads,
+                       None if ko.head_mask is None else ko.head_mask[start:start + n].to(device))
 
 
 class PrefixReuse:
@@ -84,16 +93,40 @@ class PrefixReuse:
         self.image_slots = img_slots  # (P,) bool
         self.n_image = int(img_slots.sum())
 
+    def knockouts_fit(self, knockouts: Sequence[iv.Knockout], n_rows: int) -> str | None:
+        """Why ``knockouts`` cannot run on this prefix (``None`` if they can): their masks must cover the
+        prompt's ``P + S`` positions, per-row masks ``n_rows`` rows, and no knocked-out query may lie in
+        the prefix (it would change the prefix, which is computed once)."""
+        L = self.P + self.suffix_ids.shape[1]
+        for ko in knockouts:
+            for what in ("queries", "keys"):
+                m = getattr(ko, what)
+                if m.shape[-1] != L:
+                    return (f"knockout {what} cover {m.shape[-1]} positions but this prompt has {L}: build the masks "
+                            "for this prompt (headflow.mechanism.tokens.resolve on its input_ids)")
+                if m.dim() == 2 and m.shape[0] != n_rows:
+                    return f"knockout {what} have {m.shape[0]} rows for {n_rows} masks"
+            if bool(ko.queries[..., :self.P].any()):
+                return (f"a knockout's queries start before position {self.P} (the end of the image): the prefix "
+                        "would change, so these rows need full forwards")
+        return None
+
     @torch.inference_mode()
     def final_logits(self, keep: torch.Tensor, batch_size: int = 64, slots: torch.Tensor | None = None,
-                     reduce=None) -> torch.Tensor:
+                     reduce=None, knockouts: Sequence[iv.Knockout] = ()) -> torch.Tensor:
         """Final-position logits ``(M, vocab)`` under each mask of ``keep (M, n_layers, n_heads)``, or
         with ``reduce`` (a function of one batch's ``(B, vocab)`` logits, e.g. the answer's column or
         a logit difference) its ``(M, ...)`` values: only those are kept.  Returned on the CPU in
         float32.  With ``slots (M, n_image)`` bool only those image positions are replaced in the
         ablated heads (position-level ablation, as
-        :class:`headflow.mechanism.interventions.HeadAblation` ``slots``)."""
+        :class:`headflow.mechanism.interventions.HeadAblation` ``slots``).  ``knockouts``
+        (:class:`headflow.mechanism.interventions.Knockout`, masks over the whole prompt, per row ``(M, L)``
+        or shared ``(L,)``) act in the suffix pass too: every knocked-out query must lie after the prefix
+        (:meth:`knockouts_fit`), since the prefix was computed without them."""
         keep = torch.as_tensor(keep, dtype=torch.bool, device="cpu")
+        problem = self.knockouts_fit(knockouts, keep.shape[0])
+        if problem:
+            raise ValueError(problem)
         if keep.dim() != 3 or tuple(keep.shape[1:]) != (self.n_layers, self.n_heads):
             raise ValueError(f"masks have shape {tuple(keep.shape)}; this model needs "
                              f"(n_masks, {self.n_layers}, {self.n_heads})")
@@ -111,7 +144,9 @@ class PrefixReuse:
             B = chunk.shape[0]
             self.state.keep = chunk.to(self.suffix_ids.device)
             self.state.slots = None if prefix_slots is None else prefix_slots[s:s + batch_size].to(self.suffix_ids.device)
-            ctx = iv._Context(self.n_layers, self.n_heads, None, [], None, prefix=self.state)
+            part = [_rows_of(ko, s, B, self.suffix_ids.device) for ko in knockouts]
+            part = [ko for ko in part if ko.queries.any()]
+            ctx = iv._Context(self.n_layers, self.n_heads, None, part, None, prefix=self.state)
             pos = self.suffix_pos.expand(*self.suffix_pos.shape[:-2], B, -1)
             with iv._activate(ctx):
                 logits = self.model(input_ids=self.suffix_ids.expand(B, -1), position_ids=pos, use_cache=False,

@@ -3,8 +3,10 @@
 The counts are those :func:`headflow.method.cost.count` sees when the chapter's library calls
 run (``tests/test_plan.py`` instruments them on the organism and checks every formula exactly):
 
-- *forward passes*: rows through the whole prompt (a fast-path prefix pass counts as one; a
-  knockout row of chapter 7 is a full forward, since it changes the image's own positions);
+- *forward passes*: rows through the whole prompt (a fast-path prefix pass counts as one);
+- a knockout row of chapter 7 is a suffix pass: every flow it knocks out ends at text after the
+  image, so the prefix up to the end of the image is computed once per image
+  (:func:`headflow.findings.flow.suffix_path`; a family that refuses the fast path runs full forwards);
 - *suffix passes*: rows of the fast path over the text after the image only;
 - *gradient passes*: full forwards with a backward (attribution patching).
 
@@ -66,13 +68,13 @@ N_ORDERS = 13  # 5 methods cross-fitted globally + 3 per class + 5 in-sample (cr
 
 
 def knockouts(n_layers: int, window: int, sensitivity_window: int | None, n_flows: int, n_sets: int) -> Passes:
-    """Chapter 7 per image (:func:`headflow.findings.flow.chapter_plan`): a full forward per row (every
-    flow over the windows of ``window`` and of ``sensitivity_window`` layers in all heads, the control
-    flow over the windows of ``window`` in each of the other ``n_sets - 1`` head sets), and y_clean/y_none
-    for the logit and for the logit difference (a prefix and two suffix passes each)."""
+    """Chapter 7 per image (:func:`headflow.findings.flow.chapter_plan`): one prefix pass, then a suffix
+    pass per row (every flow over the windows of ``window`` and of ``sensitivity_window`` layers in all
+    heads, the control flow over the windows of ``window`` in each of the other ``n_sets - 1`` head sets),
+    and y_clean/y_none (two suffix passes, read for the logit and the logit difference at once)."""
     w1 = n_layers - window + 1
     w2 = n_layers - sensitivity_window + 1 if sensitivity_window and sensitivity_window != window else 0
-    return Passes(n_flows * (w1 + w2) + (n_sets - 1) * w1, 0) + Passes(1, 2).times(2)
+    return Passes(1, n_flows * (w1 + w2) + (n_sets - 1) * w1 + 2)
 
 
 def groups_and_tokens(n_random: int, token_masks: int, n_sets: int = 2) -> Passes:
