@@ -165,6 +165,20 @@ def test_adaptive_k_equals_every_k_on_synthetic_curves_at_1024_heads(monkeypatch
     assert n2 - n_every == len(st.tasks) * 8 * 2 * 1025
     with pytest.raises(ValueError, match="other summary settings"):
         crossfit.summarise(adaptive, 100, 0, 2)
+    # capped at k_max: crossings at or below it exact, later ones censored ("> k_max"), passes within the plan's bound
+    from headflow.scale import passes
+    capped, n_capped = _patched_run(monkeypatch, st, table, effects, "adaptive", **kw, k_max=300)
+    c = crossfit.summarise(capped, 200, 0, 2)
+    for metric in ("faithfulness", "completeness"):
+        for m, r in b["heldout"][metric].items():
+            got = c["heldout"][metric][m]["k"]
+            assert got == (r["k"] if r["k"] is not None and r["k"] <= 300 else None), (metric, m)
+    assert c["heldout"]["faithfulness"]["attention_weight"]["k"] == 37
+    assert c["heldout"]["faithfulness"]["random"]["k"] is None  # crosses near 0.8 x 1024: censored
+    assert "> 300" in crossfit.k_table(c, {}).loc["random", "faithfulness k"]
+    bound = passes.judge_adaptive(1024, passes.N_ORDERS, 3, 0, 300).suffix_passes * len(st.tasks)
+    assert n_capped <= bound < n_adaptive, (n_capped, bound, n_adaptive)
+    print(f"capped at k_max = 300: {n_capped / n_every:.3f} of every k (bound {bound / n_every:.3f})")
 
 
 def test_adaptive_k_equals_every_k_on_the_organism(organism_model, monkeypatch, tmp_path):
@@ -186,5 +200,8 @@ def test_adaptive_k_equals_every_k_on_the_organism(organism_model, monkeypatch, 
     _same_statistics(crossfit.summarise(cfs["adaptive"], 200, 0, 2), crossfit.summarise(cfs["every"], 200, 0, 2))
     masks = {d: sum(cf["design"]["masks_judged"].values()) for d, cf in cfs.items()}
     assert passes["every"] == masks["every"] and passes["adaptive"] == masks["adaptive"] < masks["every"]
+    from headflow.scale.passes import N_ORDERS, judge_adaptive
+    H = st.n_layers * st.n_heads
+    assert passes["adaptive"] <= judge_adaptive(H, N_ORDERS, 2, 0, H).suffix_passes * len(st.tasks)  # the plan's bound
     print(f"organism (H = 64): adaptive {passes['adaptive']} / every-k {passes['every']} suffix passes "
           f"= {passes['adaptive'] / passes['every']:.3f}")

@@ -44,6 +44,15 @@ def test_the_plan_prices_every_chapter_and_sizes_masks_by_heads(full):
         # chapter 4 per image: 2 x (13 x (H+1) + 20 random rankings x the 16-point grid) judged masks among others
         ch4 = r["chapters"]["04-faithfulness-completeness"]
         assert ch4["suffix_passes"] >= ch4["images"] * passes.judge(H, 13, 20, 16).suffix_passes
+        # a run-store unit that chapters share is counted once: chapter 3 computes, 4, 5, 7 and 8 read
+        assert r["chapters"]["03-head-attribution"]["reads_shared_units"] is None
+        for name in ("04-faithfulness-completeness", "05-where-the-heads-are", "07-token-flow", "08-object-background"):
+            assert r["chapters"][name]["reads_shared_units"]["computed_by"] == "03-head-attribution", name
+        per = passes.chapter("05-where-the-heads-are", H, r["layers"], {"per_class": 5, "n_masks": r["masks"],
+                                                                         "n_probe_per_class": 5, "n_reference": 100},
+                             ch4["images"], 80)
+        assert r["chapters"]["05-where-the-heads-are"]["suffix_passes"] == \
+            per.suffix_passes - ch4["images"] * passes.attribution_unit(r["masks"]).suffix_passes
     llava13 = next(r for r in full["checkpoints"] if r["model"] == "llava-hf/llava-1.5-13b-hf")
     assert llava13["masks"] == 6400 and attribution.choose(attribution.n_train_of(2000), 1600) == "ridge"
     assert full["total_chapters_h100_hours"] > 10 * full["total_h100_hours"]  # chapter 3 alone was priced before

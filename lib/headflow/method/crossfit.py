@@ -187,7 +187,7 @@ def _mean_over(judged: dict, members: list[str]) -> np.ndarray:
 
 def run(st, scores: dict, runs: dict, n_folds: int, seed: int, n_random: int, n_k_random: int,
         batch_size: int = 128, design: str = "every", n_boot: int = 0, min_images: int = 2,
-        threshold: float = 0.8, n_grid: int = 16, n_repeats: int = 1) -> dict:
+        threshold: float = 0.8, n_grid: int = 16, n_repeats: int = 1, k_max: int | None = None) -> dict:
     """Cross-fitted curves of every method (global and per class), random rankings, and the
     in-sample per-image view.  Returns per ranking name the numerator arrays
     ``faithfulness``/``completeness`` ``(n_images, len(ks))`` (image order = ``keys``), with
@@ -202,7 +202,12 @@ def run(st, scores: dict, runs: dict, n_folds: int, seed: int, n_random: int, n_
     ``n_repeats`` fold splits (seeds ``seed``, ``seed + REPEAT_SEED``, ...): each image is judged by
     each split's rankings, none of which saw it, and its numerator is the mean over the splits, so the
     bootstrap over images carries the variation of refitting.  In-sample and random rankings do not
-    depend on the split and are judged once."""
+    depend on the split and are judged once.
+
+    ``k_max`` (adaptive design only) caps the dense part: every k up to ``min(bound, k_max)`` is judged, so a
+    first crossing at or below ``k_max`` is exact and a later one is *censored* (reported as "more than
+    ``k_max``" by :func:`summarise`, never as a grid value); the passes then stay below
+    :func:`headflow.scale.passes.judge_adaptive`'s bound whatever the data."""
     if design not in ("adaptive", "every"):
         raise ValueError(f"design must be 'adaptive' or 'every', not {design!r}")
     H = st.n_layers * st.n_heads
@@ -212,6 +217,8 @@ def run(st, scores: dict, runs: dict, n_folds: int, seed: int, n_random: int, n_
     k_random = all_k if n_k_random <= 0 else metrics.k_grid(H, n_k_random)  # 0: every k (the chapters)
     if n_repeats < 1:
         raise ValueError(f"n_repeats must be at least 1, not {n_repeats}")
+    if k_max is not None and (design != "adaptive" or not 1 <= k_max <= H):
+        raise ValueError(f"k_max={k_max} needs design='adaptive' and 1 <= k_max <= {H} (all heads)")
     orders_of, fold_list = heldout_orders(st, scores, runs, n_folds, seed, n_random)
     repeat_folds = [fold_list]
     for r in range(1, n_repeats):  # the fold-dependent rankings of another split, named "<name>@<r>"
@@ -259,6 +266,7 @@ def run(st, scores: dict, runs: dict, n_folds: int, seed: int, n_random: int, n_
                 rows = np.isfinite(num[:, base[members[0]].index(0)])  # images this ranking judged
                 b = crossing_bound(num[rows], effects[rows], [c for c, r in zip(cls, rows) if r], base[members[0]],
                                    grid[members[0]], threshold, min_images, nb, seed)
+                b = b if k_max is None else min(b, k_max)
                 for n in members:
                     more[metric][n] = [kv for kv in base[n] if kv <= b and kv not in set(grid[n])]
         judge_all(more, "judging held-out images below the crossing bounds")
@@ -271,6 +279,7 @@ def run(st, scores: dict, runs: dict, n_folds: int, seed: int, n_random: int, n_
     every_n = {m: int(sum(len(base[n]) * sum(n in orders_of[k] for k in keys) for n in names)) for m in judged}
     out["design"] = {"design": design, "rule": ADAPTIVE_RULE if design == "adaptive" else "every k judged",
                      "n_grid": n_grid, "n_boot": n_boot, "seed": seed, "min_images": min_images, "threshold": threshold,
+                     "k_max": k_max,
                      "masks_judged": judged_n, "masks_every_k": every_n,
                      "fraction_of_every_k": sum(judged_n.values()) / max(sum(every_n.values()), 1)}
     return out
@@ -289,6 +298,16 @@ def _stack(cf: dict, names: Sequence[str], metric: str) -> np.ndarray:
     return np.stack([cf["curves"][n][metric] for n in names], axis=1)  # (n_images, n_names, K)
 
 
+def censor(k, k_max: int | None):
+    """A first crossing beyond ``k_max`` is not known exactly (:func:`run`'s cap): None for one k, inf in
+    draws (read as "more than ``k_max``", as "never" is read without a cap)."""
+    if k_max is None:
+        return k
+    if isinstance(k, np.ndarray):
+        return np.where(k > k_max, np.inf, k)
+    return None if k is None or k > k_max else k
+
+
 def summarise(cf: dict, n_boot: int, seed: int, min_images: int = 2, threshold: float = 0.8) -> dict:
     """Aggregates (the rule of :mod:`headflow.method.metrics`), k at ``threshold`` with bootstrap intervals,
     paired bootstrap differences of k against attribution (each with a one-sided bootstrap p-value,
@@ -302,11 +321,13 @@ def summarise(cf: dict, n_boot: int, seed: int, min_images: int = 2, threshold: 
             raise ValueError(f"these curves were judged adaptively for other summary settings {other} (run, summarise): "
                              "pass run(...) the n_boot, seed, min_images and threshold you summarise with, or "
                              "design='every'")
+    k_max = d.get("k_max")
     eff, cls = cf["effects"], cf["classes"]
     held = list(METHODS)
     random_names = sorted(n for n in cf["curves"] if n.startswith("random/"))
     ks_all, ks_rand = cf["ks"][held[0]], cf["ks"][random_names[0]]
     out = {"n_boot": n_boot, "min_images": min_images, "threshold": threshold, "ks": ks_all, "ks_random": ks_rand,
+           "k_max": k_max,
            "design": {k: v for k, v in d.items() if k != "rule"}, "design_rule": d.get("rule", "every k judged"),
            "heldout": {}, "class_rankings": {}, "in_sample": {}, "paired_vs_attribution": {}, "above_one": []}
     for metric in ("faithfulness", "completeness"):
@@ -317,14 +338,15 @@ def summarise(cf: dict, n_boot: int, seed: int, min_images: int = 2, threshold: 
         r_each = np.stack([metrics.aggregate(rand[:, r], eff, cls, min_images)["value"] for r in range(rand.shape[1])])
         r_mean = metrics.aggregate(rand.mean(1), eff, cls, min_images)
         r_draws = metrics.bootstrap_aggregate(rand.mean(1), eff, cls, n_boot, seed, min_images)  # same resamples
-        k_draws = {m: metrics.k_at_draws(draws[:, i], ks_all, threshold) for i, m in enumerate(held)}
-        k_draws["random"] = metrics.k_at_draws(r_draws, ks_rand, threshold)
+        k_draws = {m: censor(metrics.k_at_draws(draws[:, i], ks_all, threshold), k_max) for i, m in enumerate(held)}
+        k_draws["random"] = censor(metrics.k_at_draws(r_draws, ks_rand, threshold), k_max)
         res = {}
         for i, m in enumerate(held):
             res[m] = {"curve": agg["value"][i], "per_class": {c: v[i] for c, v in agg["per_class"].items()},
-                      "k": metrics.k_at(agg["value"][i], ks_all, threshold), "ci": metrics.interval(k_draws[m])}
+                      "k": censor(metrics.k_at(agg["value"][i], ks_all, threshold), k_max),
+                      "ci": metrics.interval(k_draws[m])}
         res["random"] = {"curve": r_mean["value"], "band": np.quantile(r_each, [0.025, 0.975], axis=0),
-                         "per_class": r_mean["per_class"], "k": metrics.k_at(r_mean["value"], ks_rand, threshold),
+                         "per_class": r_mean["per_class"], "k": censor(metrics.k_at(r_mean["value"], ks_rand, threshold), k_max),
                          "ci": metrics.interval(k_draws["random"])}
         out["heldout"][metric] = res
         out["left_out"] = {"images": [cf["keys"][i] for i in agg["images_left_out"]],
@@ -343,7 +365,8 @@ def summarise(cf: dict, n_boot: int, seed: int, min_images: int = 2, threshold: 
                 num = cf["curves"][n][metric]
                 ok = np.isfinite(num).any(1)  # the images this ranking judged (adaptive: nan above its bound)
                 a = metrics.aggregate(num[ok], eff[ok], [c for c, o in zip(cls, ok) if o], min_images)
-                out[key][metric][n.split("/")[0]] = {"curve": a["value"], "k": metrics.k_at(a["value"], ks_all, threshold),
+                out[key][metric][n.split("/")[0]] = {"curve": a["value"],
+                                                    "k": censor(metrics.k_at(a["value"], ks_all, threshold), k_max),
                                                     "n_images_used": a["n_images_used"]}
         for m, r in res.items():
             for k, v in zip(ks_rand if m == "random" else ks_all, r["curve"]):
@@ -366,7 +389,9 @@ def k_table(summary: dict, cost_per_image: dict):
     paired difference to attribution, and the passes one image costs."""
 
     def show(v):
-        return "never" if v is None else f"{int(v):+d}" if v < 0 else str(int(v))
+        if v is None:
+            return "never" if summary.get("k_max") is None else f"> {summary['k_max']}"
+        return f"{int(v):+d}" if v < 0 else str(int(v))
 
     def fmt(d):
         k, (lo, hi) = d["k"], d["ci"]
@@ -406,6 +431,7 @@ def results_json(summary: dict, cost_per_image: dict, model: str, n_heads_total:
             for m in list(METHODS) + ["random"]}
     out = {"model": model, "n_heads_total": n_heads_total, **params, "n_boot": summary["n_boot"],
            "min_images": summary["min_images"], "left_out": summary["left_out"],
+           "design": summary.get("design"), "design_rule": summary.get("design_rule"), "k_max": summary.get("k_max"),
            "k_at_0.8_heldout": {metric: {m: {"k": main[m][metric]["k"], "ci": main[m][metric]["ci"]}
                                           for m in main} for metric in ("faithfulness", "completeness")},
            "paired_vs_attribution": summary["paired_vs_attribution"], "family": summary["family"],

@@ -10,8 +10,9 @@ run (``tests/test_plan.py`` instruments them on the organism and checks every fo
 - *suffix passes*: rows of the fast path over the text after the image only;
 - *gradient passes*: full forwards with a backward (attribution patching).
 
-``H``: heads in all layers; ``M``: masks per image.  Counts are for a cold run store (chapters that
-share a run, as 3, 4 and 5 do with equal parameters, each count it).
+``H``: heads in all layers; ``M``: masks per image.  Counts are for a cold run store; the plan
+(:mod:`headflow.scale.plan`) then counts a unit that several chapters share once
+(:func:`shared_attribution`): the first chapter computes it, the others read it.
 """
 from __future__ import annotations
 
@@ -65,6 +66,20 @@ def judge(H: int, n_orders: int, n_random: int, n_k_random: int) -> Passes:
 
 
 N_ORDERS = 13  # 5 methods cross-fitted globally + 3 per class + 5 in-sample (crossfit.run)
+N_FOLD_ORDERS = 8  # of which depend on the fold split (refitted on every repeated split)
+
+
+def judge_adaptive(H: int, n_orders: int, n_random: int, n_k_random: int, k_max: int, n_grid: int = 16,
+                   n_repeats: int = 1, n_fold_orders: int = N_FOLD_ORDERS) -> Passes:
+    """Chapter 4 per image under ``crossfit.run(design="adaptive", k_max=...)``: an *upper bound* (the
+    passes depend on where the curves cross; the test checks the instrumented count stays at or below
+    it).  Two prefix passes (the grid, then the dense part); per ranking and metric at most the grid's
+    k and every k up to ``k_max``; the fold-dependent rankings once per repeated split."""
+    grid = set(metrics.k_grid(H, n_grid)) | {0, H}
+    dense = grid | set(range(k_max + 1))
+    base_r = set(range(H + 1)) if n_k_random <= 0 else set(metrics.k_grid(H, n_k_random))
+    rankings = n_orders + (n_repeats - 1) * n_fold_orders
+    return Passes(2, 2 * (rankings * len(dense) + n_random * len(base_r & dense | ({0, H} & base_r))))
 
 
 def knockouts(n_layers: int, window: int, sensitivity_window: int | None, n_flows: int, n_sets: int) -> Passes:
@@ -90,6 +105,20 @@ def setup(n_asked: int, n_reference: int, decode_steps: int = 1) -> Passes:
     return Passes(n_asked * decode_steps + n_reference, 0)
 
 
+def shared_attribution(name: str, p: dict, default_question: str = "object") -> tuple[tuple, int] | None:
+    """The random-mask attribution units a chapter stores in the run store that chapters share
+    (:func:`headflow.method.study.store_for`: keyed by masks, rate and question, not by which images):
+    ``(store key, images per class)``, the first that many per class; None if the chapter has none.
+    Chapters 3-5 run them on their ``per_class`` images, 7 and 8 on their ``n_fit`` fitting images (the
+    object question's, where chapter 7 asks several)."""
+    rate = p.get("ablation_rate", 0.5)
+    if name in ("03-head-attribution", "04-faithfulness-completeness", "05-where-the-heads-are"):
+        return ("attribution", p["n_masks"], rate, p.get("question", default_question)), p.get("per_class", 0)
+    if name in ("07-token-flow", "08-object-background"):
+        return ("attribution", p["n_masks"], rate, default_question), p.get("n_fit", 0)
+    return None
+
+
 def chapter(name: str, H: int, n_layers: int, p: dict, n_images: int, n_classes: int) -> Passes:
     """Passes of one chapter of a profile: ``p`` its parameters (masks already sized for the model),
     ``n_images`` the images it analyses, ``n_classes`` the label set's size."""
@@ -103,7 +132,12 @@ def chapter(name: str, H: int, n_layers: int, p: dict, n_images: int, n_classes:
         rates = [r for r in p.get("rates", []) if r != 0.5]
         return setup(n_images, ref) + attribution_unit(M).times(n_images + p.get("n_rate_images", 0) * len(rates))
     if name == "04-faithfulness-completeness":
-        per = attribution_unit(M) + baseline_rankings(H) + judge(H, N_ORDERS, p["n_random"], p["n_k_random"])
+        if p.get("design", "every") == "adaptive":
+            j = judge_adaptive(H, N_ORDERS, p["n_random"], p["n_k_random"], p.get("k_max") or H,
+                               n_repeats=p.get("n_repeats", 1))
+        else:
+            j = judge(H, N_ORDERS, p["n_random"], p["n_k_random"])
+        per = attribution_unit(M) + baseline_rankings(H) + j
         return setup(n_images, ref) + per.times(n_images) + attribution_unit(M)
     if name == "05-where-the-heads-are":
         probes = p.get("n_probe_per_class", 0) * n_classes

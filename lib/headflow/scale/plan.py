@@ -298,6 +298,7 @@ def chapter_costs(profile: dict, entry: dict, params: int, f: dict, n_img: int, 
     t = entry["text"]
     H, n_classes = t["layers"] * t["heads"], len(COCO_CLASSES)
     out = {}
+    computed: dict[tuple, tuple[int, str]] = {}  # shared store key -> (images per class computed, by which chapter)
     for name, p in profile.items():
         if name.startswith("_"):
             continue
@@ -307,8 +308,19 @@ def chapter_costs(profile: dict, entry: dict, params: int, f: dict, n_img: int, 
             p["n_masks"] = attribution.mask_count(H, p[key], p.get("masks_per_head", 0))
         n_images = p.get("per_class", 0) * n_classes
         c = passes.chapter(name, H, t["layers"], p, n_images, n_classes)
+        shared, reads = passes.shared_attribution(name, p), None
+        if shared is not None:  # units another chapter already computed are read, not counted again
+            skey, per_class = shared
+            done, by = computed.get(skey, (0, None))
+            read = min(per_class, done) * n_classes
+            if read:
+                c = passes.Passes(*(a - b for a, b in zip(c.as_dict().values(),
+                                                          passes.attribution_unit(p["n_masks"]).times(read).as_dict().values())))
+                reads = {"units": read, "computed_by": by}
+            if per_class > done:
+                computed[skey] = (per_class, name)
         total = (c.forward_passes + 3 * c.gradient_passes) * f["full"] + c.suffix_passes * f["suffix"]
-        out[name] = {**c.as_dict(), "masks": p.get("n_masks"), "images": n_images,
+        out[name] = {**c.as_dict(), "masks": p.get("n_masks"), "images": n_images, "reads_shared_units": reads,
                      "peak_memory_gib": memory_gib(entry, params, f["prefix_tokens"], n_suffix, batch, name),
                      "h100_hours": total / (H100_BF16_TFLOPS * 1e12 * mfu) / 3600}
     return out
@@ -359,7 +371,11 @@ def results(profile: str = "full") -> dict:
                              "cross-validated ridge below",
                       "images": "per_class x 80 COCO classes, every asked image counted (an upper bound: only "
                                 "correctly answered ones are analysed)",
-                      "h100_hours": "(forward + 3 x gradient) x full-forward FLOPs + suffix x suffix FLOPs, at mfu"},
+                      "h100_hours": "(forward + 3 x gradient) x full-forward FLOPs + suffix x suffix FLOPs, at mfu",
+                      "shared": "a run-store unit that several chapters share (same masks, rate and question) is counted "
+                                "once, where it is first computed; reads_shared_units names the chapter that computes it",
+                      "chapter 4": "the adaptive design is priced by its upper bound (every k up to k_max and the grid, "
+                                   "passes.judge_adaptive)"},
             "checkpoints": rows}
 
 
