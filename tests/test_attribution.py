@@ -195,3 +195,31 @@ def test_auto_uses_ols_from_two_rows_per_parameter():
     # the full profile's rule: 4 masks per head, so a 13B's 1,600 heads get 6,400 masks (5,120 rows, OLS)
     assert attribution.mask_count(1600, 2000, 4) == 6400 and attribution.mask_count(64, 2000, 4) == 2000
     assert attribution.choose(attribution.n_train_of(attribution.mask_count(1600, 2000, 4)), 1600) == "ols"
+
+
+def test_several_targets_from_one_set_of_passes_equal_each_target_alone(tiny_llava, tmp_path):
+    """Chapter 6's two targets (and the logit difference) from one run: each store holds exactly what a run
+    for its target alone writes, bit for bit, and the passes are those of one target."""
+    from headflow.method import cost
+
+    model, processor = tiny_llava
+    iv.install(model, "sdpa")
+    set_file = coco.resolve_set("fashionscenes/eval")
+    prep = lambda: experiment.prepare(processor, coco.load_set(set_file)[:2], coco.class_names(set_file),  # noqa: E731
+                                      question_text("object"))
+    names = ["logit", "answer-kl", "logit-diff"]
+    base = iv.Baseline("zero")
+    stores = {n: RunStore(tmp_path / f"multi-{n}", {"target": n}) for n in names}
+    with cost.count(model) as c_multi:
+        multi = experiment.run_attribution(model, prep(), base, stores, 30, 0.5, 0, batch_size=8, progress=False)
+    for n in names:
+        with cost.count(model) as c_one:
+            alone = experiment.run_attribution(model, prep(), base, RunStore(tmp_path / f"alone-{n}", {"target": n}),
+                                               30, 0.5, 0, n, batch_size=8, progress=False)
+        for key, r in alone.items():
+            for field in ("y", "y_clean", "y_none", "keep"):
+                assert np.array_equal(r[field], multi[n][key][field]), (n, field)
+        if n == "answer-kl":  # (its clean answer distribution costs one pass per image; the others need none)
+            assert c_multi.as_dict() == c_one.as_dict()  # three targets for the passes of one
+    key = next(iter(multi["logit"]))
+    assert not np.allclose(multi["logit"][key]["y"], multi["answer-kl"][key]["y"])  # the targets differ

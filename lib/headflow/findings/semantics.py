@@ -375,20 +375,31 @@ def summary_layers(V: dict, images: Sequence[Image], n_layers: int, n_heads: int
 
 
 # ------------------------------------------------------------------------------------ the chapter
-def attribution_runs(st, images: Sequence[Image], n_masks: int, rate: float, seed: int) -> dict:
-    """Random-mask runs of every image, originals and variants in separate run stores (mask seeds
-    apart, since variant image ids restart at 1), keyed by the images' files too."""
+def for_target(st, target: str):
+    """The study ``st`` read under another target (its run stores keyed by that target)."""
+    return st if target == st.target else dataclasses.replace(st, target=target, meta={**st.meta, "target": target})
 
-    runs = {}
+
+def attribution_runs(st, images: Sequence[Image], n_masks: int, rate: float, seed: int,
+                     targets: Sequence[str] | None = None) -> dict:
+    """Random-mask runs of every image, originals and variants in separate run stores (mask seeds
+    apart, since variant image ids restart at 1), keyed by the images' files too.  With ``targets``
+    every target comes from the same passes (one store per target, each as a run for it alone would
+    fill): ``{target: runs}``; without, the study's own target's runs."""
+    names = [st.target] if targets is None else list(targets)
+    runs = {t: {} for t in names}
     for part, offset in (("original", 0), ("variant", 1)):
         sel = [im for im in images if (im.appearance == "original") == (part == "original")]
         if not sel:
             continue
-        store = store_for(st, f"semantics-{part}", n_masks=n_masks, ablation_rate=rate, seed=seed + offset,
-                          items_sha256=files_sha256(image_paths(sel))[:16])
-        runs.update(experiment.run_attribution(st.model, [im.task for im in sel], st.baseline, store, n_masks, rate,
-                                               seed + offset, st.target))
-    return runs
+        items = files_sha256(image_paths(sel))[:16]
+        stores = {t: store_for(for_target(st, t), f"semantics-{part}", n_masks=n_masks, ablation_rate=rate,
+                               seed=seed + offset, items_sha256=items) for t in names}
+        got = experiment.run_attribution(st.model, [im.task for im in sel], st.baseline, stores, n_masks, rate,
+                                         seed + offset)
+        for t in names:
+            runs[t].update(got[t])
+    return runs if targets is not None else runs[st.target]
 
 
 def analyse_target(st, images: Sequence[Image], runs: dict, seed: int, k: int, n_perm: int, n_boot: int,
@@ -419,9 +430,11 @@ def analyse(st, images: Sequence[Image], n_masks: int, rate: float, seed: int, k
     analysis, whose numbers are also at the top level), with the noise ceiling of the primary target
     and the counts of items, renditions and wrong answers."""
     by_target = {}
-    for target in [st.target] + [t for t in targets if t != st.target]:
-        s = st if target == st.target else dataclasses.replace(st, target=target, meta={**st.meta, "target": target})
-        runs = attribution_runs(s, images, n_masks, rate, seed)
+    order = [st.target] + [t for t in targets if t != st.target]
+    all_runs = attribution_runs(st, images, n_masks, rate, seed, order)  # every target from one set of passes
+    for target in order:
+        s = for_target(st, target)
+        runs = all_runs[target]
         by_target[target] = analyse_target(s, images, runs, seed, k, n_perm, n_boot, transfer_k, n_folds)
         if target == st.target:
             # noise ceiling: a second, independent mask set on every correctly answered original

@@ -131,18 +131,25 @@ def masks_y_raw(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tenso
     return (reuse or PrefixReuse(model, task.inputs, baseline)).final_logits(keep, len(keep), reduce=pick).cpu()
 
 
-def masks_y(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tensor, target: str = "logit",
+def masks_y(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tensor, target: str | Sequence[str] = "logit",
             batch_size: int = 128, reuse: PrefixReuse | None = None, scope: str = "text") -> np.ndarray:
     """``y`` under each keep-mask ``(M, n_layers, n_heads)``: through the fast path for scope
     ``text``; by batched full forwards for scope ``all`` (image queries see the baseline too, so
     the image prefix changes and cannot be reused) and where the family makes prefix reuse invalid
-    (:func:`headflow.models.families.prefix_reuse_problem`: PaliGemma's prefix-LM mask, short sliding windows)."""
-    if target == "answer-kl" and task.clean_logp is None:  # the clean answer distribution, once per task
+    (:func:`headflow.models.families.prefix_reuse_problem`: PaliGemma's prefix-LM mask, short sliding windows).
+    ``target`` one name: ``(M,)``; several (:data:`TARGETS`): ``(M, n_targets)`` from the same passes, each
+    column equal to that target's own call."""
+    names = [target] if isinstance(target, str) else list(target)
+    if not names:
+        raise ValueError(f"give at least one target of {TARGETS}")
+    if "answer-kl" in names and task.clean_logp is None:  # the clean answer distribution, once per task
         clean = torch.ones(1, *keep.shape[1:], dtype=torch.bool, device="cpu")
         ids = [task.target_id] + list(task.other_ids)
         logits = (masks_y_raw(model, task, baseline, clean, ids, scope, reuse))
         task.clean_logp = logits[0].double().log_softmax(-1).cpu()
-    reduce = target_of(task, target)
+    reducers = [target_of(task, t) for t in names]
+    reduce = reducers[0] if isinstance(target, str) else \
+        (lambda logits: torch.stack([r(logits).double() for r in reducers], -1))  # noqa: E731
     if scope == "all":
         return as_y(full_logits(model, task, baseline, keep, "all", min(batch_size, 32), reduce=reduce))
     if scope != "text":
@@ -179,17 +186,21 @@ def full_logits(model, task: ImageTask, baseline: iv.Baseline, keep: torch.Tenso
     return torch.cat(out)
 
 
-def run_attribution(model, tasks: Sequence[ImageTask], baseline: iv.Baseline, store: RunStore, n_masks: int,
+def run_attribution(model, tasks: Sequence[ImageTask], baseline: iv.Baseline, store: RunStore | dict, n_masks: int,
                     ablation_rate: float, seed: int, target: str = "logit", batch_size: int = 128,
                     progress: bool = True, scope: str = "text") -> dict[str, dict]:
     """Random-mask ablations of every image: per image ``keep (S, L, H)``, ``y (S,)``,
     ``y_clean`` and ``y_none``.  Finished images are read back from ``store``; each image is one
     :func:`attribution_unit` (resumable inside itself).  The progress bar counts masks (each image's
-    ``n_masks`` and its two ends), advancing as each part of a unit is written."""
+    ``n_masks`` and its two ends), advancing as each part of a unit is written.
+
+    ``store`` a dict ``{target: RunStore}`` (``target`` ignored): every target from the same passes, each
+    store holding exactly what a run for its target alone would; returns ``{target: {key: run}}``."""
+    stores = store if isinstance(store, dict) else {target: store}
     per_unit, step = n_masks + 2, 4 * batch_size  # attribution_unit's parts: part_batches * batch_size masks
     with bar(total=len(tasks) * per_unit, desc="head attribution (masks)", unit="mask", show=progress) as pbar:
         for task in tasks:
-            if store.done(task.key):
+            if all(s.done(task.key) for s in stores.values()):
                 pbar.update(per_unit)
                 continue
             done = [0]
@@ -198,10 +209,11 @@ def run_attribution(model, tasks: Sequence[ImageTask], baseline: iv.Baseline, st
                 n = min(step, per_unit - index * step)
                 done[0] += n
                 pbar.update(n)
-            attribution_unit(model, task, baseline, store, n_masks, ablation_rate, seed, target, batch_size,
+            attribution_unit(model, task, baseline, stores, n_masks, ablation_rate, seed, target, batch_size,
                              scope=scope, after_part=advance)
             pbar.update(per_unit - done[0])  # parts found written by an earlier, interrupted run
-    return {t.key: load_run(store, t.key) for t in tasks}
+    runs = {name: {t.key: load_run(s, t.key) for t in tasks} for name, s in stores.items()}
+    return runs if isinstance(store, dict) else runs[target]
 
 
 def unit_masks(n_layers: int, n_heads: int, n_masks: int, ablation_rate: float, seed: int,
@@ -214,7 +226,7 @@ def unit_masks(n_layers: int, n_heads: int, n_masks: int, ablation_rate: float, 
     return torch.cat([keep, ends])
 
 
-def attribution_unit(model, task: ImageTask, baseline: iv.Baseline, store: RunStore, n_masks: int,
+def attribution_unit(model, task: ImageTask, baseline: iv.Baseline, store: RunStore | dict, n_masks: int,
                      ablation_rate: float, seed: int, target: str = "logit", batch_size: int = 128,
                      part_batches: int = 4, scope: str = "text", after_part=None) -> None:
     """One image's random-mask ablations into ``store`` under ``task.key``.
@@ -223,9 +235,12 @@ def attribution_unit(model, task: ImageTask, baseline: iv.Baseline, store: RunSt
     interrupted anywhere (even ``kill -9``) restarts at its first missing part, and is merged into
     one entry when every part exists.  Parts are whole batches, so the values equal those of an
     uninterrupted run with the same batch size and threads, bit for bit.  ``after_part(key, index)``
-    is called after each part is written (a test's fault hook)."""
-    if store.done(task.key):
+    is called after each part is written (a test's fault hook).  ``store`` a dict ``{target: RunStore}``:
+    the targets not yet stored are computed from the same passes, each into its own store."""
+    stores = {t: s for t, s in (store if isinstance(store, dict) else {target: store}).items() if not s.done(task.key)}
+    if not stores:
         return
+    names = list(stores)
     n_layers, n_heads = iv.text_layers_and_heads(model)
     keep = unit_masks(n_layers, n_heads, n_masks, ablation_rate, seed, task.example.image_id)
     step = part_batches * batch_size
@@ -233,21 +248,24 @@ def attribution_unit(model, task: ImageTask, baseline: iv.Baseline, store: RunSt
     reuse = None
     fast = scope == "text" and not families.prefix_reuse_problem(model, task.inputs["input_ids"].shape[1])
     for index, s in enumerate(starts):
-        if store.part_done(task.key, index):
+        missing = [t for t in names if not stores[t].part_done(task.key, index)]
+        if not missing:
             continue
         if reuse is None and fast:  # the image prefix, once per unit (and once more after a restart)
             reuse = PrefixReuse(model, task.inputs, baseline)
-        y = masks_y(model, task, baseline, keep[s:s + step], target, batch_size, reuse=reuse, scope=scope)
-        store.save_part(task.key, index, y=y)
+        y = masks_y(model, task, baseline, keep[s:s + step], missing, batch_size, reuse=reuse, scope=scope)
+        for j, t in enumerate(missing):
+            stores[t].save_part(task.key, index, y=np.ascontiguousarray(y[:, j]))
         if after_part is not None:
             after_part(task.key, index)
-    if store.done(task.key):  # another worker merged it meanwhile
-        return
-    y = np.concatenate([store.load_part(task.key, i)["y"] for i in range(len(starts))])
     mask_keep = keep[:-2]
-    store.save(task.key, keep=np.packbits(mask_keep.numpy(), axis=-1), shape=np.array(mask_keep.shape), y=y[:-2],
-               y_clean=y[-2], y_none=y[-1])
-    store.drop_parts(task.key)
+    for t, st_ in stores.items():
+        if st_.done(task.key):  # another worker merged it meanwhile
+            continue
+        y = np.concatenate([st_.load_part(task.key, i)["y"] for i in range(len(starts))])
+        st_.save(task.key, keep=np.packbits(mask_keep.numpy(), axis=-1), shape=np.array(mask_keep.shape), y=y[:-2],
+                 y_clean=y[-2], y_none=y[-1])
+        st_.drop_parts(task.key)
 
 
 def load_run(store: RunStore, key: str) -> dict:
