@@ -107,3 +107,18 @@ def test_bootstrap_p_counts_draws_against_the_alternative():
     assert stats.bootstrap_p(d, 0) == 0.8 and stats.bootstrap_p([np.inf, np.inf], 0, "greater") == 0.0
     with pytest.raises(ValueError, match="unknown alternative"):
         stats.bootstrap_p(d, 0, "bigger")
+
+
+def test_one_image_classes_vary_in_the_bootstrap_pooled_into_one_stratum():
+    """Chapter 5's resampling: a class with one image would never vary within itself; pooled with the other
+    one-image classes it does, and the point estimate (classes weighted equally) is unchanged."""
+    from headflow.findings import layers as lay
+
+    maps = {"a1": np.ones((2, 2)), "a2": np.ones((2, 2)), "a3": np.ones((2, 2)),  # one class, no spread
+            "b": np.zeros((2, 2)), "c": np.full((2, 2), 10.0)}  # two one-image classes
+    classes = {"a1": "A", "a2": "A", "a3": "A", "b": "B", "c": "C"}
+    draws = lay.bootstrap_maps(maps, classes, 400, 0)
+    lo, hi = lay.ci(draws)[:, 0, 0]
+    assert hi - lo > 1.0  # was 0: every draw equal to the point estimate
+    assert np.isclose(draws.mean(), (1 + 0 + 10) / 3, atol=0.5)
+    assert [(len(m), w) for m, w in lay.strata([np.zeros((3, 1)), np.zeros((1, 1)), np.zeros((1, 1))])] == [(3, 1), (2, 2)]

@@ -122,16 +122,36 @@ def _top_stats(counts: np.ndarray, late_from: int) -> tuple:
     return counts, counts[late_from:].sum() / k, counts[0] / k, float(np.arange(len(counts)) @ counts / k)
 
 
+def strata(groups: list) -> list[tuple[np.ndarray, int]]:
+    """Resampling strata of the class groups (arrays of one class's members): ``(members, weight)``, a class
+    of two or more members its own stratum of weight 1, every one-member class pooled into one stratum
+    of weight = their number.  Resampled within a one-member class, an image would never vary; pooled, the
+    one-image classes vary together, and the point estimate (each class weighted equally) is unchanged."""
+    out = [(np.asarray(g), 1) for g in groups if len(g) >= 2]
+    single = [g[0] for g in groups if len(g) == 1]
+    if single:
+        out.append((np.asarray(single), len(single)))
+    return out
+
+
+def resampled_class_mean(st: list[tuple[np.ndarray, int]], rng, value=lambda members: members.mean(0)):
+    """One bootstrap draw of the class-equal mean over :func:`strata` ``st``: each stratum's members
+    resampled with replacement, its ``value`` weighted by the classes it holds."""
+    total = sum(w for _, w in st)
+    return sum(w * value(m[rng.integers(0, len(m), len(m))]) for m, w in st) / total
+
+
 def bootstrap_maps(maps: dict, classes: dict, n_boot: int, seed: int) -> np.ndarray:
-    """``(n_boot, n_layers, n_heads)``: class-equal means of image sets resampled within classes."""
+    """``(n_boot, n_layers, n_heads)``: class-equal means of image sets resampled within classes
+    (one-image classes pooled into one stratum, :func:`strata`)."""
     rng = np.random.default_rng(seed)
     by: dict[str, list] = {}
     for key, m in maps.items():
         by.setdefault(classes[key], []).append(m)
-    stacks = [np.stack(v) for v in by.values()]
-    out = np.empty((n_boot,) + stacks[0].shape[1:])
+    st = strata([np.stack(v) for v in by.values()])
+    out = np.empty((n_boot,) + st[0][0].shape[1:])
     for b in range(n_boot):
-        out[b] = np.mean([s[rng.integers(0, len(s), len(s))].mean(0) for s in stacks], axis=0)
+        out[b] = resampled_class_mean(st, rng)
     return out
 
 
@@ -263,8 +283,17 @@ def proxy_correlation(proxy: dict, maps: dict, classes: dict, n_boot: int, seed:
         return float(spearmanr(a, b)[0])
 
     rng = np.random.default_rng(seed)
-    draws = np.array([rho([g[rng.integers(0, len(g), len(g))] for g in groups]) for _ in range(n_boot)])
-    return {"rho": rho(groups), "ci": ci(draws).tolist(), "n_images": len(keys), "n_boot": n_boot}
+    st = strata(groups)  # one-image classes pooled (their images resampled together, each weighing one class)
+
+    def draw():
+        picks = []
+        for members, w in st:
+            pick = members[rng.integers(0, len(members), len(members))]
+            picks += [pick] if w == 1 else [pick[i:i + 1] for i in range(len(pick))]
+        return rho(picks)
+    draws = np.array([draw() for _ in range(n_boot)])
+    return {"rho": rho(groups), "ci": ci(draws).tolist(), "n_images": len(keys), "n_boot": n_boot,
+            "resampling": "within classes; one-image classes pooled into one stratum"}
 
 
 # ------------------------------------------------------------------------------------ probes
