@@ -134,3 +134,18 @@ def test_crowd_layout_others_share_a_class_and_a_colour_unlike_the_main_object()
         assert s.others[0].label != s.label and s.others[0].color != s.color
         assert all(s.size ** 2 >= 2.0 * o.size ** 2 for o in s.others)
     assert np.mean([sum(o.size ** 2 for o in s.others) > s.size ** 2 for s in specs]) > 0.9
+
+
+def test_per_patch_accuracy_of_a_trained_tower_has_scene_intervals(tmp_path):
+    fast = dict(steps=2, batch=8, warmup=1, ckpt_every=2, eval_every=2, n_monitor=8, threads=1)
+    tower.train_tower(tmp_path / "t", tower.TowerRecipe(**fast))
+    r = tower.per_patch(tmp_path / "t", n=12, n_boot=50)
+    for h in ("class", "color", "main", "main_recall"):
+        lo, hi = r[h]["ci"]
+        assert 0 <= lo <= r[h]["accuracy"] <= hi <= 1 and r[h]["n_patches"] > 0, h
+    assert r["class_head"] == "today's classes" and r["main"]["n_patches"] == 12 * tower.GRID ** 2
+    previous = data.use_classes(("pullover/coat/shirt", ("pullover", "coat", "shirt")))
+    try:  # a ten-class head read through a merge
+        assert tower.per_patch(tmp_path / "t", n=12, n_boot=50)["class_head"].startswith("ten Fashion-MNIST")
+    finally:
+        data.use_classes(previous)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from headflow.images import fashionscenes as data
 from headflow.models.llava_builder import PATCH, LlavaArch, build_model, build_processor, to_pixels
@@ -164,6 +164,61 @@ def patch_accuracy(tower, heads, images: np.ndarray, targets: np.ndarray, batch:
             "main": float((p["main"] == targets[:, 2]).mean()),
             "main_recall": float((p["main"][main] == 1).mean()),
             "n_object_patches": int(obj.sum()), "n_patches": int(obj.size)}
+
+
+def load_trained(folder: Path | str):
+    """The trained tower of ``folder`` (``model.safetensors``), its per-patch heads
+    (``patch_heads.safetensors``) and its :class:`TowerRecipe` (``tower_log.json``), for evaluation."""
+    folder = Path(folder)
+    recipe = TowerRecipe(**json.loads((folder / "tower_log.json").read_text())["recipe"])
+    tower = new_tower(recipe)
+    tower.load_state_dict(load_file(folder / "model.safetensors"))
+    state = load_file(folder / "patch_heads.safetensors")
+    d = recipe.arch["vision_hidden"]
+    heads = torch.nn.ModuleDict({h: torch.nn.Linear(d, state[f"{h}.weight"].shape[0]) for h in HEADS})
+    heads.load_state_dict(state)
+    return tower.eval(), heads.eval(), recipe
+
+
+@torch.inference_mode()
+def per_patch(folder: Path | str, n: int = 1000, seed: int = 3000, objects=None, n_boot: int = 1000,
+              batch: int = 250) -> dict:
+    """Chapter 0's per-patch accuracy of the trained tower in ``folder`` on ``n`` held-out test-split scenes
+    (seed ``seed``; ``objects`` per scene, default the tower's layout's): ``class`` (object patches; a head
+    trained on the ten Fashion-MNIST classes is read through today's :data:`~headflow.images.fashionscenes.
+    FINE_TO_CLASS`), ``color`` (object patches) and ``main`` (every patch; ``main_recall`` on the main
+    object's patches), each ``{"accuracy", "ci", "n_patches"}``; 95% intervals resample scenes (patches of
+    one scene are not independent)."""
+    tower, heads, recipe = load_trained(folder)
+    specs = data.sample_specs("test", n, seed=seed, objects=tuple(objects or recipe.objects))
+    images, targets = render_with_targets(specs, recipe.min_cover)
+    fine = heads["class"].out_features - 1 == len(data.FASHION_MNIST_CLASSES) != len(data.CLASSES)
+    to_class = np.append(data.FINE_TO_CLASS, len(data.CLASSES)) if fine else None  # background stays background
+    hits = {h: [] for h in ("class", "color", "main", "main_recall")}
+    counts = {h: [] for h in hits}
+    for s in range(0, n, batch):
+        f = tower_features(tower, images[s:s + batch]).float()
+        t = targets[s:s + batch]
+        p = {h: heads[h](f).argmax(-1).numpy() for h in HEADS}
+        if to_class is not None:
+            p["class"] = to_class[p["class"]]
+        obj, main = t[:, 0] < len(data.CLASSES), t[:, 2] == 1
+        for h, pred, truth, where in (("class", p["class"], t[:, 0], obj), ("color", p["color"], t[:, 1], obj),
+                                      ("main", p["main"], t[:, 2], np.ones_like(obj)),
+                                      ("main_recall", p["main"], t[:, 2], main)):
+            hits[h].append(((pred == truth) & where).sum(1))
+            counts[h].append(where.sum(1))
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, (n_boot, n))
+    out = {"n_scenes": n, "seed": seed, "objects": list(objects or recipe.objects), "n_boot": n_boot,
+           "class_head": "ten Fashion-MNIST classes, read through the merge" if fine else "today's classes"}
+    for h in hits:
+        k, m = np.concatenate(hits[h]), np.concatenate(counts[h])
+        boot = k[draws].sum(1) / np.maximum(m[draws].sum(1), 1)
+        out[h] = {"accuracy": float(k.sum() / m.sum()), "ci": [float(np.quantile(boot, 0.025)),
+                                                               float(np.quantile(boot, 0.975))],
+                  "n_patches": int(m.sum())}
+    return out
 
 
 def _lr(recipe: TowerRecipe, step: int) -> float:
