@@ -253,15 +253,25 @@ def test_new_chapter_rules():
            "similarity": {"same_class": 0.8, "same_appearance": 0.5, "permutation_p": 0.001, "difference_ci": [0.1, 0.4],
                           "noise_ceiling": 0.9},
            "probe": {"class": {"accuracy": 0.6, "ci": [0.5, 0.7], "chance": 0.1},
-                     "appearance": {"accuracy": 0.2, "ci": [0.1, 0.3], "chance": 0.17}},
-           "transfer": {"same": 0.8, "other": 0.5, "difference_ci": [0.1, 0.4]}}
+                     "appearance": {"accuracy": 0.25, "ci": [0.18, 0.3], "chance": 0.17}},
+           "transfer": {"same": 0.8, "other": 0.5, "difference_ci": [0.1, 0.4]},
+           "wrong_check": {"n": 12, "own_class_cosine": 0.2, "other_class_cosine": 0.18}}
     sem["class_agnostic"] = {"same_class_similarity": 0.7, "same_appearance_similarity": 0.5, "permutation_p": 0.01,
                              "difference_ci": [0.05, 0.3], "probe": sem["probe"], "transfer": dict(sem["transfer"])}
     assert verdicts.semantics(sem)["verdict"] == verdicts.REPRODUCED
     sem["transfer"]["difference_ci"] = [-0.1, 0.4]
     assert verdicts.semantics(sem)["verdict"] == verdicts.PARTLY
-    # every test passes under the class word's logit, none under the class-agnostic target: the read-out
+    # the wrong-answer check fires (class structure on images the organism got wrong): the class word's target
+    # is not read, the class-agnostic one decides
+    sem["wrong_check"] = {"n": 90, "own_class_cosine": 0.64, "other_class_cosine": 0.14}  # the committed chapter 6
+    assert verdicts.semantics(sem)["verdict"] == verdicts.REPRODUCED
+    # a below-chance appearance probe cannot decide the probe comparison (the committed 16.3% vs 21.2% chance)
+    low = {"accuracy": 0.163, "ci": [0.086, 0.241], "chance": 0.2125}
+    assert verdicts.probe_outcome(sem["probe"]["class"], low) == "undetermined"
+    assert verdicts.semantics({**sem, "class_agnostic": {**sem["class_agnostic"], "probe": {
+        "class": sem["probe"]["class"], "appearance": low}}})["verdict"] == verdicts.PARTLY
     sem["transfer"]["difference_ci"] = [0.1, 0.4]
+    # every test passes under the class word's logit, none under the class-agnostic target: the read-out
     sem["class_agnostic"].update(permutation_p=0.4, difference_ci=[-0.1, 0.1],
                                  probe={"class": {"accuracy": 0.1, "ci": [0.05, 0.2], "chance": 0.1},
                                         "appearance": sem["probe"]["appearance"]},

@@ -483,11 +483,43 @@ def validation(res: dict) -> dict:
     return status("91-validation", "(Fig. 1A argument, planted truth)", "organism", finding, verdict)
 
 
+def probe_outcome(pc: dict, pa: dict) -> str:
+    """Chapter 6's probe test: "yes" if the class probe's interval lies above its chance level *and* the
+    appearance probe's lies above its own (appearance is readable) *and* the class gain over chance exceeds
+    the appearance gain; "no" if the class probe's interval reaches down to its chance level, or both are
+    readable and the appearance gain is the larger; "undetermined" if the class is readable but the
+    appearance probe is not above its chance (a below-chance appearance probe cannot decide the comparison:
+    "class beats appearance" would reduce to "class beats chance")."""
+    if not pc["ci"][0] > pc["chance"]:
+        return "no"
+    if not pa["ci"][0] > pa["chance"]:
+        return "undetermined"
+    return "yes" if pc["accuracy"] - pc["chance"] > pa["accuracy"] - pa["chance"] else "no"
+
+
 def semantics_tests(sim: dict, pc: dict, pa: dict, tr: dict) -> dict:
-    """Chapter 6's three tests on one target's numbers (intervals: the item cluster bootstrap)."""
-    return {"similarity": sim["permutation_p"] < 0.05 and sim["difference_ci"][0] > 0,
-            "probe": pc["ci"][0] > pc["chance"] and pc["accuracy"] - pc["chance"] > pa["accuracy"] - pa["chance"],
-            "transfer": tr["difference_ci"][0] is not None and tr["difference_ci"][0] > 0}
+    """Chapter 6's three tests on one target's numbers (intervals: the item cluster bootstrap), each
+    "yes", "no" or "undetermined"."""
+    yes = lambda b: "yes" if b else "no"  # noqa: E731
+    return {"similarity": yes(sim["permutation_p"] < 0.05 and sim["difference_ci"][0] > 0),
+            "probe": probe_outcome(pc, pa),
+            "transfer": yes(tr["difference_ci"][0] is not None and tr["difference_ci"][0] > 0)}
+
+
+WRONG_MIN = 5  # chapter 6: wrongly answered images needed to read the wrong-answer check
+WRONG_MARGIN = 0.1  # ... own-class minus other-class cosine on them above which the class word's target is confounded
+
+
+def readout_confounded(wrong: dict | None) -> bool:
+    """Chapter 6's wrong-answer check as a test: on wrongly answered images (the organism did not
+    recognise the class) the class-word target's vectors still sit by their own class's centroid (cosine
+    to it minus to the others above ``WRONG_MARGIN``) -> the class structure under that target can come
+    from the read-out (the target shares the class word's direction), not from recognition.  Fewer than
+    ``WRONG_MIN`` wrong images cannot clear it: counted as confounded (the verdict then rests on the
+    class-agnostic target alone)."""
+    if not wrong or wrong.get("n", 0) < WRONG_MIN or wrong.get("own_class_cosine") is None:
+        return True
+    return wrong["own_class_cosine"] - wrong["other_class_cosine"] > WRONG_MARGIN
 
 
 def semantics(res: dict) -> dict:
@@ -496,23 +528,31 @@ def semantics(res: dict) -> dict:
     (a) *similarity*: same-class pairs (different item and appearance) are more alike than
         different-class pairs of one appearance: permutation p < 0.05 and the 95% interval of the
         difference of mean cosine above 0;
-    (b) *probe*: the class probe's 95% interval lies above its chance level, and its gain over
-        chance exceeds the appearance probe's gain over its own chance;
+    (b) *probe* (:func:`probe_outcome`): the class probe reads the class above chance and gains more over
+        chance than an appearance probe that itself reads appearance above chance;
     (c) *transfer*: a class's head set keeps more of its own class's images than of other classes'
         (95% interval of the faithfulness difference above 0).
 
     Every interval is by the cluster bootstrap over items.  Under the class word's logit, same-class
     pairs share the target's unembedding direction, so a class signal there may come from the
-    read-out alone; the class-agnostic target (answer-kl) tests the routing.  Reproduced if all three
-    hold under both targets; not reproduced if none holds under the class-agnostic target; otherwise
-    partly."""
+    read-out alone: the wrong-answer check (:func:`readout_confounded`) tests that.  Not reproduced if
+    the class-agnostic target (answer KL), which tests the routing, holds none of its tests and fails
+    one; otherwise, if the check fires, the verdict rests on the class-agnostic target alone, else on
+    both targets, combined by :func:`combine` (reproduced if all hold; partly if some do; inconclusive
+    if none is decided)."""
     sim, pc, pa, tr = res["similarity"], res["probe"]["class"], res["probe"]["appearance"], res["transfer"]
     logit = semantics_tests(sim, pc, pa, tr)
     ag = res.get("class_agnostic")
     agnostic = semantics_tests({"permutation_p": ag["permutation_p"], "difference_ci": ag["difference_ci"]},
                                ag["probe"]["class"], ag["probe"]["appearance"], ag["transfer"]) if ag else {}
-    verdict = (REPRODUCED if all(logit.values()) and agnostic and all(agnostic.values()) else
-               NOT if not any(agnostic.values()) else PARTLY)
+    confounded = readout_confounded(res.get("wrong_check"))
+    agn = combine(agnostic.values()) if agnostic else INCONCLUSIVE
+    if agnostic and agn == NOT:  # the target that tests the routing finds nothing
+        verdict = NOT
+    elif confounded:
+        verdict = agn
+    else:
+        verdict = combine(list(logit.values()) + list(agnostic.values()))
     c = res.get("counts", {})
     finding = (f"class-word logit: cosine same class {sim['same_class']:.2f} vs same appearance "
                f"{sim['same_appearance']:.2f} (permutation p = {sim['permutation_p']:.3f}, noise ceiling "
@@ -522,7 +562,11 @@ def semantics(res: dict) -> dict:
                   f"{ag['same_appearance_similarity']:.2f} (p = {ag['permutation_p']:.3f}), class probe "
                   f"{ag['probe']['class']['accuracy']:.0%}, transfer {ag['transfer']['same']:.2f} vs "
                   f"{ag['transfer']['other']:.2f}; " if ag else "no class-agnostic analysis; ")
-               + f"tests held: logit {sum(logit.values())}/3, class-agnostic {sum(agnostic.values())}/3 "
+               + f"tests held: logit {list(logit.values()).count('yes')}/3, class-agnostic "
+               f"{list(agnostic.values()).count('yes')}/3; wrong-answer check: "
+               + ("the class word's target is read-out-confounded, the class-agnostic target decides; "
+                  if confounded else "no class structure without recognition; ")
+               + f"probe (class-agnostic) {agnostic.get('probe', 'n/a')} "
                f"({res['n_images']} images of {c.get('n_items', '?')} items, {res['n_wrong']} wrong answers apart)")
     return status("6-semantics", "Sec. 5", res["model"], finding, verdict)
 
