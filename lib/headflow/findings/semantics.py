@@ -443,7 +443,8 @@ def analyse(st, images: Sequence[Image], n_masks: int, rate: float, seed: int, k
             ceiling = noise_ceiling(runs, repeat, [im.key for im in origs])
     primary = by_target[st.target]
     wrong = primary["wrong"]
-    counts = {"n_items": len({im.item for im in images}), "n_renditions": len(images),
+    counts = {"n_items": len({im.item for im in images}), "n_items_analysed": len({im.item for im in primary["images"]}),
+              "n_renditions": len(images), "n_renditions_analysed": len(primary["images"]),
               "renditions_by_appearance": {a: sum(im.appearance == a for im in images) for a in APPEARANCES},
               "dropped_by_min_area_share": dropped_variants(images),
               "n_wrong": len(wrong), "wrong_originals": sum(im.appearance == "original" for im in wrong),
@@ -502,5 +503,7 @@ def results_json(res: dict, model: str, params: dict) -> dict:
             "item_cluster_ci": {"similarity_difference": metrics.interval(res["difference_draws"]),
                                 "probe_class": res["probe"]["class"]["ci"],
                                 "probe_appearance": res["probe"]["appearance"]["ci"],
-                                "transfer_difference": tr["difference_ci"], "n_items": res["counts"]["n_items"]},
+                                "transfer_difference": tr["difference_ci"],
+                                # the clusters resampled: items with a correctly answered, analysed rendition
+                                "n_items": res["counts"]["n_items_analysed"]},
             "class_agnostic": _comparisons(agnostic) if agnostic else None}
