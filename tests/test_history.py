@@ -34,3 +34,27 @@ def test_verdicts_before_come_from_the_commit_and_now_from_the_results(tmp_path)
     assert t["before"] is None and t["now"] == "done" and not t["changed"]
     assert history.statuses_at("0" * 40, root=tmp_path) is None
     assert not history.rows(tmp_path / "book", "0" * 40, root=tmp_path)["git_history"]
+
+
+def test_refreshing_realpath_with_the_plan_keeps_its_provenance_hash(tmp_path):
+    """realpath.json rewritten by the plan (realpath.add_plan) had a stale sha256 in its provenance."""
+    import json
+    import shutil
+
+    from headflow.book import realpath
+    from headflow.util.hashing import sha256
+    from headflow.util.paths import REPO_ROOT
+
+    results, prov = tmp_path / "results", tmp_path / "_provenance"
+    results.mkdir()
+    prov.mkdir()
+    shutil.copy(REPO_ROOT / "book" / "results" / "realpath.json", results)
+    shutil.copy(REPO_ROOT / "book" / "results" / "plan_full.json", results)
+    data = json.loads((results / "realpath.json").read_text())
+    data["records"][0]["masks"] = -1  # the plan's fields are stale
+    (results / "realpath.json").write_text(json.dumps(data))
+    (prov / "realpath.json").write_text(json.dumps({"outputs": {"results/realpath.json": "stale"}}))
+    path = realpath.add_plan(results)
+    record = json.loads((prov / "realpath.json").read_text())
+    assert record["outputs"]["results/realpath.json"] == sha256(path)
+    assert json.loads(path.read_text())["records"][0]["masks"] > 0

@@ -25,7 +25,7 @@ from headflow.mechanism import tokens
 from headflow.models import loading, shadow, vocabularies
 from headflow.task import answers
 from headflow.task.prompt import build_prompt, question_text
-from headflow.util.hashing import file_sha256
+from headflow.util.hashing import file_sha256, sha256
 from headflow.util.paths import REPO_ROOT
 
 IMAGE_SIZE = (640, 480)
@@ -97,8 +97,19 @@ def with_plan(data: dict, plan_file: Path = PLAN_FILE) -> dict:
 
 
 def add_plan(results: Path) -> Path:
-    """Refresh the plan's fields of ``<results>/realpath.json`` (after ``python -m headflow.plan``)."""
-    return _save(Path(results), json.loads((Path(results) / "realpath.json").read_text()))
+    """Refresh the plan's fields of ``<results>/realpath.json`` (after ``python -m headflow.plan``); the
+    file's provenance record (``<results>/../_provenance/realpath.json``, if there) is brought up to date:
+    its sha256 and when and from which plan it was refreshed."""
+    path = _save(Path(results), json.loads((Path(results) / "realpath.json").read_text()))
+    prov = Path(results).parent / "_provenance" / "realpath.json"
+    if prov.exists():
+        record = json.loads(prov.read_text())
+        key = path.relative_to(Path(results).parent).as_posix()
+        record.setdefault("outputs", {})[key] = sha256(path)
+        record["refreshed_with_plan"] = {"plan": "plan_full.json", "plan_sha256": file_sha256(Path(results) / "plan_full.json")
+                                         if (Path(results) / "plan_full.json").exists() else None}
+        prov.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return path
 
 
 def _save(results: Path, data: dict) -> Path:
