@@ -410,15 +410,22 @@ def limits(results_dir) -> list[str]:
                    "Redundancy, and how many heads a faithful set needs, may grow with both.")
     if "organism" in r:
         acc = r["organism"]["accuracy"][r["organism"]["model"]]
-        out.append(f"A weak reader: the organism answers the object question correctly for {acc['object']:.0%} of "
-                   "held-out scenes; every chapter analyses correctly answered images only, so what it says is about "
-                   "images the model can read.")
+        n = r["organism"].get("n_eval", {}).get(r["organism"]["model"])
+        out.append(f"What the organism reads: it answers the object question correctly for {acc['object']:.0%} of the "
+                   + (f"{n:,} " if n else "") + "held-out training-distribution scenes (chapter 0); every chapter "
+                   "analyses correctly answered images of the evaluation set only, so what it says is about images "
+                   "the model can read.")
     cmp = r.get("where_heads", {}).get("comparisons", {})
-    if cmp:
-        label, c = next(iter(cmp.items()))
-        out.append(f"Where the heads sit is inherited from training: the first-third share of attribution differs by "
-                   f"{c['difference']:+.2f} for {label} (chapter 5), so layer positions found here do not transfer to "
-                   "real models; only the methods do.")
+    if cmp:  # every comparison that counts under chapter 5's rule (clears the seed difference), largest first
+        counted = sorted(((k, c) for k, c in cmp.items() if c.get("counts")), key=lambda kc: -abs(kc[1]["difference"]))
+        if counted:
+            said = "; ".join(f"{c['difference']:+.2f} [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}] for {k}" for k, c in counted)
+            out.append(f"Where the heads sit is inherited from training: the first-third share of attribution differs by "
+                       f"{said} (chapter 5: the comparisons that clear the seed difference), so layer positions found "
+                       "here do not transfer to real models; only the methods do.")
+        else:
+            out.append(f"Where the heads sit: none of chapter 5's {len(cmp)} comparisons between organisms clears the "
+                       "difference between two seeds of one recipe, so this study cannot say how training moves them.")
     if "sensitivity" in r:
         s = r["sensitivity"]
         moved = sorted({k for k, v in s["topk_overlap"].items() if k != "reference"
@@ -436,8 +443,9 @@ def limits(results_dir) -> list[str]:
                    f"{i['reference_rate']}; interactions of more than two heads are not tested.")
     if "semantics" in r:
         s = r["semantics"]
-        out.append(f"Appearance: {s['n_wrong']} of {s['n_images'] + s['n_wrong']} variant images are answered "
-                   "wrongly (most of them sketches and inverted items), so the semantic analysis rests on the "
+        by = {a: n for a, n in sorted((s.get("wrong_by_appearance") or {}).items(), key=lambda an: -an[1]) if n}
+        out.append(f"Appearance: {s['n_wrong']} of {s['n_images'] + s['n_wrong']} renditions are answered wrongly ("
+                   + ", ".join(f"{a} {n}" for a, n in by.items()) + "), so the semantic analysis rests on the "
                    "renditions the organism can read; real LVLMs read far more varied images.")
     if "knockout" in r:
         out.append("Token flow: the organism's prompt is short and fixed (one question, one template); with long "
