@@ -366,3 +366,22 @@ def test_item_draws_resample_whole_items_within_classes():
             rows = idx[new_item == lab]
             assert len(set(item[rows])) == 1 and sorted(app[rows]) == [0, 1, 2]
         assert sorted(np.unique(cls[idx], return_counts=True)[1]) == sorted(np.unique(cls, return_counts=True)[1])
+
+
+def test_limits_pick_comparisons_by_rule_and_count_wrong_renditions(tmp_path):
+    import json
+
+    cmp = {"z first in order": {"difference": 0.36, "ci": [0.1, 0.4], "counts": False},
+           "b": {"difference": -0.5, "ci": [-0.6, -0.4], "counts": True},
+           "a": {"difference": 0.2, "ci": [0.1, 0.3], "counts": True}}
+    (tmp_path / "where_heads.json").write_text(json.dumps({"comparisons": cmp}))
+    (tmp_path / "semantics.json").write_text(json.dumps({"n_wrong": 5, "n_images": 10,
+                                                         "wrong_by_appearance": {"sketch": 1, "color": 4, "scale": 0}}))
+    lines = sensitivity.limits(tmp_path)
+    where = next(x for x in lines if x.startswith("Where the heads sit"))
+    assert "z first" not in where and where.index("for b") < where.index("for a")
+    assert "(color 4, sketch 1)" in next(x for x in lines if x.startswith("Appearance"))
+    for c in cmp.values():
+        c["counts"] = False
+    (tmp_path / "where_heads.json").write_text(json.dumps({"comparisons": cmp}))
+    assert "none of chapter 5's 3 comparisons" in " ".join(sensitivity.limits(tmp_path))
