@@ -121,6 +121,10 @@ def test_the_merge_rule_takes_the_smallest_group_that_lifts_every_class():
     assert ceiling.choose_merge(np.eye(9) * 10, names)["group"] == []  # nothing below the bar: no merge
     overall, per = ceiling.merged_accuracy(conf, [0, 1])
     assert len(per) == 8 and per[-1] == pytest.approx((40 + 50 + 91 + 1) / (100 + 99))  # the merged class last
+    table = ceiling.merge_table(conf, names, ["c0", "c1"])
+    assert table.loc["c0", "accuracy"].startswith("40.0% [") and table.loc["c0", "merged into"] == "c0/c1"
+    assert table.loc["c0", "after the merge"] == table.loc["c1", "after the merge"]
+    assert table.loc["c0", "after the merge"].startswith(f"{per[-1]:.1%}") and table.loc["c2", "merged into"] == ""
 
 
 def test_crowd_layout_others_share_a_class_and_a_colour_unlike_the_main_object():

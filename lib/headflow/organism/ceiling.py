@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -149,6 +150,28 @@ def choose_merge(confusion, classes: Sequence[str], bar: float = 0.60, min_class
     best = (min(meeting, key=lambda c: (c["size"], -c["overall"])) if meeting
             else max(cands, key=lambda c: (c["worst"], c["overall"])))
     return {"group": best["group"], "overall": best["overall"], "worst": best["worst"], "candidates": cands}
+
+
+def merge_table(confusion, classes: Sequence[str], group: Sequence[str]):
+    """Chapter 0's justification of the merge: per class, the main object's class accuracy before and after
+    merging ``group`` (names of ``classes``), each with its 95% Wilson interval over the scenes of that
+    class (``confusion``: counts, rows true, columns predicted).  A DataFrame, one row per class before
+    the merge, the merged classes sharing the merged row's numbers."""
+    conf = np.asarray(confusion, float)
+    idx = [list(classes).index(g) for g in group]
+    _, merged = merged_accuracy(conf, idx)
+    kept = sorted({len(conf) if i in idx else i for i in range(len(conf))})
+    rows = []
+    for i, c in enumerate(classes):
+        n = int(conf[i].sum())
+        j = kept.index(len(conf) if i in idx else i)
+        group_n = int(conf[idx].sum()) if i in idx else n
+        lo, hi = wilson_interval(int(conf[i, i]), n)
+        mlo, mhi = wilson_interval(int(round(merged[j] * group_n)), group_n)
+        rows.append({"class": c, "scenes": n, "accuracy": f"{conf[i, i] / max(n, 1):.1%} [{lo:.1%}, {hi:.1%}]",
+                     "merged into": "/".join(group) if i in idx else "", "after the merge":
+                     f"{merged[j]:.1%} [{mlo:.1%}, {mhi:.1%}]"})
+    return pd.DataFrame(rows).set_index("class")
 
 
 def main(argv=None) -> None:
