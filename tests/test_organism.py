@@ -312,3 +312,17 @@ def test_organism_training_resumes_where_it_stopped(tmp_path):
     assert log["resumed"] == [{"stage": "llava", "step": 2}] and not (tmp_path / "b" / ".checkpoint.pt").exists()
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_head_ablated_accuracy_on_the_organism(organism_model, monkeypatch, tmp_path):
+    from headflow.findings import organism as forg
+    from headflow.method import study
+
+    monkeypatch.setattr(study.models, "load", lambda *a, **k: organism_model)
+    monkeypatch.setattr(study, "RUN_DIR", tmp_path / "runs")
+    st = study.setup("organism", "fashionscenes/eval", "color", per_class=2, n_reference=5, keep="all")
+    r = forg.ablated_accuracy(st)
+    assert r["n"] == len(st.tasks) and r["chance"] == 1 / len(st.words)
+    # none ablated: the decision token among the answer words, as the decoded answers say (nearly always)
+    assert r["clean_accuracy"] == pytest.approx(st.clean_accuracy, abs=0.1)
+    assert r["ci"][0] <= r["accuracy"] <= r["ci"][1]

@@ -20,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 
 from headflow.images import fashionscenes as data
 from headflow.mechanism import evaluate
+from headflow.method.experiment import masks_y_raw
 from headflow.models.llava_builder import to_pixels
 from headflow.task.prompt import QUESTION_TYPES, question_text
 from headflow.util.devices import to_numpy
@@ -134,6 +135,26 @@ def counterfactual(model, processor, swapped: list, batch_size: int = 100) -> di
         out[q] = {"n": n, "follows_main": k_new / n, "follows_main_ci": evaluate.wilson_interval(k_new, n),
                   "follows_old": k_old / n, "follows_old_ci": evaluate.wilson_interval(k_old, n)}
     return out
+
+
+@torch.inference_mode()
+def ablated_accuracy(st) -> dict:
+    """Chapter 0's check that the answer needs the image flow: on the study's images (``st.tasks``, its
+    baseline), the share answered correctly with every head's image flow ablated (the answer words'
+    decision tokens, as ``y_none`` is read) and with none ablated, with 95% Wilson intervals, beside chance
+    (one over the number of answer words; the evaluation set is class-balanced)."""
+    none = torch.zeros(1, st.n_layers, st.n_heads, dtype=torch.bool, device="cpu")
+    every = torch.ones_like(none)
+    hits = {"ablated": 0, "clean": 0}
+    for t in st.tasks:
+        ids = [t.target_id] + list(t.other_ids)
+        y = masks_y_raw(st.model, t, st.baseline, torch.cat([none, every]), ids)
+        hits["ablated"] += int(y[0].argmax() == 0)
+        hits["clean"] += int(y[1].argmax() == 0)
+    n = len(st.tasks)
+    return {"n": n, "accuracy": hits["ablated"] / n, "ci": evaluate.wilson_interval(hits["ablated"], n),
+            "clean_accuracy": hits["clean"] / n, "clean_ci": evaluate.wilson_interval(hits["clean"], n),
+            "chance": 1 / len(st.words), "baseline": st.meta.get("baseline")}
 
 
 def text_after_stages(log: dict) -> dict | None:
