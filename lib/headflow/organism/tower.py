@@ -49,7 +49,7 @@ class TowerRecipe:
     per-patch tower."""
 
     seed: int = 0
-    steps: int = 4000
+    steps: int = 3000  # the committed tower (data/models/vision-tower/tower_log.json)
     batch: int = 128
     lr: float = 2e-3
     warmup: int = 150
