@@ -126,7 +126,7 @@ def test_training_loop_runs_every_stage_and_saves(tmp_path):
     assert set(log["final"]) >= {"object", "color", "position"}
     for stage in recipe.stages:
         assert log[f"{stage}_stage"] and log[f"{stage}_minutes"] is not None, stage
-    assert log["vision_tower"]["steps"] == 2 and log["recipe"]["scene_layout"] == "crowd"
+    assert log["vision_tower"]["steps"] == 2 and log["recipe"]["scene_layout"] == "mixed"
     assert tuple(log["recipe"]["class_merge"]) == organism.MERGE and len(data.CLASSES) == 10  # restored after
     assert (tmp_path / "organism" / "model.safetensors").exists()
     m, p = models.load(str(tmp_path / "organism"))

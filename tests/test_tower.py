@@ -140,6 +140,29 @@ def test_crowd_layout_others_share_a_class_and_a_colour_unlike_the_main_object()
     assert np.mean([sum(o.size ** 2 for o in s.others) > s.size ** 2 for s in specs]) > 0.9
 
 
+def test_mixed_layout_makes_neither_the_odd_item_nor_the_majority_the_main_object():
+    """The organisms' scenes: half crowd (the main object the odd item out), half decoy (the main object one of
+    the majority, another item the odd one out), so only size tells which item is main."""
+    previous = data.use_layout("mixed")
+    try:
+        specs = data.sample_specs("test", 400, seed=4, objects=data.MULTI_OBJECTS)
+    finally:
+        data.use_layout(previous)
+    decoy = []
+    for s in specs:
+        assert all(s.size ** 2 >= 2.0 * o.size ** 2 for o in s.others)
+        same = [o.label == s.label and o.color == s.color for o in s.others]
+        if any(same):  # a decoy scene: all but one other item look like the main object, that one does not
+            decoy.append(True)
+            assert sum(same) == len(s.others) - 1
+            odd = s.others[same.index(False)]
+            assert odd.label != s.label and odd.color != s.color
+        else:
+            decoy.append(False)
+            assert len({o.label for o in s.others}) == 1 and s.others[0].label != s.label
+    assert 0.4 < np.mean(decoy) < 0.6
+
+
 def test_per_patch_accuracy_of_a_trained_tower_has_scene_intervals(tmp_path):
     fast = dict(steps=2, batch=8, warmup=1, ckpt_every=2, eval_every=2, n_monitor=8, threads=1)
     tower.train_tower(tmp_path / "t", tower.TowerRecipe(**fast))

@@ -11,10 +11,19 @@ items, is the scene *layout* (:data:`LAYOUTS`, :func:`use_layout`):
 ``overlap`` (the committed organisms' scenes)
     2-3 items, main-to-other area ratio in [1.25, 1.5]: sides differ by 3-6 px at 8-px patches, and
     the trained organisms did not find the main object (issue 28);
-``main2x`` (the next organisms')
+``main2x`` (the per-patch tower's training scenes)
     3-5 items, ratio in [2, 4]: the main object's area at least twice every other item's (sides
     differ by 29-50%), while the others together may cover more than it, so the pooled mean of the
     image does not give the main object's colour away.
+``crowd``
+    4-5 items, ratio in [2, 2.8], the others sharing one class and one colour unlike the main
+    object's: the others' area often exceeds the main object's, but the main object is always the
+    odd item out, a shortcut an organism trained on it took (it followed the old main object in 17%
+    of size-swapped scenes);
+``mixed`` (the organisms' scenes)
+    ``crowd`` scenes and, half the time, *decoy* scenes whose other items share the main object's
+    class and colour but one, the odd item out: neither the odd item nor the majority is the main
+    object more often than not, only size tells.
 
 Sampling specs and rendering them
 are separate steps, so an appearance *variant* of a scene is the same spec with one field changed
@@ -122,11 +131,15 @@ class Layout:
     max_ratio: float
     objects: tuple[int, int]
     crowd: bool = False  # the other items share one class and one colour, both unlike the main object's
+    # the share of *decoy* scenes (crowd layouts only): the other items share the main object's class and colour,
+    # except one, whose class and colour are unlike it: the odd item out is then not the main object
+    decoy: float = 0.0
 
 
 #: The scene layouts (see the module docstring).
 LAYOUTS = {"overlap": Layout((26, 38), 1.25, 1.5, (2, 3)), "main2x": Layout((30, 40), 2.0, 4.0, (3, 5)),
-           "crowd": Layout((30, 40), 2.0, 2.8, (4, 5), crowd=True)}
+           "crowd": Layout((30, 40), 2.0, 2.8, (4, 5), crowd=True),
+           "mixed": Layout((30, 40), 2.0, 2.8, (4, 5), crowd=True, decoy=0.5)}
 #: The layout in use (:func:`use_layout`): sets the four constants below.
 LAYOUT = "overlap"
 MULTI_SIZE_RANGE = LAYOUTS[LAYOUT].size_range
@@ -375,12 +388,18 @@ def _with_others(spec: SceneSpec, n_others: int, labels: np.ndarray, rng: np.ran
             break
     else:
         raise RuntimeError(f"no other item fits beside a main object of side {spec.size}")
-    if LAYOUTS[LAYOUT].crowd:  # one other class and one other colour for every other item
+    lay = LAYOUTS[LAYOUT]
+    if lay.crowd:  # one other class and one other colour for every other item
         cls = int(rng.choice([c for c in range(int(labels.max()) + 1) if c != spec.label]))
         pool = np.flatnonzero(labels == cls)
         items = pool[rng.integers(0, len(pool), len(placed))]
         colour = int(rng.choice([c for c in range(len(COLORS)) if c != spec.color]))
         colours = [colour] * len(placed)
+        if lay.decoy and len(placed) >= 2 and rng.random() < lay.decoy:
+            # a decoy scene: every other item but the first takes the main object's class and colour
+            same = np.flatnonzero(labels == spec.label)
+            items[1:] = same[rng.integers(0, len(same), len(placed) - 1)]
+            colours = [colour] + [spec.color] * (len(placed) - 1)
     else:
         items = rng.integers(0, len(labels), len(placed))
         colours = [int(rng.integers(len(COLORS))) for _ in placed]

@@ -92,7 +92,7 @@ class Recipe(LlavaArch):
 
     stages: tuple = ("text", "align", "llava")
     tower_from: str = "vision-tower"  # the per-patch tower's folder (make tower), frozen
-    scene_layout: str = "crowd"  # how multi-object scenes are drawn (headflow.images.fashionscenes.LAYOUTS)
+    scene_layout: str = "mixed"  # how multi-object scenes are drawn (headflow.images.fashionscenes.LAYOUTS)
     scene_objects: tuple | None = None  # items per scene (lo, hi); None: the layout's
     # the object classes: at most one merge group (name, members), decided from the recognition ceiling and
     # the tower's probes before any organism trained (headflow.organism.ceiling.choose_merge); None: the ten
