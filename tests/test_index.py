@@ -22,6 +22,21 @@ def test_every_executed_chapter_has_a_status_in_the_table():
             assert "not yet run" not in row, row
 
 
+def test_the_index_says_what_the_organism_can_do_before_the_verdicts_one_line_per_chapter():
+    text = index.table(BOOK)
+    assert text.index("### What the organism can and cannot do") < text.index("### Verdicts") < text.index("| chapter |")
+    assert "bars" in text.split("### Verdicts")[0]  # chapter 0's bars in words, with the numbers
+    rows = [line for line in text.split("### Verdicts")[1].splitlines() if line.startswith("| {doc}")]
+    assert len(rows) == len([c for c in index.CHAPTERS if (BOOK / f"{c[1]}.ipynb").exists()])
+    for row in rows:
+        cells = [c for c in row.split(" | ")]
+        assert len(cells) == 3 and len(index.key_number({"finding": cells[1]})) <= index.KEY_MAX + 20, row
+    # a long finding is cut to one short line; a rule's own key is used as it is
+    assert len(index.key_number({"finding": "x" * 500})) == index.KEY_MAX
+    assert index.key_number({"finding": "long; details", "key": "k = 5"}) == "k = 5"
+    assert index.key_number({"finding": "a (b, c) d; e"}) == "a d"
+
+
 def test_render_needs_the_markers():
     with pytest.raises(ValueError, match="status markers"):
         index.render("# no markers here", BOOK)
