@@ -220,3 +220,17 @@ def test_chapter_2_summary_by_the_aggregation_rule_and_with_too_few_images():
     res = redundancy.summary_json("m", St, single, joint, red, n_boot=50)
     assert res["max_single_share"] is None
     assert verdicts.single_head(res)["verdict"].startswith("inconclusive (too few images")
+
+
+def test_organism_checks_for_the_gate_come_from_chapter_0_of_the_same_model(tmp_path, monkeypatch):
+    import json
+
+    from headflow.book import outputs
+
+    (tmp_path / "results").mkdir()
+    checks = {"accuracy object": {"met": True, "value": 0.9, "bar": 0.8}}
+    (tmp_path / "results" / "organism.json").write_text(json.dumps({"model": "organism", "status": {"checks": checks}}))
+    assert outputs.organism_checks("organism", tmp_path) == checks
+    assert outputs.organism_checks("organism-scratch", tmp_path) is None  # not measured: the gate says so
+    st = verdicts.status("6-semantics", "Sec. 5", "organism-scratch", "", verdicts.PARTLY)
+    assert verdicts.final(st, outputs.organism_checks("organism-scratch", tmp_path), None)["verdict"] == verdicts.PARTLY

@@ -69,3 +69,16 @@ def save_figure(fig, name: str, show: bool = True) -> Path:
     if show:
         display(Markdown(f"![{name}]({figure_link(path)})"))
     return path
+
+
+def organism_checks(model: str, book: Path | None = None) -> dict | None:
+    """Chapter 0's bars (``status.checks`` of ``results/organism.json``) for ``model``, for the competence
+    gate (:func:`headflow.findings.verdicts.final`): from this book's results, else the committed book's;
+    ``None`` where chapter 0 measured another model (a real checkpoint, another organism): its competence
+    is not measured, and the gate says so."""
+    for folder in ((book or book_dir()) / "results", REPO_ROOT / "book" / "results"):
+        path = folder / "organism.json"
+        if path.exists():
+            res = json.loads(path.read_text())
+            return res["status"]["checks"] if res.get("model") == model and "checks" in res.get("status", {}) else None
+    return None
