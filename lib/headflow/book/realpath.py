@@ -106,8 +106,8 @@ def add_plan(results: Path) -> Path:
         record = json.loads(prov.read_text())
         key = path.relative_to(Path(results).parent).as_posix()
         record.setdefault("outputs", {})[key] = sha256(path)
-        record["refreshed_with_plan"] = {"plan": "plan_full.json", "plan_sha256": file_sha256(Path(results) / "plan_full.json")
-                                         if (Path(results) / "plan_full.json").exists() else None}
+        plan = Path(results) / "plan_full.json"
+        record["refreshed_with_plan"] = {"plan": plan.name, "plan_sha256": sha256(plan) if plan.exists() else None}
         prov.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     return path
 

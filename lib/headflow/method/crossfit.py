@@ -346,7 +346,8 @@ def summarise(cf: dict, n_boot: int, seed: int, min_images: int = 2, threshold: 
                       "k": censor(metrics.k_at(agg["value"][i], ks_all, threshold), k_max),
                       "ci": metrics.interval(k_draws[m])}
         res["random"] = {"curve": r_mean["value"], "band": np.quantile(r_each, [0.025, 0.975], axis=0),
-                         "per_class": r_mean["per_class"], "k": censor(metrics.k_at(r_mean["value"], ks_rand, threshold), k_max),
+                         "per_class": r_mean["per_class"],
+                         "k": censor(metrics.k_at(r_mean["value"], ks_rand, threshold), k_max),
                          "ci": metrics.interval(k_draws["random"])}
         out["heldout"][metric] = res
         out["left_out"] = {"images": [cf["keys"][i] for i in agg["images_left_out"]],

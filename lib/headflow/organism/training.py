@@ -166,8 +166,8 @@ RECIPES = {"organism": Recipe, "organism-seed2": lambda **o: Recipe(**{"seed": S
 # The recipes of the checkpoints committed in data/models today (the pooled-head tower trained in a "vision"
 # stage, the "overlap" scenes, one answer token), kept so their logs can be read and checked against them; they
 # give way to RECIPES when the book is rebuilt on the new organisms.  The new code cannot retrain them.
-_COMMITTED_DEFAULT = {"tower_from": "organism-scratch", "scene_layout": "overlap", "scene_objects": (2, 3), "class_merge": None,
-                      "text_task": "bound", "text_steps": 1200, "text_batch": 64, "text_lr": 2e-3,
+_COMMITTED_DEFAULT = {"tower_from": "organism-scratch", "scene_layout": "overlap", "scene_objects": (2, 3),
+                      "class_merge": None, "text_task": "bound", "text_steps": 1200, "text_batch": 64, "text_lr": 2e-3,
                       "end_token_loss": False, "balanced_items": False}
 _FIRST_DEFAULT = {**_COMMITTED_DEFAULT, "scene_objects": (1, 1), "text_task": "flat", "text_steps": 300,
                   "text_batch": 128, "text_lr": 1.5e-3, "align_steps": 400, "llava_steps": 1000, "lm_lr_scale": 1.0,
