@@ -30,7 +30,8 @@ CHAPTERS = [
     ("performance", "90-performance", "Performance"),
     ("validation", "91-validation", "Validation: planted ground truth"),
 ]
-KEY_MAX = 160  # characters of a row's key number: one line, the details stay in the chapter
+#: Characters of a row's key number: one line, the details stay in the chapter.
+KEY_MAX = 160
 
 
 def _results(results: Path, name: str) -> dict | None:

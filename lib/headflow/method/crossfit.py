@@ -109,6 +109,7 @@ def judge_split(st, task, orders: dict, ks_kept: dict, ks_ablated: dict, batch_s
 
 
 # ------------------------------------------------------------------------------------ adaptive k
+#: The adaptive design's rule, as the chapter states it (why no earlier crossing can be missed).
 ADAPTIVE_RULE = (
     "Adaptive k (identical to evaluating every k): each ranking is first judged on a log-spaced grid of k "
     "(metrics.k_grid, always holding 0 and all heads) on every image. For each statistic the chapter reads (a "

@@ -23,6 +23,7 @@ from headflow.task.answers import answers as answer_targets
 from headflow.task.prompt import build_prompt
 from headflow.util.progress import bar
 
+#: The targets y a mask's logits are read as (:func:`target_of`).
 TARGETS = ("logit", "logit-diff", "answer-kl")
 
 

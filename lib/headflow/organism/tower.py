@@ -185,8 +185,9 @@ def per_patch(folder: Path | str, n: int = 1000, seed: int = 3000, objects=None,
               batch: int = 250) -> dict:
     """Chapter 0's per-patch accuracy of the trained tower in ``folder`` on ``n`` held-out test-split scenes
     (seed ``seed``; ``objects`` per scene, default the tower's layout's): ``class`` (object patches; a head
-    trained on the ten Fashion-MNIST classes is read through today's :data:`~headflow.images.fashionscenes.
-    FINE_TO_CLASS`), ``color`` (object patches) and ``main`` (every patch; ``main_recall`` on the main
+    trained on the ten Fashion-MNIST classes is read through today's
+    :data:`headflow.images.fashionscenes.FINE_TO_CLASS`), ``color`` (object patches) and ``main`` (every patch;
+    ``main_recall`` on the main
     object's patches), each ``{"accuracy", "ci", "n_patches"}``; 95% intervals resample scenes (patches of
     one scene are not independent)."""
     tower, heads, recipe = load_trained(folder)
