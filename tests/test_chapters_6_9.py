@@ -13,17 +13,21 @@ from headflow.method import experiment, study
 from headflow.task.prompt import question_text
 
 
-@pytest.fixture(scope="module")
-def tiny_study(tiny_llava):
-    model, processor = tiny_llava
+def _study(name, model, processor, question, n):
+    """A study of the first ``n`` evaluation-set images under the zero baseline."""
     iv.install(model, "sdpa")
     f = coco.resolve_set("fashionscenes/eval")
     words = coco.class_names(f)
-    q = question_text("object")
-    tasks = experiment.prepare(processor, coco.load_set(f)[:3], words, q)
+    q = question_text(question)
+    tasks = experiment.prepare(processor, coco.load_set(f)[:n], words, q)
     n_layers, n_heads = iv.text_layers_and_heads(model)
-    return study.Study("tiny", model, processor, words, q, tasks, 3, 1.0, iv.Baseline("zero"), "zero", "logit",
+    return study.Study(name, model, processor, words, q, tasks, n, 1.0, iv.Baseline("zero"), "zero", "logit",
                        n_layers, n_heads, {"image_set": "fashionscenes/eval"})
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tiny_llava):
+    return _study("tiny", *tiny_llava, "object", 3)
 
 
 def test_pick_per_class_offset():
@@ -65,15 +69,8 @@ def test_knockout_plan_equals_one_knockout_per_row(tiny_study):
 
 
 def test_chapter_7_rows_on_the_suffix_path_equal_full_forwards_on_the_organism(organism_model, monkeypatch):
-    net, processor = organism_model
-    iv.install(net, "sdpa")
-    f = coco.resolve_set("fashionscenes/eval")
-    words = coco.class_names(f)
-    q = question_text("color")
-    tasks = experiment.prepare(processor, coco.load_set(f)[:2], words, q)
-    n_layers, n_heads = iv.text_layers_and_heads(net)
-    st = study.Study("organism", net, processor, words, q, tasks, 2, 1.0, iv.Baseline("zero"), "zero", "logit",
-                     n_layers, n_heads, {"image_set": "fashionscenes/eval"})
+    st = _study("organism", *organism_model, "color", 2)
+    n_layers, tasks = st.n_layers, st.tasks
     plan = flow.chapter_plan(n_layers, {"all heads": None, "top": np.array([3, 9, 17])}, window=1, sensitivity_window=3)
     fast = [flow.run_image(st, t, plan) for t in tasks]
     monkeypatch.setattr(flow, "suffix_path", lambda *a, **k: None)  # force full forwards
