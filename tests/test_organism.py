@@ -126,7 +126,7 @@ def test_training_loop_runs_every_stage_and_saves(tmp_path):
     assert set(log["final"]) >= {"object", "color", "position"}
     for stage in recipe.stages:
         assert log[f"{stage}_stage"] and log[f"{stage}_minutes"] is not None, stage
-    assert log["vision_tower"]["steps"] == 2 and log["recipe"]["scene_layout"] == "mixed"
+    assert log["vision_tower"]["steps"] == 2 and log["recipe"]["scene_layout"] == "mixed-swap"
     assert tuple(log["recipe"]["class_merge"]) == organism.MERGE and len(data.CLASSES) == 10  # restored after
     assert (tmp_path / "organism" / "model.safetensors").exists()
     m, p = models.load(str(tmp_path / "organism"))
@@ -326,3 +326,30 @@ def test_every_head_ablated_accuracy_on_the_organism(organism_model, monkeypatch
     # none ablated: the decision token among the answer words, as the decoded answers say (nearly always)
     assert r["clean_accuracy"] == pytest.approx(st.clean_accuracy, abs=0.1)
     assert r["ci"][0] <= r["accuracy"] <= r["ci"][1]
+
+
+def test_a_scene_without_a_position_word_is_asked_its_object_or_colour():
+    labels = np.array([[1, 2, -1]] * 400 + [[1, 2, 3]] * 400)
+    q = np.array(organism.ask(np.random.default_rng(0), labels, (0.4, 0.3, 0.3)))
+    assert not (q[:400] == 2).any() and set(q[:400]) == {0, 1}
+    assert 0.2 < (q[400:] == 2).mean() < 0.4
+    # without wordless scenes the draw is the plain one (existing recipes' streams are unchanged)
+    plain = np.random.default_rng(1).choice(3, 400, p=[0.4, 0.3, 0.3]).tolist()
+    assert organism.ask(np.random.default_rng(1), labels[400:], (0.4, 0.3, 0.3)) == plain
+
+
+def test_quick_accuracy_does_not_ask_where_a_main_object_has_no_position_word(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_logits(model, prompts, images, qtypes, bf16):
+        seen.append((len(images), qtypes[0]))
+        return torch.zeros(len(images), 5)
+
+    class P:
+        answer_ids = [torch.arange(5)] * 3
+
+    monkeypatch.setattr(organism, "final_logits", fake_logits)
+    model = torch.nn.Linear(1, 1)
+    labels = np.array([[0, 0, -1], [0, 0, 0], [0, 0, -1]])
+    acc = organism.quick_accuracy(model, P(), np.zeros((3, 2, 2, 3), np.uint8), labels, bf16=False)
+    assert seen == [(3, 0), (3, 1), (1, 2)] and acc["position"] == 1.0

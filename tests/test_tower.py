@@ -176,3 +176,40 @@ def test_per_patch_accuracy_of_a_trained_tower_has_scene_intervals(tmp_path):
         assert tower.per_patch(tmp_path / "t", n=12, n_boot=50)["class_head"].startswith("ten Fashion-MNIST")
     finally:
         data.use_classes(previous)
+
+
+def test_swap_layouts_make_placement_uninformative_and_only_size_tells():
+    """``mixed-swap`` (the organisms' training stream): a share of scenes are size swaps, so the main object
+    sits at a worded place about as often as not, other items keep theirs; the main object stays the largest."""
+    previous = data.use_layout("mixed-swap")
+    try:
+        specs = data.sample_specs("train", 300, seed=6, objects=data.MULTI_OBJECTS)
+    finally:
+        data.use_layout(previous)
+    assert all(s.size ** 2 >= 2.0 * o.size ** 2 for s in specs for o in s.others)
+    at_word = np.array([data.position_of(s.x0, s.y0, s.size) == s.position for s in specs])
+    assert 0.4 < at_word.mean() < 0.8  # "mixed" puts it there in every scene
+    wordless = [s for s in specs if s.position < 0]
+    assert wordless and all("position" not in data.answers(s) for s in wordless)
+    others_at_word = np.mean([data.position_of(o.x0, o.y0, o.size) is not None for s in specs for o in s.others])
+    assert others_at_word > 0.3
+
+
+def test_swap_marking_follows_the_items_through_the_swap(tmp_path):
+    fast = dict(steps=2, batch=8, warmup=1, ckpt_every=2, eval_every=2, n_monitor=8, threads=1)
+    tower.train_tower(tmp_path / "t", tower.TowerRecipe(**fast))
+    r = tower.swap_marking(tmp_path / "t", n=20, n_boot=50)
+    assert r["n_scenes"] + r["n_left_out"] == 20 and r["n_scenes"] > 0
+    for g in ("original_main", "original_others", "swapped_new_main", "swapped_old_main", "swapped_others"):
+        lo, hi = r[g]["ci"]
+        assert 0 <= lo <= r[g]["share"] <= hi <= 1 and r[g]["n_patches"] > 0, g
+    # the bookkeeping swap_marking relies on: the former main object replaces the largest other item, in place
+    previous = data.use_layout("mixed")
+    try:
+        s = next(s for s in data.sample_specs("test", 20, seed=3100, objects=data.MULTI_OBJECTS) if data.swap_sizes(s))
+    finally:
+        data.use_layout(previous)
+    k = max(range(len(s.others)), key=lambda i: s.others[i].size)
+    w = data.swap_sizes(s)
+    assert w.item == s.others[k].item and w.others[k].item == s.item and w.size == s.size
+    assert [o.item for j, o in enumerate(w.others) if j != k] == [o.item for j, o in enumerate(s.others) if j != k]

@@ -20,10 +20,18 @@ items, is the scene *layout* (:data:`LAYOUTS`, :func:`use_layout`):
     object's: the others' area often exceeds the main object's, but the main object is always the
     odd item out, a shortcut an organism trained on it took (it followed the old main object in 17%
     of size-swapped scenes);
-``mixed`` (the organisms' scenes)
+``mixed`` (the study's scenes)
     ``crowd`` scenes and, half the time, *decoy* scenes whose other items share the main object's
     class and colour but one, the odd item out: neither the odd item nor the majority is the main
-    object more often than not, only size tells.
+    object more often than not, only size tells;
+``main2x-swap``, ``mixed-swap`` (the tower's and the organisms' training streams)
+    ``main2x`` and ``mixed`` with a share of *size swaps* (:func:`swap_sizes`, ``Layout.swapped``).  The
+    main object is placed by its position word, others anywhere, so in ``mixed`` the main object is the
+    item at a worded place; a tower trained without swaps learned that cue besides size (it marked 75%
+    of a new main object's patches after a swap, 96% before; :func:`headflow.organism.tower.swap_marking`).
+    With swaps the main object sits at a worded place in about 60% of scenes and other items in about
+    40%, so placement hardly tells; a swapped main object without a position word is not asked its
+    position.
 
 Sampling specs and rendering them
 are separate steps, so an appearance *variant* of a scene is the same spec with one field changed
@@ -134,12 +142,19 @@ class Layout:
     # the share of *decoy* scenes (crowd layouts only): the other items share the main object's class and colour,
     # except one, whose class and colour are unlike it: the odd item out is then not the main object
     decoy: float = 0.0
+    # the share of scenes drawn as *size swaps* (:func:`swap_sizes`): the main object and the largest other item
+    # trade sizes and keep their places, so the main object is as often at a random place as at a worded one and
+    # placement does not tell which item is main (a swap that fails keeps the scene as drawn); a swapped main object
+    # may have no position word (position -1: no position question about it)
+    swapped: float = 0.0
 
 
 #: The scene layouts (see the module docstring).
 LAYOUTS = {"overlap": Layout((26, 38), 1.25, 1.5, (2, 3)), "main2x": Layout((30, 40), 2.0, 4.0, (3, 5)),
            "crowd": Layout((30, 40), 2.0, 2.8, (4, 5), crowd=True),
-           "mixed": Layout((30, 40), 2.0, 2.8, (4, 5), crowd=True, decoy=0.5)}
+           "mixed": Layout((30, 40), 2.0, 2.8, (4, 5), crowd=True, decoy=0.5),
+           "main2x-swap": Layout((30, 40), 2.0, 4.0, (3, 5), swapped=0.8),
+           "mixed-swap": Layout((30, 40), 2.0, 2.8, (4, 5), crowd=True, decoy=0.5, swapped=0.8)}
 #: The layout in use (:func:`use_layout`): sets the four constants below.
 LAYOUT = "overlap"
 MULTI_SIZE_RANGE = LAYOUTS[LAYOUT].size_range
@@ -373,6 +388,8 @@ def sample_specs(split: str, n: int, seed: int, items: np.ndarray | None = None,
                          bg_seed=int(rng.integers(2**31)))
         if hi > 1:
             spec = _with_others(spec, int(rng.integers(lo, hi + 1)) - 1, labels, rng)
+            if LAYOUTS[LAYOUT].swapped and rng.random() < LAYOUTS[LAYOUT].swapped:
+                spec = swap_sizes(spec) or spec
         specs.append(spec)
     return specs
 

@@ -55,8 +55,8 @@ class TowerRecipe:
     warmup: int = 150
     weight_decay: float = 0.05
     min_cover: float = 0.25  # a patch belongs to the item covering the largest share of it, if >= this
-    layout: str = "main2x"  # the scene layout (headflow.images.fashionscenes.LAYOUTS)
-    objects: tuple = data.LAYOUTS["main2x"].objects
+    layout: str = "main2x-swap"  # the scene layout (headflow.images.fashionscenes.LAYOUTS)
+    objects: tuple = data.LAYOUTS["main2x-swap"].objects
     main_weight: float = 1.0  # weight of the "main object" head's loss
     bf16: bool = True
     threads: int = 2
@@ -79,15 +79,22 @@ def patch_targets(masks: np.ndarray, labels, colors, min_cover: float = 0.25) ->
     (row-major): class (``len(CLASSES)`` = background), colour (``len(COLORS)`` = background) and
     main (1 where the main object is the covering item).  A patch is covered by the item with the
     largest share of it, if that share is at least ``min_cover``; else it is background."""
-    n, h, w = masks.shape
-    cover = masks.reshape(n, GRID, h // GRID, GRID, w // GRID).mean((2, 4)).reshape(n, GRID * GRID)
-    best, on = cover.argmax(0), cover.max(0) >= min_cover
+    item = patch_items(masks, min_cover)
+    on = item >= 0
     cls = np.full(GRID * GRID, len(data.CLASSES), np.int64)
     col = np.full(GRID * GRID, len(data.COLORS), np.int64)
-    cls[on] = np.asarray(labels)[best[on]]
-    col[on] = np.asarray(colors)[best[on]]
-    main = (on & (best == 0)).astype(np.int64)
+    cls[on] = np.asarray(labels)[item[on]]
+    col[on] = np.asarray(colors)[item[on]]
+    main = (item == 0).astype(np.int64)
     return cls, col, main
+
+
+def patch_items(masks: np.ndarray, min_cover: float = 0.25) -> np.ndarray:
+    """``(GRID * GRID,) int64``: the index of the item covering each patch (in the order of ``masks``
+    ``(n_items, H, W) bool``, the main object first), or -1 for background (no item covers ``min_cover``)."""
+    n, h, w = masks.shape
+    cover = masks.reshape(n, GRID, h // GRID, GRID, w // GRID).mean((2, 4)).reshape(n, GRID * GRID)
+    return np.where(cover.max(0) >= min_cover, cover.argmax(0), -1).astype(np.int64)
 
 
 def render_with_targets(specs, min_cover: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
@@ -219,6 +226,56 @@ def per_patch(folder: Path | str, n: int = 1000, seed: int = 3000, objects=None,
         out[h] = {"accuracy": float(k.sum() / m.sum()), "ci": [float(np.quantile(boot, 0.025)),
                                                                float(np.quantile(boot, 0.975))],
                   "n_patches": int(m.sum())}
+    return out
+
+
+@torch.inference_mode()
+def swap_marking(folder: Path | str, layout: str = "mixed", n: int = 600, seed: int = 3100, n_boot: int = 1000,
+                 batch: int = 250) -> dict:
+    """Does the tower's ``main`` head follow size, or the main object's usual place?  On ``n`` test-split scenes
+    of ``layout`` (seed ``seed``) and their size swaps (:func:`headflow.images.fashionscenes.swap_sizes`: the
+    main object and the largest other item trade sizes and keep their places), the share of patches the head
+    marks main: ``original_main`` (the main object's patches), ``original_others``, ``swapped_new_main`` (the
+    former other item, now main), ``swapped_old_main`` (the former main object, now smaller) and
+    ``swapped_others`` (the remaining items); each ``{"share", "ci", "n_patches"}``, 95% intervals resampling
+    scenes.  A tower that reads size marks the new main object as it marked the old one, and the old one as
+    any other item."""
+    tower, heads, recipe = load_trained(folder)
+    previous = data.use_layout(layout)
+    try:
+        specs = data.sample_specs("test", n, seed=seed, objects=data.MULTI_OBJECTS)
+    finally:
+        data.use_layout(previous)
+    pairs = [(s, data.swap_sizes(s)) for s in specs]
+    pairs = [(s, w) for s, w in pairs if w is not None]
+    groups = {g: ([], []) for g in ("original_main", "original_others", "swapped_new_main", "swapped_old_main",
+                                    "swapped_others")}
+    for version in ("original", "swapped"):
+        scenes = [p[0] if version == "original" else p[1] for p in pairs]
+        for s0 in range(0, len(scenes), batch):
+            chunk = scenes[s0:s0 + batch]
+            rendered = [data.render_instances(s) for s in chunk]
+            marked = heads["main"](tower_features(tower, np.stack([r[0] for r in rendered])).float()).argmax(-1).numpy()
+            for (orig, _), (_, masks), m in zip(pairs[s0:s0 + batch], rendered, marked):
+                item = patch_items(masks, recipe.min_cover)
+                if version == "original":
+                    where = {"original_main": item == 0, "original_others": item > 0}
+                else:  # the swapped scene's others keep the original's order; the former main replaced the largest
+                    k = 1 + max(range(len(orig.others)), key=lambda i: orig.others[i].size)
+                    where = {"swapped_new_main": item == 0, "swapped_old_main": item == k,
+                             "swapped_others": (item > 0) & (item != k)}
+                for g, w in where.items():
+                    groups[g][0].append(int((m[w] == 1).sum()))
+                    groups[g][1].append(int(w.sum()))
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(pairs), (n_boot, len(pairs)))
+    out = {"layout": layout, "n_scenes": len(pairs), "n_left_out": n - len(pairs), "seed": seed, "n_boot": n_boot,
+           "tower_layout": recipe.layout}
+    for g, (k, m) in groups.items():
+        k, m = np.asarray(k), np.asarray(m)
+        boot = k[draws].sum(1) / np.maximum(m[draws].sum(1), 1)
+        out[g] = {"share": float(k.sum() / max(m.sum(), 1)), "n_patches": int(m.sum()),
+                  "ci": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]}
     return out
 
 

@@ -92,7 +92,7 @@ class Recipe(LlavaArch):
 
     stages: tuple = ("text", "align", "llava")
     tower_from: str = "vision-tower"  # the per-patch tower's folder (make tower), frozen
-    scene_layout: str = "mixed"  # how multi-object scenes are drawn (headflow.images.fashionscenes.LAYOUTS)
+    scene_layout: str = "mixed-swap"  # how multi-object scenes are drawn (headflow.images.fashionscenes.LAYOUTS)
     scene_objects: tuple | None = None  # items per scene (lo, hi); None: the layout's
     # the object classes: at most one merge group (name, members), decided from the recognition ceiling and
     # the tower's probes before any organism trained (headflow.organism.ceiling.choose_merge); None: the ten
@@ -251,17 +251,20 @@ def answer_loss(model, prompts: PromptCache, images_u8: np.ndarray, qtypes: list
 
 @torch.inference_mode()
 def quick_accuracy(model, prompts: PromptCache, images, labels, bf16: bool, batch: int = 250) -> dict:
-    """Unrestricted-argmax accuracy per question type; ``labels`` is ``(N, 3)`` (class, colour, position)."""
+    """Unrestricted-argmax accuracy per question type; ``labels`` is ``(N, 3)`` (class, colour, position; a
+    position of -1, a size-swapped main object without a position word, is not asked)."""
     was_training = model.training
     model.eval()
     acc = {}
     for q, name in enumerate(QUESTION_TYPES):
+        asked = np.flatnonzero(labels[:, q] >= 0)
         correct = 0
-        for s in range(0, len(images), batch):
-            logits = final_logits(model, prompts, images[s:s + batch], [q] * len(images[s:s + batch]), bf16)
-            target = prompts.answer_ids[q][torch.from_numpy(labels[s:s + batch, q])]
+        for s in range(0, len(asked), batch):
+            rows = asked[s:s + batch]
+            logits = final_logits(model, prompts, images[rows], [q] * len(rows), bf16)
+            target = prompts.answer_ids[q][torch.from_numpy(labels[rows, q])]
             correct += int((logits.argmax(-1) == target).sum())
-        acc[name] = correct / len(images)
+        acc[name] = correct / max(len(asked), 1)
     model.train(was_training)
     return acc
 
@@ -270,6 +273,17 @@ def quick_accuracy(model, prompts: PromptCache, images, labels, bf16: bool, batc
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 10%."""
     return min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / total)))
+
+
+def ask(rng: np.random.Generator, labels: np.ndarray, probs) -> list[int]:
+    """A question type per scene, drawn by ``probs`` (object, colour, position); a scene whose main object has
+    no position word (label -1: a size swap) is asked about its object or colour instead, in proportion."""
+    qtypes = rng.choice(3, len(labels), p=list(probs))
+    wordless = np.flatnonzero((labels[:, 2] < 0) & (qtypes == 2))
+    if len(wordless):
+        p = np.asarray(probs[:2], float)
+        qtypes[wordless] = rng.choice(2, len(wordless), p=p / p.sum())
+    return qtypes.tolist()
 
 
 def _labels(specs) -> np.ndarray:
@@ -424,7 +438,7 @@ def train_answers(model, recipe: Recipe, stage: str, stream: SceneStream, prompt
     for step in bar:
         _set_lr(opt, lr, step, steps, recipe)
         images, labels = stream.next(batch)
-        qtypes = rng.choice(3, batch, p=list(recipe.question_probs)).tolist()
+        qtypes = ask(rng, labels, recipe.question_probs)
         targets = torch.stack([prompts.answer_ids[q][labels[i, q]] for i, q in enumerate(qtypes)])
         if recipe.end_token_loss:
             loss = answer_loss(model, prompts, images, qtypes, targets, recipe.bf16)
