@@ -179,6 +179,7 @@ def test_chapters_2_and_3_read_intervals_of_the_verdict_s_statistic_and_return_e
     assert verdicts.head_attribution(three(iv(0.8, 0.7, 0.85)))["verdict"] == verdicts.PARTLY
     assert verdicts.head_attribution(three(iv(0.4, 0.3, 0.5)))["verdict"] == verdicts.NOT
     assert verdicts.head_attribution(three(iv(0.6, 0.5, 0.7)))["verdict"] == verdicts.INCONCLUSIVE
+    assert verdicts.head_attribution(three(None))["verdict"] == verdicts.INCONCLUSIVE  # no class with two images
 
 
 def test_class_mean_and_aggregate_intervals_weight_classes_equally():
@@ -191,6 +192,9 @@ def test_class_mean_and_aggregate_intervals_weight_classes_equally():
     assert r["ci"][0] <= 0.5 <= r["ci"][1]
     with pytest.raises(ValueError, match="one number per image"):
         metrics.class_mean([[1.0]], ["a"], 10, 0)
+    with pytest.raises(ValueError, match="no class has 2 images"):
+        metrics.class_mean([1.0, 2.0], ["a", "b"], 10, 0)
+    assert metrics.class_mean([1.0, 2.0], ["a", "b"], 10, 0, none_if_empty=True) is None
     a = metrics.aggregate_ci([1.0, 3.0, 2.0, 2.0], [2.0, 2.0, 4.0, 4.0], ["a", "a", "b", "b"], 100, 0)
     assert a["value"] == 0.75 and a["images_per_class"] == {"a": 2, "b": 2}  # (4/4 + 4/8) / 2
 

@@ -297,7 +297,7 @@ def head_attribution(res: dict) -> dict:
     """Chapter 3.  The held-out Pearson r of the per-image fits, as the class-equal mean with its
     bootstrap interval (:func:`headflow.method.metrics.class_mean`): reproduced if the interval lies at
     or above 0.8; partly if it lies at or above 0.6; not reproduced if it lies below 0.6; otherwise
-    inconclusive.  (Results written before the interval existed are read by their median.)"""
+    inconclusive (also where no class has two images).  (Results written before the interval existed are read by their median.)"""
     fit = res["fit"]
     if "pearson_r" not in fit:  # the committed book before issue 32
         r = fit["pearson_r_median"]
@@ -306,6 +306,9 @@ def head_attribution(res: dict) -> dict:
                    f"image, rate {res['ablation_rate']})")
         return status("3-head-attribution", "Fig. 1B", res["model"], finding, verdict)
     r = fit["pearson_r"]
+    if r is None:  # no class has two images with a fit (metrics.class_mean)
+        finding = f"no class has two analysed images: no interval of the held-out r ({res['n_masks']:,} masks per image)"
+        return status("3-head-attribution", "Fig. 1B", res["model"], finding, INCONCLUSIVE)
     high, mid = at_least(r, 0.8), at_least(r, 0.6)
     verdict = (REPRODUCED if high == "yes" else PARTLY if mid == "yes" else NOT if mid == "no" else INCONCLUSIVE)
     finding = (f"held-out r = {r['value']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}] (mean within class, then over "

@@ -120,12 +120,14 @@ def bootstrap_aggregate(numerators, effects, classes, n_boot: int, seed: int, mi
     return out
 
 
-def class_mean(values, classes, n_boot: int, seed: int, min_images: int = 2, level: float = 0.95) -> dict:
+def class_mean(values, classes, n_boot: int, seed: int, min_images: int = 2, level: float = 0.95,
+               none_if_empty: bool = False) -> dict | None:
     """A per-image statistic without a denominator (a fit's held-out r, say) over images by the same
     weighting as :func:`aggregate`: the mean within each class, then the mean over classes with equal
     weight; classes with fewer than ``min_images`` images left out and named.  The interval resamples
     images within classes (percentile, ``n_boot`` draws).  Returns ``value``, ``ci``, ``per_class``,
-    ``images_per_class`` and ``classes_left_out`` (class -> count)."""
+    ``images_per_class`` and ``classes_left_out`` (class -> count).  No class with ``min_images`` images
+    is an error, or ``None`` with ``none_if_empty`` (a mechanics run of one image per class)."""
     v = np.asarray(values, float)
     if v.ndim != 1 or len(v) != len(classes):
         raise ValueError(f"values must be one number per image: got shape {v.shape} for {len(classes)} classes")
@@ -136,6 +138,8 @@ def class_mean(values, classes, n_boot: int, seed: int, min_images: int = 2, lev
     left = {c: len(idx) for c, idx in groups.items() if len(idx) < min_images}
     groups = {c: np.array(idx) for c, idx in groups.items() if len(idx) >= min_images}
     if not groups:
+        if none_if_empty:
+            return None
         raise ValueError(f"no class has {min_images} images with a finite value")
     per_class = {c: float(v[idx].mean()) for c, idx in groups.items()}
     rng = np.random.default_rng(seed)
