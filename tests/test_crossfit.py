@@ -163,6 +163,8 @@ def test_adaptive_k_equals_every_k_on_synthetic_curves_at_1024_heads(monkeypatch
     np.testing.assert_array_equal(every2["curves"]["random/0"]["faithfulness"], every["curves"]["random/0"]["faithfulness"])
     # only the fold-dependent rankings (5 global, 3 per class) are judged again, at every k, kept and ablated
     assert n2 - n_every == len(st.tasks) * 8 * 2 * 1025
+    assert every2["design"]["repeats_share"] == pytest.approx(len(st.tasks) * 8 * 2 * 1025 / n2)
+    assert every["design"]["repeats_share"] == 0 and every["design"]["seconds"] > 0
     with pytest.raises(ValueError, match="other summary settings"):
         crossfit.summarise(adaptive, 100, 0, 2)
     # capped at k_max: crossings at or below it exact, later ones censored ("> k_max"), passes within the plan's bound

@@ -12,6 +12,7 @@ secondary, labelled result.
 """
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 import numpy as np
@@ -248,6 +249,7 @@ def run(st, scores: dict, runs: dict, n_folds: int, seed: int, n_random: int, n_
                                          ("completeness", ka.get(n, []), y_clean[i] - y_abl)):
                     judged[metric][n][i, [col[kv] for kv in ks]] = vals
 
+    t0 = time.perf_counter()
     if design == "every":
         judge_all({m: dict(base) for m in judged}, "judging held-out images (every k)")
     else:
@@ -282,7 +284,11 @@ def run(st, scores: dict, runs: dict, n_folds: int, seed: int, n_random: int, n_
                      "n_grid": n_grid, "n_boot": n_boot, "seed": seed, "min_images": min_images, "threshold": threshold,
                      "k_max": k_max,
                      "masks_judged": judged_n, "masks_every_k": every_n,
-                     "fraction_of_every_k": sum(judged_n.values()) / max(sum(every_n.values()), 1)}
+                     "fraction_of_every_k": sum(judged_n.values()) / max(sum(every_n.values()), 1),
+                     "seconds": time.perf_counter() - t0,
+                     # the extra fold splits' share of the judged entries (their share of the seconds, near enough)
+                     "repeats_share": sum(int(np.isfinite(judged[m][n]).sum()) for m in judged for n in names if "@" in n)
+                     / max(sum(judged_n.values()), 1)}
     return out
 
 
