@@ -238,3 +238,26 @@ def test_organism_checks_for_the_gate_come_from_chapter_0_of_the_same_model(tmp_
     assert outputs.organism_checks("organism-scratch", tmp_path) is None  # not measured: the gate says so
     st = verdicts.status("6-semantics", "Sec. 5", "organism-scratch", "", verdicts.PARTLY)
     assert verdicts.final(st, outputs.organism_checks("organism-scratch", tmp_path), None)["verdict"] == verdicts.PARTLY
+
+
+def test_a_chapter_opening_states_the_rule_the_code_applies_and_what_competence_allows(monkeypatch):
+    from headflow.book import outputs
+
+    for chapter, fn in verdicts.RULES.items():
+        text = verdicts.rule_text(chapter)
+        assert len(text) > 80 and ":func:" not in text and "``" not in text and not text.startswith("Chapter"), chapter
+        assert " ".join(text.split()[-4:]) in " ".join(fn.__doc__.split()).replace("``", "`"), chapter
+    with pytest.raises(ValueError, match="no verdict rule for chapter"):
+        verdicts.rule_text("12-nothing")
+    met = {n: {"met": True} for n in verdicts.COMPETENCE_NEEDS["7-token-flow"]}
+    assert "meets them all" in verdicts.competence_text("7-token-flow", met)
+    missed = dict(met, **{"accuracy color": {"met": False}})
+    assert "misses accuracy color" in verdicts.competence_text("7-token-flow", missed)
+    assert "not measured" in verdicts.competence_text("7-token-flow", None)
+    assert "none of chapter 0's bars" in verdicts.competence_text("91-validation", met)
+    shown = []
+    monkeypatch.setattr(outputs, "display", shown.append)
+    monkeypatch.setattr(outputs, "organism_checks", lambda model: missed if model == "organism" else None)
+    outputs.opening("7-token-flow", "organism")
+    assert "verdicts.knockout" in shown[0].data and verdicts.rule_text("7-token-flow") in shown[0].data
+    assert "misses accuracy color" in shown[0].data

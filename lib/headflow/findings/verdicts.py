@@ -714,3 +714,42 @@ def performance(res: dict) -> dict:
     targets = f"{met} of {len(res.get('targets', []))} targets met" if res.get("targets") else "no targets"
     return status("90-performance", "-", "organism", finding,
                   f"{targets}, {res['machine']['threads']} CPU threads")
+
+
+# ------------------------------------------------------------------------------------ the rules, by chapter
+#: Chapter -> the function here that applies its rule (a chapter's opening states it: :func:`rule_text`).
+RULES = {"2-single-head-ablation": single_head, "3-head-attribution": head_attribution,
+         "4-faithfulness-completeness": faithfulness, "5-where-the-heads-are": where_heads_status,
+         "6-semantics": semantics, "7-token-flow": knockout, "8-object-background": tokens,
+         "9-sensitivity": sensitivity, "91-validation": validation}
+
+
+def rule_text(chapter: str) -> str:
+    """The rule of ``chapter`` as its function here states it (the docstring, without its first word
+    "Chapter N." and with the reStructuredText roles made plain), so the chapter's opening and the code
+    that judges cannot disagree."""
+    import inspect
+    import re
+
+    if chapter not in RULES:
+        raise ValueError(f"no verdict rule for chapter {chapter!r}; chapters with one: {sorted(RULES)}")
+    doc = inspect.cleandoc(RULES[chapter].__doc__ or "")
+    doc = re.sub(r"^(Chapter \d+|Validation appendix)[.:,]?\s*", "", doc)
+    doc = doc[:1].upper() + doc[1:]
+    doc = re.sub(r":(?:func|data|mod|class):`~?([^`]+)`", lambda m: f"`{m.group(1).split('.')[-1]}`", doc)
+    return " ".join(doc.replace("``", "`").split())
+
+
+def competence_text(chapter: str, checks: dict | None) -> str:
+    """What the organism's competence allows ``chapter`` to say (:func:`gate`, in words)."""
+    needs = COMPETENCE_NEEDS.get(chapter, ())
+    if not needs:
+        return "This chapter's rule needs none of chapter 0's bars."
+    if checks is None:
+        return (f"The rule needs chapter 0's bars {', '.join(needs)}; this model has none measured (not an organism "
+                "chapter 0 trained), so its competence is not measured and the verdict stands unchecked.")
+    missed = competence_missed(chapter, checks)
+    if missed:
+        return (f"The rule needs chapter 0's bars {', '.join(needs)}; this model misses {', '.join(missed)}, so the "
+                f"verdict is *{NOT_TESTABLE}* and the numbers below show what the mechanics measure.")
+    return f"The rule needs chapter 0's bars {', '.join(needs)}; this model meets them all, so the verdict can speak."
