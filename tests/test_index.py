@@ -197,6 +197,8 @@ def test_class_mean_and_aggregate_intervals_weight_classes_equally():
     assert metrics.class_mean([1.0, 2.0], ["a", "b"], 10, 0, none_if_empty=True) is None
     a = metrics.aggregate_ci([1.0, 3.0, 2.0, 2.0], [2.0, 2.0, 4.0, 4.0], ["a", "a", "b", "b"], 100, 0)
     assert a["value"] == 0.75 and a["images_per_class"] == {"a": 2, "b": 2}  # (4/4 + 4/8) / 2
+    agg = metrics.aggregate([1.0, 3.0, 2.0, 2.0, 1.0], [2.0, 2.0, 4.0, 4.0, -1.0], ["a", "a", "b", "b", "b"])
+    assert agg["images_per_class"] == {"a": 2, "b": 2}  # the image of non-positive effect does not enter
 
 
 def test_chapter_2_summary_by_the_aggregation_rule_and_with_too_few_images():

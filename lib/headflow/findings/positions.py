@@ -157,6 +157,7 @@ def summarise_groups(g: dict, n_boot: int, seed: int, min_images: int = 2) -> di
                 res["n_images"] = agg["n_images_used"]
                 res["images_left_out"] = len(agg["images_left_out"])
                 res["classes"] = sorted(agg["per_class"])
+                res["images_per_class"] = agg["images_per_class"]
                 res["classes_left_out"] = agg["classes_left_out"]
         out[s] = res
     return out

@@ -94,14 +94,14 @@ def usable_groups(effects, classes, min_images: int = 2) -> tuple[dict, list[int
 def aggregate(numerators, effects, classes, min_images: int = 2) -> dict:
     """The rule of this module.  ``numerators``: ``(n_images, ...)``; ``effects``: ``(n_images,)``
     image effects; ``classes``: a class name per image.  Returns ``value`` (``...``), ``per_class``
-    ratios, and what was left out."""
+    ratios, ``images_per_class`` (the images that enter, class -> count), and what was left out."""
     num = np.asarray(numerators, float)
     eff = np.asarray(effects, float)
     groups, left_images, left_classes = usable_groups(eff, classes, min_images)
     per_class = {c: num[idx].sum(0) / eff[idx].sum() for c, idx in groups.items()}
     return {"value": np.mean(list(per_class.values()), axis=0), "per_class": per_class,
             "n_images_used": int(sum(len(i) for i in groups.values())), "images_left_out": left_images,
-            "classes_left_out": left_classes}
+            "classes_left_out": left_classes, "images_per_class": {c: len(idx) for c, idx in groups.items()}}
 
 
 def bootstrap_aggregate(numerators, effects, classes, n_boot: int, seed: int, min_images: int = 2) -> np.ndarray:
