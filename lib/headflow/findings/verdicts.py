@@ -737,7 +737,12 @@ def rule_text(chapter: str) -> str:
     doc = re.sub(r"^(Chapter \d+|Validation appendix)[.:,]?\s*", "", doc)
     doc = doc[:1].upper() + doc[1:]
     doc = re.sub(r":(?:func|data|mod|class):`~?([^`]+)`", lambda m: f"`{m.group(1).split('.')[-1]}`", doc)
-    return " ".join(doc.replace("``", "`").split())
+    doc = " ".join(doc.replace("``", "`").split())
+
+    def valued(m):  # a constant of this module named in the rule gets its value beside it
+        value = globals().get(m.group(1))
+        return m.group(0) if not isinstance(value, (int, float, tuple)) or m.group(2) else f"`{m.group(1)}` (= {value})"
+    return re.sub(r"`([A-Z][A-Z0-9_]+)`( \((?=[-\d.]))?", valued, doc)
 
 
 def competence_text(chapter: str, checks: dict | None) -> str:
