@@ -332,7 +332,8 @@ def analyse(model: str, image_set: str, questions: Sequence[str], n_fit: int, fi
             window: int, n_random: int, n_boot: int, seed: int, n_reference: int, rate: float = 0.5,
             sensitivity_window: int | None = 3, masks_per_head: float = 0, **setup_kw) -> dict:
     """Per question: top heads from the fitting images, the knockouts of :func:`chapter_plan` on the
-    next ``n_eval`` images per class (all heads over windows of ``window`` and ``sensitivity_window``
+    first ``n_eval`` correctly answered images of each class after the fitting images (a class with fewer is
+    left out and named: ``meta["short_classes"]`` of the set-up; all heads over windows of ``window`` and ``sensitivity_window``
     layers; the control flow in the top heads and ``n_random`` size-matched random sets), and the
     summary.  ``masks_per_head``, ``setup_kw``: as :func:`top_heads_for`."""
 
@@ -340,7 +341,8 @@ def analyse(model: str, image_set: str, questions: Sequence[str], n_fit: int, fi
     for q in questions:
         fit, top = top_heads_for(model, image_set, q, n_fit, fit_masks, rate, seed, n_reference,
                                  masks_per_head=masks_per_head, **setup_kw)
-        ev = study.setup(model, image_set, q, per_class=n_eval, n_reference=n_reference, offset=n_fit, **setup_kw)
+        ev = study.setup(model, image_set, q, correct_per_class=n_eval, n_reference=n_reference, offset=n_fit,
+                         **setup_kw)
         ev.baseline = fit.baseline  # the baseline the top heads were found under
         H = ev.n_layers * ev.n_heads
         sets = {"all heads": None, "top heads": top["heads"]}
