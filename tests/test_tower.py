@@ -193,6 +193,10 @@ def test_swap_layouts_make_placement_uninformative_and_only_size_tells():
     assert wordless and all("position" not in data.answers(s) for s in wordless)
     others_at_word = np.mean([data.position_of(o.x0, o.y0, o.size) is not None for s in specs for o in s.others])
     assert others_at_word > 0.3
+    assert data.task_layout("mixed-swap") == "mixed" and data.task_layout("main2x-swap") == "main2x"
+    assert data.task_layout("crowd") == "crowd"
+    with pytest.raises(ValueError, match="unknown scene layout"):
+        data.task_layout("mixed-flip")
 
 
 def test_swap_marking_follows_the_items_through_the_swap(tmp_path):

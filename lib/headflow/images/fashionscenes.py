@@ -224,6 +224,16 @@ class SceneSpec(_Item):
         return POSITIONS[self.position] if self.position >= 0 else None
 
 
+def task_layout(name: str) -> str:
+    """The layout whose scenes the study asks about, for a training stream's layout ``name``: ``mixed-swap``
+    -> ``mixed`` (the size swaps are a training device; the task's scenes put the main object at a worded
+    place, so every question has its answer); a layout without swaps is its own."""
+    if name not in LAYOUTS:
+        raise ValueError(f"unknown scene layout {name!r}; choose one of {sorted(LAYOUTS)}")
+    base = name.removesuffix("-swap")
+    return base if LAYOUTS[name].swapped and base in LAYOUTS else name
+
+
 def use_layout(name: str) -> str:
     """Draw multi-object scenes by layout ``name`` (:data:`LAYOUTS`) from now on; returns the previous
     layout's name.  Training and evaluation record the layout they ran with."""
