@@ -380,22 +380,25 @@ def study_layers(model: str, image_set: str, question: str, per_class: int, n_ma
                  baseline: str, target: str, seed: int, ablation_rate: float, regression: str, cutoffs, n_boot: int,
                  n_probe_per_class: int = 0, probes: bool = True, image_size=(), keep: str = "correct",
                  masks_per_head: float = 0, device=None, dtype=None, spec_k: bool = False,
-                 n_splits: int = 200) -> tuple[dict, object]:
+                 n_splits: int = 200, correct_per_class: int = 0) -> tuple[dict, object]:
     """One model, image set and question through chapter 5: set-up (correct answers of
-    ``per_class`` images per class), attribution runs, fits and :func:`analyse` (probes only if
-    ``probes``).  Returns ``(result, study)``; the result also holds ``fits``, ``runs`` and the counts
-    ``n_chosen`` (images asked) and ``n_correct`` (analysed), and ``split_half`` (:func:`split_half_overlap`
+    ``per_class`` images per class, or the first ``correct_per_class`` correctly answered ones of each class),
+    attribution runs, fits and :func:`analyse` (probes only if ``probes``).  Returns ``(result, study)``; the
+    result also holds ``fits``, ``runs`` and the counts ``n_chosen`` (images asked), ``n_correct`` (analysed)
+    and ``images_per_class`` (analysed, class -> count), and ``split_half`` (:func:`split_half_overlap`
     at 10% of the heads, over ``n_splits`` splits).  With ``spec_k`` also the spec's top heads: the
     held-out k at 0.8 (:func:`headflow.method.crossfit.top_heads`; suffix passes on the same images),
     their layers (:func:`count_stats`) and their split-half overlap."""
     st = studies.setup(model, image_set, question, per_class=per_class, n_reference=n_reference, baseline=baseline,
-                       target=target, image_size=image_size, keep=keep, device=device, dtype=dtype)
+                       target=target, image_size=image_size, keep=keep, device=device, dtype=dtype,
+                       correct_per_class=correct_per_class)
     runs = studies.attribution_runs(st, studies.masks_for(st, n_masks, masks_per_head), ablation_rate, seed)
     fits = studies.fits(runs, regression)
     res = analyse(st, fits, runs, cutoffs, n_boot, seed, n_probe_per_class, probes=probes)
     n_used = int(len(next(iter(runs.values()))["y"]))
     res.update(fits=fits, runs=runs, n_chosen=st.n_images, n_correct=len(st.tasks), n_masks=n_used,
-               model=model, image_set=image_set, question=question)
+               model=model, image_set=image_set, question=question,
+               images_per_class={c: st.classes.count(c) for c in sorted(set(st.classes))})
     maps, _ = normalised_attribution(fits, runs, st.n_layers, st.n_heads)
     classes = {t.key: t.class_name for t in st.tasks}
     H = st.n_layers * st.n_heads
