@@ -159,7 +159,7 @@ def scratch_recipe(**overrides) -> Recipe:
 
 SEED2 = 1
 
-#: The recipes :func:`train` trains (issue 28's organisms, on the per-patch tower and the ``main2x`` scenes).
+#: The recipes :func:`train` trains (issue 28's organisms, on the per-patch tower and the ``mixed-swap`` stream).
 RECIPES = {"organism": Recipe, "organism-seed2": lambda **o: Recipe(**{"seed": SEED2, **o}),
            "organism-scratch": scratch_recipe}
 
