@@ -332,9 +332,9 @@ def analyse(model: str, image_set: str, questions: Sequence[str], n_fit: int, fi
             window: int, n_random: int, n_boot: int, seed: int, n_reference: int, rate: float = 0.5,
             sensitivity_window: int | None = 3, masks_per_head: float = 0, **setup_kw) -> dict:
     """Per question: top heads from the fitting images, the knockouts of :func:`chapter_plan` on the
-    first ``n_eval`` correctly answered images of each class after the fitting images (a class with fewer is
-    left out and named: ``meta["short_classes"]`` of the set-up; all heads over windows of ``window`` and ``sensitivity_window``
-    layers; the control flow in the top heads and ``n_random`` size-matched random sets), and the
+    first ``n_eval`` correctly answered images of each class after the fitting images (a class with fewer
+    is left out and named: ``meta["short_classes"]`` of the set-up; all heads over windows of ``window``
+    and ``sensitivity_window`` layers; the control flow in the top heads and ``n_random`` size-matched random sets), and the
     summary.  ``masks_per_head``, ``setup_kw``: as :func:`top_heads_for`."""
 
     out = {}

@@ -297,7 +297,8 @@ def head_attribution(res: dict) -> dict:
     """Chapter 3.  The held-out Pearson r of the per-image fits, as the class-equal mean with its
     bootstrap interval (:func:`headflow.method.metrics.class_mean`): reproduced if the interval lies at
     or above 0.8; partly if it lies at or above 0.6; not reproduced if it lies below 0.6; otherwise
-    inconclusive (also where no class has two images).  (Results written before the interval existed are read by their median.)"""
+    inconclusive (also where no class has two images).  (Results written before the interval existed are
+    read by their median.)"""
     fit = res["fit"]
     if "pearson_r" not in fit:  # the committed book before issue 32
         r = fit["pearson_r_median"]
