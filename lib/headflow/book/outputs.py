@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Markdown, display
 
+from headflow.findings import verdicts
 from headflow.util.paths import REPO_ROOT
 
 
@@ -88,8 +89,6 @@ def opening(chapter: str, model: str) -> None:
     """A chapter's opening, after its question: its verdict rule as :mod:`headflow.findings.verdicts` applies
     it (:func:`~headflow.findings.verdicts.rule_text`), then what ``model``'s competence allows
     (:func:`~headflow.findings.verdicts.competence_text`, from chapter 0's bars: :func:`organism_checks`)."""
-    from headflow.findings import verdicts
-
     display(Markdown(f"**The rule** (`headflow.findings.verdicts.{verdicts.RULES[chapter].__name__}`): "
                      f"{verdicts.rule_text(chapter)}\n\n**What the organism allows.** "
                      f"{verdicts.competence_text(chapter, organism_checks(model))}"))

@@ -9,6 +9,9 @@ number in the index is typed by hand.
 """
 from __future__ import annotations
 
+import inspect
+import re
+
 from headflow.method.stats import ALPHA, holm
 
 REPRODUCED, PARTLY, NOT = "reproduced", "partly", "not reproduced"
@@ -729,9 +732,6 @@ def rule_text(chapter: str) -> str:
     """The rule of ``chapter`` as its function here states it (the docstring, without its first word
     "Chapter N." and with the reStructuredText roles made plain), so the chapter's opening and the code
     that judges cannot disagree."""
-    import inspect
-    import re
-
     if chapter not in RULES:
         raise ValueError(f"no verdict rule for chapter {chapter!r}; chapters with one: {sorted(RULES)}")
     doc = inspect.cleandoc(RULES[chapter].__doc__ or "")
