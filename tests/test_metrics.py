@@ -1,8 +1,11 @@
 """The one aggregation rule over images, its bootstrap, k at 0.8 and paired differences."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from headflow.method import metrics
+from headflow.method.study import Study
 
 
 def test_ratio_of_sums_within_class_then_equal_class_weight():
@@ -47,3 +50,13 @@ def test_k_at_draws_every_k_and_never():
 def test_paired_difference_treats_two_nevers_as_equal():
     d = metrics.paired_k_difference(np.array([5.0, np.inf, np.inf]), np.array([3.0, 2.0, np.inf]))
     assert d[0] == 2 and np.isinf(d[1]) and d[2] == 0
+
+
+def test_study_images_per_class_counts_the_analysed_images_by_class():
+    tasks = [SimpleNamespace(class_name=c) for c in ["coat", "bag", "coat", "dress", "coat"]]
+    st = Study(model_name="m", model=None, processor=None, words=[], question="object", tasks=tasks, n_images=9,
+               clean_accuracy=0.5, baseline=None, baseline_kind="dataset-mean", target="logit", n_layers=1, n_heads=1)
+    assert st.images_per_class == {"bag": 1, "coat": 3, "dress": 1}
+    assert list(st.images_per_class) == ["bag", "coat", "dress"]
+    st.tasks = []
+    assert st.images_per_class == {}

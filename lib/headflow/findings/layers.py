@@ -398,7 +398,7 @@ def study_layers(model: str, image_set: str, question: str, per_class: int, n_ma
     n_used = int(len(next(iter(runs.values()))["y"]))
     res.update(fits=fits, runs=runs, n_chosen=st.n_images, n_correct=len(st.tasks), n_masks=n_used,
                model=model, image_set=image_set, question=question,
-               images_per_class={c: st.classes.count(c) for c in sorted(set(st.classes))})
+               images_per_class=st.images_per_class)
     maps, _ = normalised_attribution(fits, runs, st.n_layers, st.n_heads)
     classes = {t.key: t.class_name for t in st.tasks}
     H = st.n_layers * st.n_heads

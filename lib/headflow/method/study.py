@@ -51,6 +51,13 @@ class Study:
     def classes(self) -> list[str]:
         return [t.class_name for t in self.tasks]
 
+    @property
+    def images_per_class(self) -> dict[str, int]:
+        """class -> how many of the analysed images (``tasks``) it has, classes sorted (the input of
+        :func:`headflow.findings.verdicts.final`)."""
+        classes = self.classes
+        return {c: classes.count(c) for c in sorted(set(classes))}
+
 
 def pick_per_class(examples, per_class: int, offset: int = 0) -> list:
     """The ``per_class`` examples of every class that follow its first ``offset``, in file order
