@@ -29,7 +29,7 @@ def test_verdicts_before_come_from_the_commit_and_now_from_the_results(tmp_path)
     by = {r["chapter"]: r for r in got["rows"]}
     a = by["4. Claim: attribution needs fewer heads than the baselines"]
     assert got["git_history"] and a["before"] == "reproduced" and a["now"] == "partly" and a["changed"]
-    assert a["finding_before"] == "k 24" and "Holm" in a["reason"]
+    assert a["finding_before"] == "k 24" and "fold splits" in a["reason"]
     t = by["1. Task, prompt and token groups"]
     assert t["before"] is None and t["now"] == "done" and not t["changed"]
     assert history.statuses_at("0" * 40, root=tmp_path) is None

@@ -6,6 +6,7 @@ import pytest
 
 from headflow.book import index
 from headflow.findings import verdicts
+from headflow.models import loading
 from headflow.util.paths import REPO_ROOT
 
 BOOK = REPO_ROOT / "book"
@@ -268,3 +269,28 @@ def test_a_chapter_opening_states_the_rule_the_code_applies_and_what_competence_
     outputs.opening("7-token-flow", "organism")
     assert "verdicts.knockout" in shown[0].data and verdicts.rule_text("7-token-flow") in shown[0].data
     assert "misses accuracy color" in shown[0].data
+
+
+def test_every_chapter_opens_with_its_claim_then_its_rule_and_competence():
+    """Issue 33: the title names the claim, the opening cell (right after the parameters) states the rule the
+    verdict function applies and what the organism allows; no prose restates a rule (it could drift)."""
+    import nbformat
+
+    docs = {doc: title for _, doc, title in index.CHAPTERS}
+    for chapter in verdicts.RULES:
+        doc = next(d for d in docs if d.startswith(chapter.split("-")[0].zfill(2) + "-"))
+        nb = nbformat.read(REPO_ROOT / "notebooks" / f"{doc}.ipynb", 4)
+        assert nb.cells[0].source.startswith("# " + docs[doc]), doc
+        p = next(i for i, c in enumerate(nb.cells) if "parameters" in (c.metadata.get("tags") or []))
+        assert f'outputs.opening("{chapter}", model)' in nb.cells[p + 1].source, doc
+        prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+        assert "Verdict rule" not in prose and "stated before the numbers" not in prose, doc
+
+
+def test_the_index_names_the_committed_organisms_and_no_retired_one():
+    """The index's own text (outside the generated table) names every committed organism and none retired."""
+    text = (BOOK / "index.md").read_text()
+    static = text.split("<!-- status:begin")[0] + text.split("<!-- status:end -->")[1]
+    for name in loading.ORGANISMS:
+        assert f"`{name}`" in static, name
+    assert "organism-single" not in static

@@ -36,7 +36,7 @@ def test_notebook_runs_and_records_provenance(executed, name):
 
 def test_chapter_results(executed):
     org = json.loads((executed / "results" / "organism.json").read_text())
-    names = {"organism", "organism-seed2", "organism-single", "organism-scratch"}
+    names = {"organism", "organism-seed2", "organism-scratch"}
     assert org["n_eval"]["organism"] == 150 and set(org["accuracy"]) == names
     assert all(set(a) == {"object", "color", "position"} for a in org["accuracy"].values())
     assert org["recipe"]["organism"]["stages"] == ["text", "align", "llava"]
@@ -46,7 +46,7 @@ def test_chapter_results(executed):
     assert "text" in org["text_retrieval_after_stage"] and "kept" in org["text_retrieval_after_stage"]
     assert org["status"]["checks"]
     where = json.loads((executed / "results" / "where_heads.json").read_text())
-    assert set(where["by_organism"]) == names and set(where["own_set"]) == {"organism-single"}
+    assert set(where["by_organism"]) == names and not where["own_set"]
     for per_q in where["by_organism"].values():
         assert set(per_q) == {"object", "color", "position"}
         for q, r in per_q.items():

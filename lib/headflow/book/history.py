@@ -1,7 +1,7 @@
-"""Each chapter's verdict before the series of issues 15-20 and now, with the reason it moved.
+"""Each chapter's verdict before the series of issues 28 and 30-33 and now, with the reason it moved.
 
 *Before* is read from git: the results files of :data:`BEFORE_COMMIT` (the book as it stood before the
-package layout, the real checkpoints, the main-object organism and the two rigour issues).  *Now* is
+competent organism, the answer judge, the cheaper chapter 4 and the verdict gates).  *Now* is
 ``book/results/``.  :data:`REASONS` says, per chapter, what the series changed in its design (no
 number: every number comes from the two results files).  The reproducibility appendix writes the
 table to ``book/results/verdict_history.json`` and shows it.
@@ -16,35 +16,29 @@ from headflow.book.index import CHAPTERS, _status
 from headflow.util.paths import REPO_ROOT
 
 #: The commit whose verdicts the history compares with.
-BEFORE_COMMIT = "243d9a9a2bb47f8b0c3a8ba1066cb7210395c000"  # 2026-11-29, the last book before issue 15
+BEFORE_COMMIT = "3645b67756d39e877485e62bb5097f90c6d11caf"  # 2026-12-02, the last book before issue 28
 
-ORGANISM = "the main-object organism (multi-object scenes, bound text task; issue 18)"
-BASELINE = "a class-stratified, held-out reference set under the dataset-mean baseline (issue 19)"
+ORGANISM = ("a competent organism: a per-patch vision tower and organisms trained on scenes where only size tells "
+            "the main object (4-5 items, crowd and decoy scenes, size swaps in training; 8 classes) (issue 28)")
+GATE = "its verdict gated on chapter 0's bars and on at least 10 correctly answered images per class in 8 classes (32)"
 #: Why each verdict moved: chapter -> text.
 REASONS = {
-    "organism": f"{ORGANISM}, with its bars, tower probes, the size-swap counterfactual and a second seed",
-    "task": f"{ORGANISM}; {BASELINE}; accuracy on the same number of images per class (19); answers scored "
-            "in the checkpoint's own vocabulary (issue 16)",
-    "single_head": f"{ORGANISM}; {BASELINE}; its rule stated before its numbers (19)",
-    "head_attribution": f"{ORGANISM}; {BASELINE}; its rule stated before its numbers (19)",
-    "attribution": f"{ORGANISM}; {BASELINE}; random rankings judged at every k and the paired differences "
-                   "Holm-corrected (19)",
-    "where_heads": f"{ORGANISM} against a seed twin and two single-object organisms; {BASELINE}; relative depth "
-                   "against a uniform placement, split-half stability, the spec's top heads, Holm (18, 19)",
-    "semantics": f"{ORGANISM}; {BASELINE}; a class-agnostic target (answer KL) beside the class word's logit, "
-                 "intervals by a cluster bootstrap over items (issue 20)",
-    "knockout": f"{ORGANISM}; {BASELINE}; the onset of each flow one layer at a time instead of an "
-                "effect-weighted centre over 3-layer windows, role without the final token, the logit "
-                "difference beside the logit, Holm over the timing tests (issue 20)",
-    "tokens": f"{ORGANISM}; {BASELINE}; group ablations in every head (primary) and the top heads, "
-              "size-matched controls for the main object, the other objects and the background (20)",
-    "sensitivity": f"{ORGANISM}; {BASELINE}; five correct images per class, every setting read against the "
-                   "mask-seed noise floor, linearity judged relative to the unexplained variance at rates "
-                   "0.1/0.5/0.9 and on pair ablations (20)",
-    "performance": "3 repeats and one batch size at real width (20); the same code paths",
-    "validation": f"{ORGANISM}; redundancy planted inside the network (two heads behind a saturating unit in "
-                  "the weights) and flow split over redundant pairs, each measured redundant before it is "
-                  "scored; planted sets from heads outside the top 10% that carry flow on their own (20)",
+    "organism": f"{ORGANISM}; bars with intervals, the tower's per-patch accuracy and size-swap marking, the "
+                "designs tried (28)",
+    "task": f"{ORGANISM}; answers judged by the longest class a sentence names, plurals and synonyms both ways (30)",
+    "single_head": f"{ORGANISM}; {GATE}; shares by the one aggregation rule with intervals (32)",
+    "head_attribution": f"{ORGANISM}; {GATE}; the held-out r as a class-equal mean with its interval (32)",
+    "attribution": f"{ORGANISM}; {GATE}; the primary contrast attribution vs single-head ablation, rankings refitted "
+                   "on repeated fold splits, k judged adaptively with identical statistics (31, 32)",
+    "where_heads": f"{ORGANISM}; {GATE}; one contrast (text pretraining) read against the seed twin, small classes "
+                   "pooled in the bootstrap (32)",
+    "semantics": f"{ORGANISM}; {GATE}; the wrong-answer check a stated test, an appearance probe below chance "
+                 "cannot decide the probe comparison (32)",
+    "knockout": f"{ORGANISM}; {GATE}; no onset is inconclusive, never partly; knockouts on the suffix path (31, 32)",
+    "tokens": f"{ORGANISM}; {GATE}; both groups judged against their size-matched controls (32)",
+    "sensitivity": f"{ORGANISM}; {GATE}; ten correct images per class, limits chosen by rule (32)",
+    "performance": "the same code paths on the new organism; 3 timing repeats instead of 5 (the build budget, 33)",
+    "validation": f"{ORGANISM}; 'partly' needs the planted flow recovered, not only the built-in pair (32)",
 }
 
 

@@ -65,7 +65,7 @@ FASHION_MNIST_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "san
 #: At most one merge group ``(name, members)`` of the classes Fashion-MNIST itself confuses, decided from the
 #: recognition ceiling (:mod:`headflow.organism.ceiling`) and the tower's main-object-token probe before any
 #: organism trains on it; None keeps the ten classes.
-CLASS_MERGE: tuple[str, tuple[str, ...]] | None = None
+CLASS_MERGE: tuple[str, tuple[str, ...]] | None = ("pullover/coat/shirt", ("pullover", "coat", "shirt"))
 
 
 def class_vocabulary(merge=CLASS_MERGE) -> tuple[list[str], np.ndarray]:
@@ -156,7 +156,7 @@ LAYOUTS = {"overlap": Layout((26, 38), 1.25, 1.5, (2, 3)), "main2x": Layout((30,
            "main2x-swap": Layout((30, 40), 2.0, 4.0, (3, 5), swapped=0.8),
            "mixed-swap": Layout((30, 40), 2.0, 2.8, (4, 5), crowd=True, decoy=0.5, swapped=0.8)}
 #: The layout in use (:func:`use_layout`): sets the four constants below.
-LAYOUT = "overlap"
+LAYOUT = "mixed"
 MULTI_SIZE_RANGE = LAYOUTS[LAYOUT].size_range
 MULTI_OBJECTS = LAYOUTS[LAYOUT].objects
 MAX_MAIN_RATIO = LAYOUTS[LAYOUT].max_ratio

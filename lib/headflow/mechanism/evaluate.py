@@ -5,6 +5,7 @@ images, batched.  Only the final position's logits are computed (``logits_to_kee
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import numpy as np
@@ -14,7 +15,8 @@ from PIL import Image
 from headflow.util.devices import to_device
 from headflow.images import fashionscenes as data
 from headflow.images.fashionscenes import ANSWER_WORDS
-from headflow.task.answers import answers, matches, normalise
+from headflow.task.answers import answers
+from headflow.task.judge import SENTENCE_TOKENS, Judge
 from headflow.task.prompt import QUESTION_TYPES, build_prompt, question_text
 from headflow.util.progress import bar
 
@@ -128,15 +130,19 @@ def greedy_answers(model, processor, images: Sequence, question: str, max_new_to
     return torch.cat(first), out
 
 
-def said(tokenizer, ids: Sequence[int], end_ids: Sequence[int] = ()) -> str:
-    """The normalised text of a decoded answer, cut at the first end-of-answer or special token."""
+def said(tokenizer, ids: Sequence[int], end_ids: Sequence[int] = ()) -> tuple[str, bool]:
+    """The text of a decoded answer cut at the first end-of-answer or special token, and whether the
+    answer ended there (or at a line break or sentence end) within the decode (``False``: the decode
+    budget cut it, its last word may be a fragment)."""
     stop = set(end_ids) | set(tokenizer.all_special_ids)
-    kept = []
+    kept, ended = [], False
     for i in ids:
         if i in stop:
+            ended = True
             break
         kept.append(i)
-    return normalise(tokenizer.decode(kept))
+    text = tokenizer.decode(kept)
+    return text, ended or bool(re.search(r"\S[\n.!?]", text))
 
 
 def evaluate(model, processor, images: Sequence, words: Sequence[str], targets: Sequence[int], question: str,
@@ -144,11 +150,14 @@ def evaluate(model, processor, images: Sequence, words: Sequence[str], targets: 
     """Clean answers of every image (:mod:`headflow.task.answers`): ``y`` and ``logit_diff`` of the
     correct answer's decision token (the final position's logits are those of the decode's first
     step, which equal a plain forward's: a test checks it on the organism), ``correct`` (the greedy
-    answer says the class), ``said`` (the normalised greedy answer), ``predicted_word_index`` (the
-    class the answer says, else the best class by its first-token logit) and ``accuracy``."""
+    answer names the class, by :class:`headflow.task.judge.Judge`; the decode runs
+    :data:`headflow.task.judge.SENTENCE_TOKENS` beyond the longest answer, so a sentence ends), ``said``
+    (the normalised greedy answer), ``predicted_word_index`` (the class the answer says, else the best
+    class by its first-token logit) and ``accuracy``."""
     ans = answers(processor, words, question, case)
-    logits, generated = greedy_answers(model, processor, images, question, max(len(a.tokens) for a in ans),
-                                       batch_size, progress)
+    judge = Judge(words)
+    logits, generated = greedy_answers(model, processor, images, question,
+                                       max(len(a.tokens) for a in ans) + SENTENCE_TOKENS, batch_size, progress)
     res = answer_logits(logits, [a.tokens[0] for a in ans], targets)
     late_y, late_diff = decision_logits(model, processor, images, question, ans, targets, batch_size)
     late = ~np.isnan(late_y)
@@ -157,9 +166,10 @@ def evaluate(model, processor, images: Sequence, words: Sequence[str], targets: 
     tok = getattr(processor, "tokenizer", processor)
     ends = {a.tokens[-1] for a in ans}
     spoken = [said(tok, ids, ends) for ids in generated]
-    res["said"] = spoken
-    res["correct"] = np.array([matches(text, words[t]) for text, t in zip(spoken, targets)], dtype=bool)
-    named = [next((j for j, w in enumerate(words) if matches(text, w)), -1) for text in spoken]
+    named = [judge.classify(text, ended) for text, ended in spoken]
+    named = [-1 if c is None else c for c in named]
+    res["said"] = [judge.phrase(text, ended) for text, ended in spoken]
+    res["correct"] = np.array([c == t for c, t in zip(named, targets)], dtype=bool)
     res["predicted_word_index"] = np.where(np.array(named) >= 0, named, res["predicted_word_index"])
     res["accuracy"] = float(res["correct"].mean())
     return res

@@ -27,7 +27,7 @@ ORGANISM_DIR = Path(os.environ.get("HEADFLOW_ORGANISM", MODELS_DIR / "organism")
 # headflow.models.organism_store: float16, one shared vision tower in data/models/vision-tower/).
 #: The committed organisms: name -> folder.
 ORGANISMS = {"organism": ORGANISM_DIR, "organism-seed2": MODELS_DIR / "organism-seed2",
-             "organism-single": MODELS_DIR / "organism-single", "organism-scratch": MODELS_DIR / "organism-scratch"}
+             "organism-scratch": MODELS_DIR / "organism-scratch"}
 TOWER_DIR = MODELS_DIR / "vision-tower"
 
 # Families whose token groups (tokens.py) and interventions are tested here on tiny models

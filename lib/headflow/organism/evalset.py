@@ -2,15 +2,15 @@
 
 ``python -m headflow.evalset`` (``make data``) writes, deterministically from a seed:
 
-- ``data/fashionscenes/eval/``: multi-object scenes (2-3 items), ``per_class`` of each of the 10
-  classes *as the main object*; every item is a COCO instance, the main one marked
-  (``"main": true``), each with its mask, colour and position;
+- ``data/fashionscenes/eval/``: multi-object scenes of the study's layout
+  (:data:`headflow.images.fashionscenes.LAYOUT`), ``per_class`` of each class
+  (:data:`headflow.images.fashionscenes.CLASSES`) *as the main object*; every item is a COCO instance, the
+  main one marked (``"main": true``), each with its mask, colour and position;
 - ``data/fashionscenes/variants/``: for the first ``variants_per_class`` scenes of each class,
   one rendition per appearance kind (colour, polarity, sketch, background, scale) of the *same*
   main object, each annotation naming the eval image it varies (``variant_of``) and how
   (``variant_kind``); a scale draw that would change which item is main is redrawn, and the
   number of redraws is recorded (``redraws``);
-- ``data/fashionscenes/single/``: the single-object scenes of ``organism-single`` (seed 0);
 - ``data/README.md``: sources, licences and the sha256 of every file under ``data/``.
 """
 from __future__ import annotations
@@ -56,23 +56,13 @@ def _write(out_dir: Path, specs: list[data.SceneSpec], extras: list[dict]) -> Pa
                           others=others)
 
 
-MULTI = (2, 3)
-
-
-def build(root: Path, per_class: int = 40, variants_per_class: int = 4, single_per_class: int = 12,
-          seed: int = 0) -> dict:
-    """Write the evaluation, variant and single-object sets under ``root`` (e.g.
-    ``data/fashionscenes``); returns the scale variants' redraw count.  The sets other than
-    ``eval`` are kept small (the repository stays under 64 MiB): variants of the first
-    ``variants_per_class`` eval scenes of each class; the single-object set is the first
-    ``single_per_class`` of each class of the single-object scenes drawn like the eval set (the
-    scenes the first default organism was studied on).  (The counterfactual size-swapped scenes
-    are drawn from the eval set's specs where they are used: chapter 0.)"""
+def build(root: Path, per_class: int = 40, variants_per_class: int = 4, seed: int = 0) -> dict:
+    """Write the evaluation and variant sets under ``root`` (e.g. ``data/fashionscenes``); returns the scale
+    variants' redraw count.  The variant set is kept small (the repository stays under 64 MiB): variants
+    of the first ``variants_per_class`` eval scenes of each class.  (The counterfactual size-swapped scenes
+    are drawn where they are used: chapter 0.)"""
     items = data.balanced_items("test", per_class, seed)
-    single = data.sample_specs("test", len(items), seed + 1, items=items)
-    single = [s for i, s in enumerate(single) if i % per_class < single_per_class]
-    _write(root / "single", single, [{} for _ in single])
-    specs = data.sample_specs("test", len(items), seed + 1, items=items, objects=MULTI)
+    specs = data.sample_specs("test", len(items), seed + 1, items=items, objects=data.MULTI_OBJECTS)
     _write(root / "eval", specs, [{} for _ in specs])
     rng = np.random.default_rng(seed + 2)
     var_specs, extras, redraws = [], [], 0
@@ -90,7 +80,7 @@ def build(root: Path, per_class: int = 40, variants_per_class: int = 4, single_p
                 var_specs.append(v)
                 extras.append(extra)
     _write(root / "variants", var_specs, extras)
-    return {"scale_redraws": redraws, "scale_variants": 10 * variants_per_class}
+    return {"scale_redraws": redraws, "scale_variants": len(data.CLASSES) * variants_per_class}
 
 
 README_HEAD = """# Data
@@ -99,31 +89,31 @@ Everything here is made in this repository, offline, deterministically.
 
 | folder | what | made by | licence |
 |---|---|---|---|
-| `fashionscenes/eval/` | {n_eval} multi-object scenes (2-3 items; {per_class} per class *of the main object*, 10 classes) from Fashion-MNIST **test** items, COCO format (PNG + `instances.json` with an RLE mask, colour and position per item; the main object marked `"main": true`) | `make data` (`python -m headflow.evalset`, seed {seed}) | MIT (see below) |
+| `fashionscenes/eval/` | {n_eval} multi-object scenes (layout `{layout}`: a main object and {others} smaller items; {per_class} per class *of the main object*, {n_classes} classes: {classes}) from Fashion-MNIST **test** items, COCO format (PNG + `instances.json` with an RLE mask, colour and position per item; the main object marked `"main": true`) | `make data` (`python -m headflow.evalset`, seed {seed}) | MIT (see below) |
 | `fashionscenes/variants/` | {n_var} appearance variants (colour, polarity, sketch, background, scale) of the main object of the first {vpc} scenes of each class; each annotation names the scene it varies (`variant_of`, `variant_kind`); a scale draw that would change which item is main is redrawn (`redraws`) | same | MIT (see below) |
-| `fashionscenes/single/` | {n_single} single-object scenes (12 per class), the task of `organism-single` (the first 12 per class of the scenes it was first studied on) | same | MIT (see below) |
-| `models/organism/` | the default model organism: transformers `LlavaForConditionalGeneration` + `LlavaProcessor` on multi-object scenes; language model pretrained on bound retrieval (text only), projector aligned into the frozen language model, then both trained on the image questions with the language model at a fraction of the projector's rate and text batches replayed; `training_log.json` | `make organism` (`python -m headflow.organism --recipe organism`) | MIT (this repository) |
-| `models/organism-seed2/` | the default's recipe with another seed | `make organism-seed2` | MIT (this repository) |
-| `models/organism-single/` | the first default: single-object scenes, flat text retrieval, no protection of the language model | `make organism-single` | MIT (this repository) |
-| `models/vision-tower/` | the vision tower all four organisms share (trained for `organism-scratch`, frozen in the others), stored once; each organism's folder names it with its sha256 in `shared_weights.json`; every checkpoint is float16 (`headflow.models.organism_store`) | `make organism-scratch` | MIT (this repository) |
+| `models/vision-tower/` | the vision tower the three organisms share: a stock CLIP vision model trained *per patch* (class, colour and main-object heads on every patch token) on a stream of multi-object scenes with a share of size swaps (`headflow.organism.tower`), frozen in the organisms, stored once; each organism's folder names it with its sha256 in `shared_weights.json`; every checkpoint is float16 (`headflow.models.organism_store`) | `make tower` | MIT (this repository) |
+| `models/organism/` | the default model organism: transformers `LlavaForConditionalGeneration` + `LlavaProcessor`; language model pretrained on in-context retrieval (text only), projector aligned into the frozen language model, then both trained on the three image questions (object, colour, position of the main object; the answer and its end token) with the language model at half the projector's rate and text batches replayed; `training_log.json` | `make organism` (`python -m headflow.organism --recipe organism`) | MIT (this repository) |
+| `models/organism-seed2/` | the default's recipe with another seed (the noise floor of every contrast) | `make organism-seed2` | MIT (this repository) |
+| `models/organism-scratch/` | the default's scenes, tower and schedule without the text stage: the language model never saw text | `make organism-scratch` | MIT (this repository) |
 | `checkpoints.yml` | architecture numbers of the ten checkpoints of the paper-scale sweep (profile `full`), from their config.json on the Hugging Face hub, with the parameter count each model page lists; read by `python -m headflow.plan` | by hand, checked by `tests/test_plan.py` | (facts about published models) |
 | `templates/` | the chat templates of the ten checkpoints (public copies of each checkpoint's `chat_template.json`), with their sources and sha256 in `checkpoints.yml` | by hand, checked by `tests/test_vocabularies.py` | (the checkpoints' published text) |
-| `models/organism-scratch/` | the organism trained from scratch on single-object scenes (vision tower, then the whole LLaVA, no text pretraining), kept for contrast; `training_log.json` | `make organism-scratch` (`python -m headflow.organism --recipe organism-scratch`) | MIT (this repository) |
 
 ## Sources
 - **Fashion-MNIST** (Xiao, Rasul, Vollgraf 2017, Zalando Research), MIT licence, read from the
   Debian package `dataset-fashion-mnist` (`/usr/share/datasets/fashion-mnist`). Train split
-  for training the organism, test split for everything evaluated.
+  for training the tower and the organisms, test split for everything evaluated.
 - **Texture photos** `brick`, `grass`, `gravel` shipped inside scikit-image (`skimage.data`),
   BSD-3-Clause (scikit-image), used as backgrounds (random crops, contrast and brightness).
 
-Scenes: a Fashion-MNIST item tinted with one of six colours, alpha-composited at a position whose
-word (left/right/top/bottom/center) is unambiguous, on a 64x64 crop of a texture or a flat grey.
-Single-object scenes: the item is 30-46 px. Multi-object scenes: the main object is 26-38 px and
-drawn on top; 1-2 other items of random class, colour and place are drawn behind it, each
-smaller by an area ratio of 1.25-1.5 and at least 60% visible. The main object is the item with
-the largest square (ties: the one nearest the centre). Mask = visible item opacity > 0.1. Inverted
-(polarity) variants carry no colour answer, since inversion changes the tint.
+Scenes (`headflow.images.fashionscenes`): Fashion-MNIST items tinted with one of six colours,
+alpha-composited on a 64x64 crop of a texture or a flat grey. The main object (30-40 px, drawn on top)
+sits at a place whose word (left/right/top/bottom/center) is unambiguous; the other items are smaller
+(the main object's area is 2-2.8 times each other's) and at least 60% visible. Half the scenes are
+*crowd* scenes (the others share one class and one colour, unlike the main object's), half *decoy*
+scenes (the others share the main object's class and colour, except one odd item out), so only size
+tells which item is main. The classes pullover, coat and shirt are one class (`{merged}`), the ones
+Fashion-MNIST itself confuses. Mask = visible item opacity > 0.1. Inverted (polarity) variants carry no
+colour answer, since inversion changes the tint.
 
 ## sha256 of every file
 ```
@@ -133,8 +123,12 @@ the largest square (ties: the one nearest the centre). Mask = visible item opaci
 def write_readme(data_dir: Path, per_class: int, variants_per_class: int, seed: int) -> None:
     files = sorted(p for p in data_dir.rglob("*") if p.is_file() and p.name != "README.md")
     lines = [f"{sha256(p)}  {p.relative_to(data_dir).as_posix()}" for p in files]
-    head = README_HEAD.format(n_eval=10 * per_class, per_class=per_class, n_var=10 * variants_per_class * 5, n_single=120,
-                              vpc=variants_per_class, seed=seed)
+    k = len(data.CLASSES)
+    lo, hi = data.MULTI_OBJECTS
+    head = README_HEAD.format(n_eval=k * per_class, per_class=per_class, n_var=k * variants_per_class * 5,
+                              vpc=variants_per_class, seed=seed, layout=data.LAYOUT, others=f"{lo - 1}-{hi - 1}",
+                              n_classes=k, classes=", ".join(data.CLASSES),
+                              merged=data.CLASS_MERGE[0] if data.CLASS_MERGE else "none")
     (data_dir / "README.md").write_text(head + "\n".join(lines) + "\n```\n")
 
 

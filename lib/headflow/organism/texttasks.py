@@ -3,7 +3,7 @@
 Both tasks build ``<s> USER: <context> <question> ASSISTANT:`` over the organism's own
 word-level vocabulary, with the answer a context word at the final position:
 
-:class:`FlatRetrieval` (``organism-single``)
+:class:`FlatRetrieval` (the organisms' text stage)
     one class, one colour and one position word among filler words, shuffled; the question asks
     for the word of a type.  Solvable in layer 0: one head can copy the only word of the asked type.
 :class:`BoundRetrieval` (``organism``)

@@ -78,9 +78,9 @@ STAGES = ("text", "align", "llava")
 LEGACY_STAGES = ("vision",)  # the pooled-head tower stage of the retired organisms (read from their logs only)
 
 
-#: The merge the organisms train with: chosen by ``choose_merge`` on the tower's crowd-scene probe
-#: (data/models/vision-tower/tower_probes_crowd.json), before any organism trained.
-MERGE = ("pullover/coat/shirt", ("pullover", "coat", "shirt"))
+#: The merge the organisms train with: chosen by ``choose_merge`` on the first per-patch tower's crowd-scene probe
+#: (issue 28, measured before any organism trained on it).
+MERGE = data.CLASS_MERGE  # the study's merge (headflow.images.fashionscenes.CLASS_MERGE)
 
 
 @dataclass
@@ -163,32 +163,11 @@ SEED2 = 1
 RECIPES = {"organism": Recipe, "organism-seed2": lambda **o: Recipe(**{"seed": SEED2, **o}),
            "organism-scratch": scratch_recipe}
 
-# The recipes of the checkpoints committed in data/models today (the pooled-head tower trained in a "vision"
-# stage, the "overlap" scenes, one answer token), kept so their logs can be read and checked against them; they
-# give way to RECIPES when the book is rebuilt on the new organisms.  The new code cannot retrain them.
-_COMMITTED_DEFAULT = {"tower_from": "organism-scratch", "scene_layout": "overlap", "scene_objects": (2, 3),
-                      "class_merge": None, "text_task": "bound", "text_steps": 1200, "text_batch": 64, "text_lr": 2e-3,
-                      "end_token_loss": False, "balanced_items": False}
-_FIRST_DEFAULT = {**_COMMITTED_DEFAULT, "scene_objects": (1, 1), "text_task": "flat", "text_steps": 300,
-                  "text_batch": 128, "text_lr": 1.5e-3, "align_steps": 400, "llava_steps": 1000, "lm_lr_scale": 1.0,
-                  "text_replay_batch": 0}
-#: The recipes of the checkpoints committed in ``data/models`` (read their logs; not retrainable here).
-COMMITTED_RECIPES = {
-    "organism": lambda **o: Recipe(**{**_COMMITTED_DEFAULT, **o}),
-    "organism-seed2": lambda **o: Recipe(**{**_COMMITTED_DEFAULT, "seed": SEED2, **o}),
-    "organism-single": lambda **o: Recipe(**{**_FIRST_DEFAULT, **o}),
-    "organism-scratch": lambda **o: Recipe(**{**_FIRST_DEFAULT, "stages": ("vision", "llava"), "monitor_seed": 1000,
-                                              "llava_steps": 850, "llava_question_offset": 2, **o}),
-}
-
-
-def recipe_of(name: str, committed: bool = False, **overrides) -> Recipe:
-    """The recipe of organism ``name``: the one :func:`train` trains (:data:`RECIPES`), or with
-    ``committed`` the one the checkpoint in ``data/models`` was trained with (:data:`COMMITTED_RECIPES`)."""
-    table = COMMITTED_RECIPES if committed else RECIPES
-    if name not in table:
-        raise ValueError(f"unknown organism recipe {name!r}; choose one of {sorted(table)}")
-    return table[name](**overrides)
+def recipe_of(name: str, **overrides) -> Recipe:
+    """The recipe of organism ``name`` (:data:`RECIPES`), with ``overrides``."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown organism recipe {name!r}; choose one of {sorted(RECIPES)}")
+    return RECIPES[name](**overrides)
 
 
 # ------------------------------------------------------------------------------------ fast batches
@@ -607,9 +586,8 @@ def accuracy_table(runs: dict):
     return pd.DataFrame(rows).set_index(["organism", "set"])
 
 
-RECIPE_KEYS = ("seed", "stages", "tower_from", "scene_layout", "scene_objects", "text_task", "text_steps", "align_steps",
-               "llava_steps",
-               "llava_lr", "lm_lr_scale", "text_replay_batch")
+RECIPE_KEYS = ("seed", "stages", "tower_from", "scene_layout", "scene_objects", "class_merge", "text_task", "text_steps",
+               "align_steps", "llava_steps", "llava_lr", "lm_lr_scale", "text_replay_batch")
 
 
 # what the logs written before these recipe fields existed ran with
@@ -620,9 +598,19 @@ _BEFORE = {"stages": ("vision", "llava"), "scene_objects": (1, 1), "text_task": 
 
 def recipe_from_log(log: dict) -> Recipe:
     """The :class:`Recipe` a training log ran with (fields it predates take the values it ran with)."""
-    r = log.get("recipe", {})
+    r = dict(log.get("recipe", {}))
+    r["tower_from"] = _committed_tower_name(r.get("tower_from"), log.get("vision_tower") or {})
     fields = Recipe.__dataclass_fields__
     return Recipe(**{**{k: v for k, v in _BEFORE.items() if k not in r}, **{k: v for k, v in r.items() if k in fields}})
+
+
+def _committed_tower_name(source: str | None, record: dict) -> str | None:
+    """A tower given by path at training time (``data/models-next/vision-tower``) is the committed tower
+    of the same folder name when its weights' sha256 (recorded in the log) is that tower's; else unchanged."""
+    if not source or "/" not in source or not record.get("sha256"):
+        return source
+    weights = models.MODELS_DIR / Path(source).name / "model.safetensors"
+    return Path(source).name if weights.exists() and sha256(weights) == record["sha256"] else source
 
 
 def recipe_summary(log: dict) -> dict:
