@@ -1,6 +1,7 @@
 """headflow.book.audit: the checks of an executed book, on small notebooks and records; and the
 runner's quiet execution (no progress bar kept, computed units recorded) on a real kernel."""
 import json
+from pathlib import Path
 
 import nbformat
 
@@ -107,6 +108,7 @@ def test_executed_chapter_keeps_no_progress_bar_and_records_each_computed_unit(t
                for o in c.get("outputs", []))
     [s] = first["run_stores"]
     assert s["units_hit"] == 0 and s["computed"] == ["u0", "u1", "u2"] and s["units_computed"] == 3
-    again = run.execute(nb, {"n": 3}, out, "ci")
+    monkeypatch.chdir(tmp_path)  # make book gives a relative --out; the kernel runs elsewhere (notebooks/)
+    again = run.execute(nb, {"n": 3}, Path("book"), "ci")
     assert again["run_stores"][0]["units_hit"] == 3 and again["run_stores"][0]["computed"] == []
     assert audit.repeated_units([first, again]) == []

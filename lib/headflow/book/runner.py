@@ -300,6 +300,7 @@ def execute(path: Path, params: dict, out: Path, profile: str, timeout: int | No
     """Run one notebook with papermill into ``out`` and write its provenance record."""
 
     effective = validate(path, params)
+    out = Path(out).resolve()  # the kernel runs in notebooks/: a relative --out (make book's) would point there
     out.mkdir(parents=True, exist_ok=True)
     before = _snapshot(out)
     os.environ["HEADFLOW_BOOK_DIR"] = str(out.resolve())
