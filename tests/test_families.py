@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from reference import run_reference
 
+from headflow.book import compat
 from headflow.images import coco
 from headflow.mechanism import interventions as iv
 from headflow.mechanism import tokens
@@ -257,8 +258,9 @@ def test_span_is_the_hull_of_the_image_run_plus_boundary_markers(built):
 
 # ------------------------------------------------------------------------------------ fast path
 def _task(model, processor):
-    set_file = coco.resolve_set("fashionscenes/eval")
-    return experiment.prepare(processor, _examples(1), coco.class_names(set_file), question_text("object"))[0]
+    words = compat.known_words(processor, coco.class_names(coco.resolve_set("fashionscenes/eval")))
+    exs = [e for e in coco.load_set(coco.resolve_set("fashionscenes/eval")) if e.class_name in words][:1]
+    return experiment.prepare(processor, exs, words, question_text("object"))[0]
 
 
 def _long_window(model):
