@@ -88,8 +88,24 @@ def test_committed_chapter0_result_matches_the_training_logs():
         got = res["by_organism"][name]["sets"]["multi-object"]
         if got["n_eval"] != log["final"]["n_eval"] or got["seed"] != log["final"]["seed"]:
             continue  # evaluated on fewer scenes than the log (the non-default organisms may be)
+        if organism.recipe_from_log(log).scene_layout != res["layout"]:
+            continue  # trained and finally evaluated on its training stream (mixed-swap), not the task's scenes
         for q in ("object", "color", "position"):
             assert abs(got["accuracy"][q] - log["final"][q]) <= 0.005, (name, q)
+
+
+def test_committed_chapter0_result_matches_the_committed_weights(organism_model):
+    """Chapter 0's held-out accuracy (its scenes of the task layout) against a fresh evaluation of the
+    committed default organism on the first 240 of the same scenes: within 4 standard errors."""
+    res = json.loads((REPO_ROOT / "book" / "results" / "organism.json").read_text())
+    got = res["by_organism"]["organism"]["sets"]["multi-object"]
+    assert res["layout"] == data.LAYOUT
+    specs = data.sample_specs("test", got["n_eval"], seed=got["seed"], objects=tuple(got["objects"]))[:240]
+    model, processor = organism_model
+    fresh = evaluate.scene_accuracy(model, processor, "test", 240, got["seed"], specs=specs)
+    for q in ("object", "color", "position"):
+        p = got["accuracy"][q]
+        assert abs(fresh["accuracy"][q] - p) <= 4 * (p * (1 - p) / 240) ** 0.5 + 1e-9, (q, fresh["accuracy"][q], p)
 
 
 def test_fresh_evaluation_agrees_with_fast_training_path(organism_model):
