@@ -39,9 +39,9 @@ def _batch(processor, images):
 
 
 def known_words(processor, words: list[str]) -> list[str]:
-    """The ``words`` that ``processor``'s tokenizer holds (no unknown token).  The tiny families' word-level
-    vocabularies (:mod:`headflow.models.tiny`) hold the ten Fashion-MNIST names, not the study's merged
-    class name, so their checks ask about images of the classes they can name."""
+    """The ``words`` that ``processor``'s tokenizer holds (no unknown token): a word-level vocabulary
+    without a class name (the tiny families' before they held the merged class) is asked only about
+    images of the classes it can name."""
     tok = processor.tokenizer
     return [w for w in words if tok.unk_token_id not in tok(w, add_special_tokens=False)["input_ids"]]
 

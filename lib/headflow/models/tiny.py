@@ -33,6 +33,7 @@ import transformers as T
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from headflow.images.fashionscenes import CLASSES
 from headflow.models import families, llava_builder
 from headflow.task.prompt import QUESTIONS
 
@@ -91,7 +92,8 @@ def tokenizer(kind: str):
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
                                                  pre_tokenizers.Split(Regex(r"[:?.,]"), behavior="isolated")])
     specials = ["<unk>", "<pad>", "<s>", "</s>"] + _SPECIALS[kind]
-    tok.train_from_iterator([_WORDS], trainer=trainers.WordLevelTrainer(special_tokens=specials))
+    words = _WORDS + " " + " ".join(CLASSES)  # the study's answer words as they are now (a merged class too)
+    tok.train_from_iterator([words], trainer=trainers.WordLevelTrainer(special_tokens=specials))
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
                                    eos_token="</s>", padding_side="left", extra_special_tokens=_EXTRA[kind],
                                    model_input_names=["input_ids", "attention_mask"])
