@@ -11,6 +11,8 @@ import pytest
 
 from headflow.book import audit, index, site
 from headflow.book import runner as run
+from headflow.findings import verdicts
+from headflow.images import fashionscenes as data
 from headflow.util.paths import REPO_ROOT
 
 ROOT = REPO_ROOT
@@ -57,7 +59,9 @@ def test_chapter_results(executed):
             assert ("probe_by_layer" in r) == (q == "object")
     assert len(where["by_organism"]["organism"]["object"]["probe_by_layer"]["final"]) == 9
     assert where["comparisons"] and all({"difference", "ci"} <= set(c) for c in where["comparisons"].values())
-    assert where["status"]["verdict"] in ("reproduced", "partly", "not reproduced")
+    # the CI profile's organism evaluation is small: the competence gate may say "not testable" (issue 32)
+    assert where["status"]["verdict"].split(" (")[0] in ("reproduced", "partly", "not reproduced", "inconclusive",
+                                                         verdicts.NOT_TESTABLE)
     for m, per_q in where["by_organism"].items():
         halves = per_q["object"]["split_half_overlap"]
         assert {"top10%"} <= set(halves), m
@@ -68,7 +72,8 @@ def test_chapter_results(executed):
     assert att["random_ks"] == "every k" and att["family"]["correction"] == "Holm"
     assert all("p_holm" in d for ds in att["paired_vs_attribution"].values() for d in ds.values())
     task = json.loads((executed / "results" / "task.json").read_text())
-    assert task["group_sizes"]["image"] == 64 and task["n_images"] == 60
+    n_task = -(-60 // len(data.CLASSES)) * len(data.CLASSES)  # n_images 60: the same number from every class
+    assert task["group_sizes"]["image"] == 64 and task["n_images"] == n_task
     att = json.loads((executed / "results" / "attribution.json").read_text())
     methods = {"attribution", "single_head", "attention_weight", "random", "attribution_patching"}
     for metric in ("faithfulness", "completeness"):
