@@ -15,11 +15,12 @@ The construction (layer 0 of a Llama-style text model; every weight edit is in
   exactly 0).  Their outputs write that channel along a residual direction ``r_p``, orthogonal to
   what the text positions hold without the image.  A kept head adds ``s_h r_p`` (``s_h > 0``) at
   every text position after the image; an ablated one (zero baseline: image values 0) adds 0.
-- **a saturating unit reads the pair.**  One MLP neuron of layer 0 per pair: its gate is
-  ``k (1 - 2 (r_p . x) / s_min)`` in the units of the text positions' own residual (a bias made
-  from what those positions always hold), so it is strongly positive when neither head is kept and
-  strongly negative when either is (``s >= s_min``); SiLU turns that into on / off.  The neuron
-  writes ``alpha d`` (``d``: lowering every answer word's logit) only when *neither* head is kept:
+- **a saturating unit reads the pair.**  One MLP neuron of layer 0 per pair reads the normalised
+  residual ``x_hat`` (what the layer's MLP sees): its gate is ``k (1 - 2 (r_p . x_hat) / s_min)``
+  (the 1 a bias made from what those positions always hold), so it is ``k`` when neither head is
+  kept and strongly negative when either is (``r_p . x_hat >= s_min``); SiLU turns that into on /
+  off.  The neuron writes ``push |x_j| d`` at position ``j`` (``d``: lowering every answer word's
+  logit) only when *neither* head is kept:
   ``y`` falls by the unit's push when both are ablated and hardly moves when one is.
 - **the rest of layer 0 carries nothing.**  Its other heads are always ablated, so the unit's input
   holds only the planted channels; layers 1 and up are the organism's own and carry its own flow.
@@ -127,8 +128,8 @@ def plant(model, tasks: Sequence, pairs: Sequence[tuple[int, int]], target: str 
           sharpness: float = 12.0, signal: float = 0.25, seed: int = 0) -> RedundantPairs:
     """A copy of ``model`` with ``pairs`` (flat indices of layer-0 heads) planted as redundant pairs
     (see the module docstring).  ``signal``: the smallest planted channel ``s_min`` as a share of
-    the norm of the text positions' residual; ``sharpness``: the unit's gate at its input, in units
-    of that residual's RMS; ``push``: the unit's output norm over that residual's norm.  ``tasks``
+    the norm of the text positions' residual; ``sharpness``: the unit's gate when neither head is
+    kept; ``push``: the unit's output norm over each position's residual norm.  ``tasks``
     set the image direction and ``s_min`` (the smallest channel over them)."""
     lm, cfg = _text_model(model)
     L, Hn, hd = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.head_dim
@@ -196,11 +197,24 @@ def plant(model, tasks: Sequence, pairs: Sequence[tuple[int, int]], target: str 
             W["v_proj"][h * hd] *= scale
     s_min = float(s.min()) * scale
 
-    # 5. the units: a bias from what the positions always hold (y . X0_j = 1 for every j), a gate
-    # that flips at s_min / 2, an up projection ~1, and a push lowering every answer word's logit
-    rms = X0_norm / np.sqrt(X0.shape[1])
-    Y = torch.linalg.pinv(X0.double()).float() @ torch.ones(len(X0))  # (D,)
-    k = sharpness * float(rms.max())
+    # 5. the units read the *normalised* residual (post_attention_layernorm's x / rms(x)): a bias made
+    # from what the positions always hold (Y . x_hat_j = 1 for every j), the planted channel in the same
+    # units (x_kept = X0 + s r, r orthogonal to X0, so r . x_hat = s / rms(X0 + s r)), a gate that
+    # flips at half the smallest normalised channel, an up projection that reads each position's own
+    # residual norm |X0_j| (V . x_hat_j = |X0_j|), and a push along d lowering every answer word's
+    # logit: the unit writes push x |X0_j| at position j.  Built on the normalised input, the gate is
+    # the same at every position (a raw-unit build scales it by rms_max / rms_j, which swamps
+    # low-norm positions) and the push is the same share of every position's residual.
+    D = X0.shape[1]
+    eps = float(getattr(layer.post_attention_layernorm, "variance_epsilon", 0.0))
+    ms = (X0.double() ** 2).mean(1)  # (J,)
+    X0n = X0.double() / torch.sqrt(ms + eps)[:, None]
+    pinv = torch.linalg.pinv(X0n)  # (D, J)
+    Y = (pinv @ torch.ones(len(X0), dtype=torch.float64)).float()  # (D,)
+    V = (pinv @ X0.double().norm(dim=1)).float()  # (D,)
+    s_scaled = s.double() * scale  # (images, heads, J)
+    s_norm_min = float((s_scaled / torch.sqrt(ms + s_scaled ** 2 / D + eps)).min())
+    k = sharpness
     w_in = layer.post_attention_layernorm.weight.float()
     unit_size = mlp.gate_proj.weight.norm(dim=1) * mlp.up_proj.weight.norm(dim=1) * mlp.down_proj.weight.norm(dim=0)
     units = torch.argsort(unit_size)[:len(pairs)].tolist()
@@ -210,15 +224,16 @@ def plant(model, tasks: Sequence, pairs: Sequence[tuple[int, int]], target: str 
     d = -(w_out * (U[words].mean(0) - U.mean(0)))
     d = d - R.T @ (R @ d)
     d = d / d.norm()
-    alpha = float(push * X0_norm.mean() / (sharpness * 1.0))
+    alpha = float(push / (sharpness * torch.sigmoid(torch.tensor(sharpness))))
     with torch.no_grad():
         for p, n in enumerate(units):
-            G = k * (Y - (2.0 / s_min) * R[p])
+            G = k * (Y - (2.0 / s_norm_min) * R[p])
             mlp.gate_proj.weight[n] = G / w_in
-            mlp.up_proj.weight[n] = float(rms.max()) * Y / w_in
+            mlp.up_proj.weight[n] = V / w_in
             mlp.down_proj.weight[:, n] = alpha * d
     construction = {"layer": 0, "units": units, "signal": signal, "sharpness": sharpness, "push": push,
-                    "s_min": s_min, "text_positions": int(suffix.sum()), "baseline": BASELINE,
+                    "s_min": s_min, "s_min_normalised": s_norm_min, "text_positions": int(suffix.sum()),
+                    "baseline": BASELINE,
                     "image_direction_mean_read": float((img @ m).mean()), "residual_norm_min": float(X0_norm.min())}
     return RedundantPairs(planted, L, Hn, [tuple(int(h) for h in p) for p in pairs], [h for h in others], target,
                           construction)
