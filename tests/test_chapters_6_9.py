@@ -382,3 +382,34 @@ def test_limits_pick_comparisons_by_rule_and_count_wrong_renditions(tmp_path):
         c["counts"] = False
     (tmp_path / "where_heads.json").write_text(json.dumps({"comparisons": cmp}))
     assert "none of chapter 5's 3 comparisons" in " ".join(sensitivity.limits(tmp_path))
+
+
+def test_sensitivity_settings_that_differ_only_in_target_share_their_passes(tiny_study, monkeypatch, tmp_path):
+    """The reference and the logit-difference setting come from one pass per mask, and each gives
+    exactly what its own run alone gives (fresh stores for each way)."""
+    ref = {**sensitivity.REFERENCE, "baseline": "zero"}
+    sets = [{"factor": "reference", "value": "", **ref}, {"factor": "target", "value": "logit-diff", **ref,
+                                                          "target": "logit-diff"}]
+    lm = tiny_study.model.model.language_model
+    calls = []
+    hook = lm.register_forward_pre_hook(lambda m, a, kw: calls.append(1), with_kwargs=True)
+    try:
+        monkeypatch.setattr(study, "RUN_DIR", tmp_path / "shared")
+        shared = sensitivity.run_settings(tiny_study, sets, 20, show=False)
+        n_shared, calls[:] = len(calls), []
+        alone = {}
+        for i, s in enumerate(sets):
+            monkeypatch.setattr(study, "RUN_DIR", tmp_path / f"alone{i}")
+            alone[(s["factor"], s["value"])] = sensitivity.run_setting(tiny_study, s, 20)
+        n_alone = len(calls)
+    finally:
+        hook.remove()
+    assert n_alone == 2 * n_shared > 0
+    for key, got in alone.items():
+        assert set(got["maps"]) == set(shared[key]["maps"]) and got["left_out"] == shared[key]["left_out"]
+        for k, v in got["maps"].items():
+            np.testing.assert_array_equal(v, shared[key]["maps"][k])
+    for key, got in alone.items():
+        np.testing.assert_array_equal(got["r"], shared[key]["r"])
+    a, b = (shared[(s["factor"], s["value"])]["r"] for s in sets)
+    assert not np.allclose(a, b, equal_nan=True)  # the two targets are two fits

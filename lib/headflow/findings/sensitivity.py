@@ -75,18 +75,47 @@ def _study_with(st: Study, baseline: str, target: str) -> Study:
                                meta={**st.meta, "baseline": baseline, "target": target})
 
 
+def _passes_key(setting: dict, n_masks: int) -> tuple:
+    """What a setting's forward passes depend on (everything but the target and the regression)."""
+    m = n_masks // 2 if setting["masks"] == "half" else n_masks
+    return setting["baseline"], setting["scope"], setting["rate"], m, setting["seed"]
+
+
+def run_settings(st: Study, sets: Sequence[dict], n_masks: int, batch_size: int = 128,
+                 show: bool = True) -> dict[tuple, dict]:
+    """Attribution runs and fits of every setting of ``sets``: ``{(factor, value): {"maps": {key: (H,)
+    normalised}, "r": [...], "left_out": n, "alpha", "n_masks"}}``.  Settings whose passes are the
+    same (:func:`_passes_key`) share them: their targets are read from one pass per mask, each into
+    the store a run for that target alone would write (:func:`headflow.method.experiment.run_attribution`
+    with several stores), and a regression setting reads its store.  Identical to one run per setting."""
+    groups: dict[tuple, list[dict]] = {}
+    for s in sets:
+        groups.setdefault(_passes_key(s, n_masks), []).append(s)
+    done = {}
+    for (baseline, scope, rate, m, seed), members in progress.bar(list(groups.items()), desc="sensitivity settings",
+                                                                   show=show):
+        studies = {s["target"]: _study_with(st, baseline, s["target"]) for s in members}
+        stores = {tg: store_for(sd, "attribution", n_masks=m, ablation_rate=rate, seed=seed,
+                                **({"scope": "all"} if scope == "all" else {})) for tg, sd in studies.items()}
+        base = next(iter(studies.values()))
+        runs = experiment.run_attribution(base.model, base.tasks, base.baseline, stores, m, rate, seed,
+                                          base.target, batch_size, progress=False, scope=scope)
+        for s in members:
+            done[(s["factor"], s["value"])] = _fit_setting(studies[s["target"]], runs[s["target"]], s["regression"], m)
+    return done
+
+
 def run_setting(st: Study, setting: dict, n_masks: int, batch_size: int = 128) -> dict:
     """Attribution runs and fits of one setting: ``{"maps": {key: (H,) normalised}, "r": [...], "left_out": n}``."""
-    s = _study_with(st, setting["baseline"], setting["target"])
-    m = n_masks // 2 if setting["masks"] == "half" else n_masks
-    store = store_for(s, "attribution", n_masks=m, ablation_rate=setting["rate"], seed=setting["seed"],
-                      **({"scope": "all"} if setting["scope"] == "all" else {}))
-    runs = experiment.run_attribution(s.model, s.tasks, s.baseline, store, m, setting["rate"], setting["seed"],
-                                      s.target, batch_size, progress=False, scope=setting["scope"])
+    return run_settings(st, [setting], n_masks, batch_size, show=False)[(setting["factor"], setting["value"])]
+
+
+def _fit_setting(s: Study, runs: dict, reg: str, m: int) -> dict:
+    """Per image: the fit under regression ``reg`` and its map divided by the image effect (images
+    whose effect is not positive are left out, counted)."""
     maps, rs, left, alphas = {}, [], 0, []
     for t in s.tasks:
         r = runs[t.key]
-        reg = setting["regression"]
         alpha = attribution.cv_alpha(r["keep"], r["y"], reg) if reg in ("ridge", "lasso") else 1e-3
         alphas.append(alpha)
         f = attribution.fit(r["keep"], r["y"], reg, alpha)
@@ -154,9 +183,7 @@ def run(st: Study, n_masks: int, ks: Sequence[int], n_boot: int, seed: int, fact
     of every ablation rate tried (for :func:`interactions`)."""
     classes = {t.key: t.class_name for t in st.tasks}
     sets = settings(factors)
-    done = {}
-    for s in progress.bar(sets, desc="sensitivity settings"):
-        done[(s["factor"], s["value"])] = run_setting(st, s, n_masks)
+    done = run_settings(st, sets, n_masks)
     ref = done[("reference", "")]
     rows, draws = [], {}
     for s in sets:
