@@ -384,12 +384,14 @@ def test_limits_pick_comparisons_by_rule_and_count_wrong_renditions(tmp_path):
     assert "none of chapter 5's 3 comparisons" in " ".join(sensitivity.limits(tmp_path))
 
 
-def test_sensitivity_settings_that_differ_only_in_target_share_their_passes(tiny_study, monkeypatch, tmp_path):
-    """The reference and the logit-difference setting come from one pass per mask, and each gives
-    exactly what its own run alone gives (fresh stores for each way)."""
+def test_sensitivity_settings_share_passes_and_give_what_their_own_runs_give(tiny_study, monkeypatch, tmp_path):
+    """The reference, the logit-difference setting (the reference's passes, read for another target)
+    and the half-masks setting (the reference's first masks) come from one run, and each gives exactly
+    what its own run alone gives (fresh stores for each way; the half-masks setting up to float rounding)."""
     ref = {**sensitivity.REFERENCE, "baseline": "zero"}
-    sets = [{"factor": "reference", "value": "", **ref}, {"factor": "target", "value": "logit-diff", **ref,
-                                                          "target": "logit-diff"}]
+    sets = [{"factor": "reference", "value": "", **ref},
+            {"factor": "target", "value": "logit-diff", **ref, "target": "logit-diff"},
+            {"factor": "masks", "value": "half", **ref, "masks": "half"}]
     lm = tiny_study.model.model.language_model
     calls = []
     hook = lm.register_forward_pre_hook(lambda m, a, kw: calls.append(1), with_kwargs=True)
@@ -404,12 +406,14 @@ def test_sensitivity_settings_that_differ_only_in_target_share_their_passes(tiny
         n_alone = len(calls)
     finally:
         hook.remove()
-    assert n_alone == 2 * n_shared > 0
+    assert n_alone == 3 * n_shared > 0  # one prefix and one suffix batch per image, each way
     for key, got in alone.items():
         assert set(got["maps"]) == set(shared[key]["maps"]) and got["left_out"] == shared[key]["left_out"]
+        assert got["n_masks"] == shared[key]["n_masks"] == (10 if key == ("masks", "half") else 20)
+        same = np.testing.assert_array_equal if key != ("masks", "half") else \
+            (lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5))  # other batches may round differently
+        same(got["r"], shared[key]["r"])
         for k, v in got["maps"].items():
-            np.testing.assert_array_equal(v, shared[key]["maps"][k])
-    for key, got in alone.items():
-        np.testing.assert_array_equal(got["r"], shared[key]["r"])
-    a, b = (shared[(s["factor"], s["value"])]["r"] for s in sets)
-    assert not np.allclose(a, b, equal_nan=True)  # the two targets are two fits
+            same(v, shared[key]["maps"][k])
+    a, b, c = (shared[(s["factor"], s["value"])]["r"] for s in sets)
+    assert not np.allclose(a, b, equal_nan=True) and not np.allclose(a, c, equal_nan=True)  # three fits

@@ -207,3 +207,34 @@ def test_adaptive_k_equals_every_k_on_the_organism(organism_model, monkeypatch, 
     assert passes["adaptive"] <= judge_adaptive(H, N_ORDERS, 2, 0, H).suffix_passes * len(st.tasks)  # the plan's bound
     print(f"organism (H = 64): adaptive {passes['adaptive']} / every-k {passes['every']} suffix passes "
           f"= {passes['adaptive'] / passes['every']:.3f}")
+
+
+def test_judge_split_judges_each_distinct_mask_once_and_gives_each_ranking_its_own_values(tiny_llava):
+    """Two rankings that agree, one that does not, and the ends every ranking shares: each distinct
+    top-k mask is one suffix pass, and every ranking's y equals its own masks judged alone (up to float
+    rounding: a batch of other masks may round differently)."""
+    from types import SimpleNamespace
+
+    from headflow.method import metrics
+
+    model, processor = tiny_llava
+    iv.install(model, "sdpa")
+    t = _task(model, processor)
+    L, Hn = iv.text_layers_and_heads(model)
+    st = SimpleNamespace(model=model, baseline=iv.Baseline("zero"), target="logit", n_layers=L, n_heads=Hn)
+    H = L * Hn
+    a = np.random.default_rng(0).permutation(H)
+    orders = {"a": a, "a_again": a.copy(), "b": a[::-1].copy()}
+    ks = {n: list(range(H + 1)) for n in orders}
+    with cost.count(model) as n:
+        got = crossfit.judge_split(st, t, orders, ks, ks)
+    # per ranking 2 x (H + 1) masks: "a_again" adds none, "b" (the reverse order) shares some with "a"
+    # (k = 0 and all heads; b's top-k kept alone is a's top-(H - k) ablated); the count from the masks themselves
+    masks = torch.cat([torch.cat(metrics.topk_masks(orders[n], ks[n], L, Hn)) for n in orders])
+    distinct = len(torch.unique(masks.reshape(len(masks), -1), dim=0))
+    assert n.as_dict()["suffix_passes"] == distinct < 2 * 2 * (H + 1)
+    for name, order in orders.items():
+        only, _ = metrics.topk_masks(order, ks[name], L, Hn)
+        _, abl = metrics.topk_masks(order, ks[name], L, Hn)
+        np.testing.assert_allclose(got[name][0], experiment.masks_y(model, t, st.baseline, only, "logit"), rtol=1e-5)
+        np.testing.assert_allclose(got[name][1], experiment.masks_y(model, t, st.baseline, abl, "logit"), rtol=1e-5)

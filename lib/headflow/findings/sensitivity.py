@@ -84,25 +84,57 @@ def _passes_key(setting: dict, n_masks: int) -> tuple:
 def run_settings(st: Study, sets: Sequence[dict], n_masks: int, batch_size: int = 128,
                  show: bool = True) -> dict[tuple, dict]:
     """Attribution runs and fits of every setting of ``sets``: ``{(factor, value): {"maps": {key: (H,)
-    normalised}, "r": [...], "left_out": n, "alpha", "n_masks"}}``.  Settings whose passes are the
-    same (:func:`_passes_key`) share them: their targets are read from one pass per mask, each into
-    the store a run for that target alone would write (:func:`headflow.method.experiment.run_attribution`
-    with several stores), and a regression setting reads its store.  Identical to one run per setting."""
+    normalised}, "r": [...], "left_out": n, "alpha", "n_masks"}}``, as one run per setting gives them,
+    with no pass made twice:
+
+    - settings whose passes are the same (:func:`_passes_key`) share them: their targets are read from
+      one pass per mask, each into the store a run for that target alone would write
+      (:func:`headflow.method.experiment.run_attribution` with several stores), and a regression
+      setting reads its store;
+    - a setting with fewer masks (``masks="half"``) reads the first masks of the run with more masks
+      and the same baseline, scope, rate, seed and target: the masks of an image are one seeded draw
+      (:func:`headflow.method.experiment.unit_masks`), so the first ``m`` of ``n`` are the ``m`` a
+      run of ``m`` draws (checked), and a mask's y is the same whichever masks share its batch (up
+      to float rounding)."""
     groups: dict[tuple, list[dict]] = {}
     for s in sets:
         groups.setdefault(_passes_key(s, n_masks), []).append(s)
+    runs_of: dict[tuple, dict] = {}  # (baseline, scope, rate, m, seed, target) -> {key: run}
     done = {}
-    for (baseline, scope, rate, m, seed), members in progress.bar(list(groups.items()), desc="sensitivity settings",
-                                                                   show=show):
+    for key in progress.bar(sorted(groups, key=lambda g: -g[3]), desc="sensitivity settings", show=show):
+        baseline, scope, rate, m, seed = key
+        members = groups[key]
         studies = {s["target"]: _study_with(st, baseline, s["target"]) for s in members}
-        stores = {tg: store_for(sd, "attribution", n_masks=m, ablation_rate=rate, seed=seed,
-                                **({"scope": "all"} if scope == "all" else {})) for tg, sd in studies.items()}
-        base = next(iter(studies.values()))
-        runs = experiment.run_attribution(base.model, base.tasks, base.baseline, stores, m, rate, seed,
-                                          base.target, batch_size, progress=False, scope=scope)
+        longer = {tg: next((g for g in runs_of if g[:3] == key[:3] and g[4:] == (seed, tg) and g[3] > m), None)
+                  for tg in studies}
+        todo = [tg for tg, g in longer.items() if g is None]
+        if todo:
+            stores = {tg: store_for(studies[tg], "attribution", n_masks=m, ablation_rate=rate, seed=seed,
+                                    **({"scope": "all"} if scope == "all" else {})) for tg in todo}
+            base = studies[todo[0]]
+            got = experiment.run_attribution(base.model, base.tasks, base.baseline, stores, m, rate, seed,
+                                             base.target, batch_size, progress=False, scope=scope)
+            runs_of.update({(*key, tg): got[tg] for tg in todo})
+        for tg, g in longer.items():
+            if g is not None:
+                runs_of[(*key, tg)] = _first_masks(runs_of[g], m, rate, seed, st)
         for s in members:
-            done[(s["factor"], s["value"])] = _fit_setting(studies[s["target"]], runs[s["target"]], s["regression"], m)
+            done[(s["factor"], s["value"])] = _fit_setting(studies[s["target"]], runs_of[(*key, s["target"])],
+                                                           s["regression"], m)
     return done
+
+
+def _first_masks(runs: dict, m: int, rate: float, seed: int, st: Study) -> dict:
+    """The runs of the first ``m`` masks of longer runs (the same image ends), after checking that they
+    are the masks a run of ``m`` draws would judge."""
+    out = {}
+    for t in st.tasks:
+        r = runs[t.key]
+        own = experiment.unit_masks(st.n_layers, st.n_heads, m, rate, seed, t.example.image_id)[:-2].numpy()
+        if not np.array_equal(r["keep"][:m], own):
+            raise RuntimeError(f"the first {m} masks of image {t.key}'s longer run are not its own {m}-mask draw")
+        out[t.key] = {**r, "keep": r["keep"][:m], "y": r["y"][:m]}
+    return out
 
 
 def run_setting(st: Study, setting: dict, n_masks: int, batch_size: int = 128) -> dict:

@@ -90,7 +90,9 @@ def judge(st, task, orders: dict, ks_of: dict, batch_size: int = 128) -> dict:
 def judge_split(st, task, orders: dict, ks_kept: dict, ks_ablated: dict, batch_size: int = 128) -> dict:
     """y with only the top-k heads kept at ``ks_kept[name]`` and with the top-k ablated at
     ``ks_ablated[name]``, in one batched call: ``{name: (y_kept (len(ks_kept[name]),),
-    y_ablated (len(ks_ablated[name]),))}``.  A name with no k at all costs nothing."""
+    y_ablated (len(ks_ablated[name]),))}``.  A name with no k at all costs nothing.  Each distinct
+    mask is judged once (rankings that agree on a top-k set, all heads and none, give the same mask;
+    a mask's y is the same whichever masks share its batch, up to float rounding)."""
     masks, sizes, names = [], [], [n for n in orders if len(ks_kept.get(n, ())) + len(ks_ablated.get(n, ()))]
     for name in names:
         kk, ka = list(ks_kept.get(name, ())), list(ks_ablated.get(name, ()))
@@ -101,7 +103,10 @@ def judge_split(st, task, orders: dict, ks_kept: dict, ks_ablated: dict, batch_s
     empty = np.zeros(0)
     if not masks:
         return {n: (empty, empty) for n in orders}
-    y = masks_y(st.model, task, st.baseline, torch.cat(masks), st.target, batch_size)
+    every = torch.cat(masks)
+    distinct, inverse = torch.unique(every.reshape(len(every), -1), dim=0, return_inverse=True)
+    y = masks_y(st.model, task, st.baseline, distinct.reshape(-1, *every.shape[1:]), st.target,
+                batch_size)[inverse.numpy()]
     out, at = {n: (empty, empty) for n in orders}, 0
     for name, (a, b) in zip(names, sizes):
         out[name] = (y[at:at + a], y[at + a:at + a + b])
