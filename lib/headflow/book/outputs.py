@@ -42,11 +42,21 @@ def as_json(obj):
     return _jsonable(obj)
 
 
+def _written(path: Path) -> None:
+    """Note ``path`` in ``HEADFLOW_OUTPUT_LOG`` (the runner sets it per chapter): a chapter's record
+    lists what *it* wrote, even while another chapter writes into the same book beside it."""
+    log = os.environ.get("HEADFLOW_OUTPUT_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(Path(path).relative_to(book_dir()).as_posix() + "\n")
+
+
 def save_json(name: str, obj) -> Path:
     """Write ``<book>/results/<name>.json`` (numpy values converted) and return its path."""
     path = book_dir() / "results" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_jsonable(obj), indent=1, sort_keys=True))
+    _written(path)
     return path
 
 
@@ -67,6 +77,7 @@ def save_figure(fig, name: str, show: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
+    _written(path)
     if show:
         display(Markdown(f"![{name}]({figure_link(path)})"))
     return path

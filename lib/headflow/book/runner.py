@@ -237,13 +237,14 @@ def versions() -> dict:
     return out
 
 
-def _snapshot(out: Path) -> dict:
-    files = {}
-    for sub in ("figures", "results"):
-        for p in (out / sub).glob("*"):
-            if p.is_file():
-                files[p.relative_to(out).as_posix()] = p.stat().st_mtime_ns
-    return files
+def _outputs_read(log: Path) -> list[str]:
+    """The files (relative to the book) a notebook wrote through :mod:`headflow.book.outputs`, from
+    its ``HEADFLOW_OUTPUT_LOG``; the log is then removed."""
+    if not log.exists():
+        return []
+    written = sorted(set(log.read_text().split()))
+    log.unlink()
+    return written
 
 
 def _stores_read(log: Path) -> list[dict]:
@@ -296,13 +297,14 @@ def collapse_code(executed: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ running
-def execute(path: Path, params: dict, out: Path, profile: str, timeout: int | None = None) -> dict:
-    """Run one notebook with papermill into ``out`` and write its provenance record."""
+def execute(path: Path, params: dict, out: Path, profile: str, timeout: int | None = None,
+            execution: dict | None = None) -> dict:
+    """Run one notebook with papermill into ``out`` and write its provenance record (``execution``:
+    how it ran, e.g. ``{"jobs": 2, "threads": 1}`` beside other chapters, recorded as given)."""
 
     effective = validate(path, params)
     out = Path(out).resolve()  # the kernel runs in notebooks/: a relative --out (make book's) would point there
     out.mkdir(parents=True, exist_ok=True)
-    before = _snapshot(out)
     os.environ["HEADFLOW_BOOK_DIR"] = str(out.resolve())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.update(QUIET_ENV)
@@ -310,6 +312,9 @@ def execute(path: Path, params: dict, out: Path, profile: str, timeout: int | No
     store_log.parent.mkdir(parents=True, exist_ok=True)
     store_log.unlink(missing_ok=True)
     os.environ["HEADFLOW_STORE_LOG"] = str(store_log)
+    output_log = out / "_provenance" / f".{path.stem}.outputs.txt"
+    output_log.unlink(missing_ok=True)
+    os.environ["HEADFLOW_OUTPUT_LOG"] = str(output_log)
     t0 = time.time()
     pm.execute_notebook(str(path), str(out / path.name), parameters=params, kernel_name="python3",
                         cwd=str(NOTEBOOK_DIR), execution_timeout=timeout,
@@ -317,15 +322,15 @@ def execute(path: Path, params: dict, out: Path, profile: str, timeout: int | No
     wall = time.time() - t0
     collapse_code(out / path.name)
     os.environ.pop("HEADFLOW_STORE_LOG", None)
+    os.environ.pop("HEADFLOW_OUTPUT_LOG", None)
     stores = _stores_read(store_log)
-    after = _snapshot(out)
-    written = sorted(k for k, v in after.items() if before.get(k) != v)
+    written = _outputs_read(output_log)
     record = {"notebook": path.name, "profile": profile, "parameters": effective, "overrides": params,
               "seeds": {k: v for k, v in effective.items() if "seed" in k},
               "wall_seconds": round(wall, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "git": git_commit(), "lib_sha256": lib_hash(), "versions": versions(),
               "run_stores": stores, "outputs": {k: sha256(out / k) for k in written},
-              "images": images_used(out, written)}
+              "images": images_used(out, written), **({"execution": execution} if execution else {})}
     prov = out / "_provenance" / f"{path.stem}.json"
     prov.parent.mkdir(parents=True, exist_ok=True)
     prov.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
@@ -401,6 +406,116 @@ def plan_runs(profile: str, paths: list[Path], out: Path, overrides: dict, profi
     return plans
 
 
+# ------------------------------------------------------------------------------------ side by side
+#: Chapters that run with nothing beside them: chapter 0 first (every chapter's opening and competence
+#: gate read its results), chapter 90 (its timings) and chapter 99 (it reads every chapter's record) last.
+ALONE_FIRST = ("00-organism",)
+ALONE_LAST = ("90-performance", "99-reproducibility")
+#: Results a chapter reads that other chapters of the same run write: it starts after them.  Run stores
+#: need no order: a unit is claimed while it is computed (headflow.store.runstore), so chapters that share
+#: one never compute a unit twice.
+AFTER = {"09-sensitivity": ("05-where-the-heads-are", "06-semantics", "07-token-flow", "08-object-background")}
+
+
+def critical_path(stems: list[str], seconds: dict[str, float]) -> dict[str, float]:
+    """Per chapter: its own seconds plus the longest chain of chapters that wait for it (:data:`AFTER`),
+    the priority of list scheduling (a chapter others wait on starts early)."""
+    waiting = {s: [d for d, before in AFTER.items() if s in before and d in stems] for s in stems}
+    memo: dict[str, float] = {}
+
+    def cp(s):
+        if s not in memo:
+            memo[s] = seconds.get(s, 0.0) + max([cp(d) for d in waiting[s]], default=0.0)
+        return memo[s]
+    return {s: cp(s) for s in stems}
+
+
+def phases(stems: list[str], seconds: dict[str, float]) -> tuple[list[str], list[str], list[str]]:
+    """``(first, side_by_side, last)``: the chapters run alone before, those run side by side in the
+    order they start (longest critical path first, then notebook order), those run alone after."""
+    first = [s for s in stems if s in ALONE_FIRST]
+    last = [s for s in stems if s in ALONE_LAST]
+    middle = [s for s in stems if s not in first and s not in last]
+    cp = critical_path(middle, seconds)
+    return first, sorted(middle, key=lambda s: (-cp[s], stems.index(s))), last
+
+
+def previous_seconds(out: Path) -> dict[str, float]:
+    """Each chapter's wall seconds in the records already in ``out`` (the committed book's, for make
+    book): the scheduler's estimate of how long it takes; 0 where there is none."""
+    got = {}
+    for p in (Path(out) / "_provenance").glob("*.json"):
+        try:
+            got[p.stem] = float(json.loads(p.read_text()).get("wall_seconds") or 0.0)
+        except (ValueError, AttributeError):
+            continue
+    return got
+
+
+def run_side_by_side(plans: list, profile: str, timeout: int | None, jobs: int) -> list[dict]:
+    """Execute one book's chapters ``jobs`` at a time (chapter 0 first and 90, 99 last, alone, with every
+    core; :data:`AFTER` respected), each in its own process with ``cores // jobs`` threads while
+    another runs beside it.  A failing chapter stops the run (the others are stopped too)."""
+    stems = [p.stem for p, _, _ in plans]
+    if len(set(stems)) != len(stems) or len({str(o) for _, _, o in plans}) != 1:
+        raise SystemExit("error: --jobs runs one book's chapters side by side; a sweep (several models) runs one "
+                         "chapter at a time: drop --jobs")
+    by_stem = {p.stem: (p, params, out) for p, params, out in plans}
+    cores = os.cpu_count() or 1
+    first, middle, last = phases(stems, previous_seconds(plans[0][2]))
+    records, running, done = [], {}, set()
+
+    def start(stem, beside):
+        p, params, out = by_stem[stem]
+        threads = max(1, cores // jobs) if beside else cores
+        execution = {"jobs": jobs, "threads": threads, "started_beside": sorted(beside)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        spec = json.dumps({"path": str(p), "params": params, "out": str(out), "profile": profile,
+                           "timeout": timeout, "execution": execution})
+        print(f"[headflow.run] {p.name} ({profile}) started, {threads} thread(s)"
+              + (f", beside {', '.join(sorted(beside))}" if beside else ""), flush=True)
+        return subprocess.Popen([sys.executable, "-m", "headflow.run", "--execute-one", spec], env=env,
+                                start_new_session=True)
+
+    def finish(stem, proc):
+        if proc.returncode != 0:
+            for other in running.values():
+                try:
+                    os.killpg(other.pid, 15)
+                except ProcessLookupError:
+                    pass
+            raise SystemExit(f"[headflow.run] {stem} failed (exit code {proc.returncode}); the chapters beside it "
+                             "were stopped. Rerun: finished run-store units are kept.")
+        rec = json.loads((by_stem[stem][2] / "_provenance" / f"{stem}.json").read_text())
+        records.append(rec)
+        done.add(stem)
+        print(f"[headflow.run] {stem}.ipynb done in {rec['wall_seconds']} s; wrote {len(rec['outputs'])} files",
+              flush=True)
+
+    for stem in first:
+        proc = start(stem, [])
+        proc.wait()
+        finish(stem, proc)
+    pending = list(middle)
+    while pending or running:
+        ready = [s for s in pending if all(d in done or d not in stems for d in AFTER.get(s, ()))]
+        while ready and len(running) < jobs:
+            stem = ready.pop(0)
+            pending.remove(stem)
+            beside = list(running) + (ready[:1] if len(running) + 1 < jobs else [])
+            running[stem] = start(stem, beside)
+        time.sleep(1)
+        for stem, proc in list(running.items()):
+            if proc.poll() is not None:
+                del running[stem]
+                finish(stem, proc)
+    for stem in last:
+        proc = start(stem, [])
+        proc.wait()
+        finish(stem, proc)
+    return records
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Execute the book's notebooks with papermill.")
     ap.add_argument("--profile", choices=PROFILES, default="default")
@@ -413,11 +528,22 @@ def main(argv=None) -> None:
                     help="override one parameter of one notebook (repeatable)")
     ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     ap.add_argument("--dry-run", action="store_true", help="validate every run and list them, run nothing")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="chapters run side by side (make book: 2, one thread each; chapter 0 first and 90, 99 "
+                         "last run alone); 1: one at a time")
+    ap.add_argument("--execute-one", help=argparse.SUPPRESS)  # one chapter, for --jobs (JSON)
     ap.add_argument("--sweep-model", action="append", default=[], metavar="MODEL",
                     help="of a sweep, run only this model (repeatable)")
     ap.add_argument("--results", type=Path, default=REPO_ROOT / "book" / "results",
                     help="where a shadows sweep writes realpath.json (default book/results)")
     a = ap.parse_args(argv)
+    if a.execute_one:
+        spec = json.loads(a.execute_one)
+        execute(Path(spec["path"]), spec["params"], Path(spec["out"]), spec["profile"], spec["timeout"],
+                spec["execution"])
+        return
+    if a.jobs < 1:
+        raise SystemExit(f"error: --jobs must be at least 1, got {a.jobs}")
     if a.out is None:
         whole_book = a.profile == "default" and not a.only and not a.param and not a.sweep_model
         a.out = REPO_ROOT / "book" if whole_book else REPO_ROOT / "runs" / time.strftime("%Y%m%d-%H%M%S")
@@ -457,6 +583,11 @@ def main(argv=None) -> None:
                 except (ValueError, FileNotFoundError) as e:
                     raise SystemExit(f"error: {p.name}: {key} = {params[key]!r}: {e}") from None
     failed, t_start = [], time.time()
+    if a.jobs > 1:
+        run_side_by_side(plans, a.profile, a.timeout, a.jobs)
+        print(f"[headflow.run] {len(plans)} chapters in {time.time() - t_start:.0f} s, {a.jobs} side by side",
+              flush=True)
+        plans = []  # run above
     for p, params, out in plans:
         print(f"[headflow.run] {p.name} ({a.profile}) {params}", flush=True)
         try:

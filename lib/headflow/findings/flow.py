@@ -30,6 +30,7 @@ onsets by the paired bootstrap (images resampled within classes, both onsets fro
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import Sequence
@@ -194,12 +195,13 @@ def run(st, tasks: Sequence[ImageTask], plan: Plan, store=None, batch_size: int 
     out = {"lost": {t: [] for t in TARGETS}, "effects": {t: [] for t in TARGETS}, "correct": [], "classes": [],
            "keys": []}
     for t in progress.bar(tasks, desc="knockouts"):
-        if store is not None and store.done(t.key):
-            r = store.load(t.key)
-        else:
-            r = run_image(st, t, plan, batch_size)
-            if store is not None:
-                store.save(t.key, **{k: np.asarray(v) for k, v in r.items()})
+        with (store.claim(t.key) if store is not None else contextlib.nullcontext()):
+            if store is not None and store.done(t.key):
+                r = store.load(t.key)
+            else:
+                r = run_image(st, t, plan, batch_size)
+                if store is not None:
+                    store.save(t.key, **{k: np.asarray(v) for k, v in r.items()})
         for target, (y, clean, none) in TARGETS.items():
             out["lost"][target].append(float(r[clean]) - np.asarray(r[y]))
             out["effects"][target].append(float(r[clean]) - float(r[none]))

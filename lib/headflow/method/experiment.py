@@ -18,7 +18,7 @@ from headflow.mechanism.evaluate import append_tokens
 from headflow.mechanism.prefix_reuse import PrefixReuse
 from headflow.method import attribution
 from headflow.models import families
-from headflow.store.runstore import RunStore
+from headflow.store.runstore import RunStore, claimed
 from headflow.task.answers import answers as answer_targets
 from headflow.task.prompt import build_prompt
 from headflow.util.progress import bar
@@ -237,8 +237,17 @@ def attribution_unit(model, task: ImageTask, baseline: iv.Baseline, store: RunSt
     one entry when every part exists.  Parts are whole batches, so the values equal those of an
     uninterrupted run with the same batch size and threads, bit for bit.  ``after_part(key, index)``
     is called after each part is written (a test's fault hook).  ``store`` a dict ``{target: RunStore}``:
-    the targets not yet stored are computed from the same passes, each into its own store."""
-    stores = {t: s for t, s in (store if isinstance(store, dict) else {target: store}).items() if not s.done(task.key)}
+    the targets not yet stored are computed from the same passes, each into its own store.  The unit is
+    claimed in every store while it runs (:meth:`headflow.store.runstore.RunStore.claim`): a process
+    beside this one that needs it waits, then reads it."""
+    every = store if isinstance(store, dict) else {target: store}
+    with claimed(every.values(), task.key):
+        _attribution_unit({t: s for t, s in every.items() if not s.done(task.key)}, model, task, baseline, n_masks,
+                          ablation_rate, seed, batch_size, part_batches, scope, after_part)
+
+
+def _attribution_unit(stores: dict, model, task, baseline, n_masks, ablation_rate, seed, batch_size, part_batches,
+                      scope, after_part) -> None:
     if not stores:
         return
     names = list(stores)

@@ -7,14 +7,21 @@ Rerunning skips the finished units: no work is lost or duplicated.  A long unit 
 *parts* as it goes (``parts/<key>/<index>.npz``, atomic too) and resume at its first missing part;
 the unit is merged from its parts once they are all there, and the parts are dropped.
 
+Two processes may share a store (chapters executed side by side, :mod:`headflow.book.runner`'s
+``--jobs``): :meth:`RunStore.claim` locks one unit across processes, so the second waits and then
+finds the unit done, and temporary files carry their writer's process id, so opening a store
+removes only those a dead process left.
+
 When ``HEADFLOW_STORE_LOG`` names a file (the runner sets it), every store opened appends a line
 ``{"store", "units_found"}`` there and every unit saved a line ``{"store", "computed"}``, so a
 chapter's provenance says which stores it read and which units it computed.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +42,28 @@ class RunStore:
         else:
             meta.write_text(text)
         for tmp in [*self.root.glob(".*.tmp.npz"), *self.root.glob("parts/*/.*.tmp.npz")]:  # left by a crash
-            tmp.unlink(missing_ok=True)
+            if not _writer_alive(tmp):
+                tmp.unlink(missing_ok=True)
         _log({"store": str(self.root), "units_found": len(self.keys())})
 
     def _path(self, key: str) -> Path:
         if not key or "/" in key or key.startswith("."):
             raise ValueError(f"bad run-store key {key!r}")
         return self.root / f"{key}.npz"
+
+    @contextmanager
+    def claim(self, key: str):
+        """Hold unit ``key`` exclusively across processes (an ``fcntl`` lock on ``locks/<key>``) while
+        it is checked, computed and saved: another process claiming it waits, then finds it done."""
+        self._path(key)  # validates the key
+        lock = self.root / "locks" / key
+        lock.parent.mkdir(exist_ok=True)
+        with open(lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield self
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def done(self, key: str) -> bool:
         return self._path(key).exists()
@@ -86,6 +108,32 @@ class RunStore:
         return sorted(p.stem for p in self.root.glob("*.npz") if not p.name.startswith("."))
 
 
+@contextmanager
+def claimed(stores, key: str):
+    """:meth:`RunStore.claim` of ``key`` in every store of ``stores``, taken in one order (no deadlock)."""
+    with ExitStack() as stack:
+        for s in sorted(stores, key=lambda s: str(s.root)):
+            stack.enter_context(s.claim(key))
+        yield
+
+
+def _writer_alive(tmp: Path) -> bool:
+    """Whether the process that writes temporary file ``tmp`` (``.<stem>.<pid>.tmp.npz``) still runs."""
+    try:
+        pid = int(tmp.name.split(".")[-3])
+    except (ValueError, IndexError):
+        return False
+    if pid == os.getpid():
+        return False  # this process opens the store now: it writes nothing yet
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _log(record: dict) -> None:
     log = os.environ.get("HEADFLOW_STORE_LOG")
     if log:
@@ -95,7 +143,7 @@ def _log(record: dict) -> None:
 
 def _write_atomic(final: Path, arrays: dict) -> None:
     """Write ``arrays`` as ``final`` (.npz) through a temporary file and a rename."""
-    tmp = final.parent / f".{final.stem}.tmp.npz"
+    tmp = final.parent / f".{final.stem}.{os.getpid()}.tmp.npz"
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
         f.flush()
