@@ -119,8 +119,12 @@ def test_side_by_side_phases_put_chapter_0_first_90_and_99_last_and_waited_on_ch
     first, middle, last = run.phases(stems, secs)
     assert first == ["00-organism"] and last == ["90-performance", "99-reproducibility"]
     assert sorted(first + middle + last) == sorted(stems)
-    # chapter 9 waits on 5-8, so they carry its 800 s and start before chapter 4 (700 s)
+    # chapter 9 waits on 5-8, so they start before chapter 4 (700 s), even where a warm run's record
+    # (full run stores) underrates them
     assert middle.index("05-where-the-heads-are") < middle.index("04-faithfulness-completeness")
+    warm = secs | {"09-sensitivity": 50.0, "05-where-the-heads-are": 10.0}
+    _, middle_warm, _ = run.phases(stems, warm)
+    assert set(middle_warm[:4]) == set(run.AFTER["09-sensitivity"])
     assert max(middle.index(s) for s in run.AFTER["09-sensitivity"]) < middle.index("09-sensitivity")
     assert run.critical_path(["05-where-the-heads-are", "09-sensitivity"], secs)["05-where-the-heads-are"] == 900.0
 

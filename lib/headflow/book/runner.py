@@ -432,12 +432,16 @@ def critical_path(stems: list[str], seconds: dict[str, float]) -> dict[str, floa
 
 def phases(stems: list[str], seconds: dict[str, float]) -> tuple[list[str], list[str], list[str]]:
     """``(first, side_by_side, last)``: the chapters run alone before, those run side by side in the
-    order they start (longest critical path first, then notebook order), those run alone after."""
+    order they start, those run alone after.  Side by side, the chapters another one waits for
+    (:data:`AFTER`) start first, so the one waiting can start early, then the rest; each group by
+    its critical path (``seconds``: a warm run's records underrate a chapter whose run stores were
+    full, which is why waiting comes before the estimate), then notebook order."""
     first = [s for s in stems if s in ALONE_FIRST]
     last = [s for s in stems if s in ALONE_LAST]
     middle = [s for s in stems if s not in first and s not in last]
     cp = critical_path(middle, seconds)
-    return first, sorted(middle, key=lambda s: (-cp[s], stems.index(s))), last
+    waited_on = {b for d, before in AFTER.items() if d in middle for b in before}
+    return first, sorted(middle, key=lambda s: (s not in waited_on, -cp[s], stems.index(s))), last
 
 
 def previous_seconds(out: Path) -> dict[str, float]:
