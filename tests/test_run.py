@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -132,12 +133,13 @@ def test_side_by_side_phases_put_chapter_0_first_90_and_99_last_and_waited_on_ch
 def test_chapters_side_by_side_each_record_only_what_they_wrote_and_wait_for_what_they_read(tmp_path, monkeypatch):
     """Three demo chapters two at a time: each record lists its own outputs (never the file the chapter
     beside it wrote meanwhile), a chapter that reads another's results starts after it, and the
-    chapters beside one another ran with one thread each."""
+    chapters beside one another ran with one thread each, a chapter left alone with every core."""
     src = tmp_path / "src"
     src.mkdir()
-    body = ("import json, os, time\nfrom headflow.book import outputs\n"
+    body = ("import json, os, time\nimport torch\nfrom headflow.book import outputs\nfrom headflow.util import progress\n"
             "for r in reads:\n    assert (outputs.book_dir() / 'results' / f'{r}.json').exists(), r\n"
-            "time.sleep(pause)\noutputs.save_json(name, {'threads': os.environ.get('OMP_NUM_THREADS')})\n")
+            "for _ in progress.bar(range(int(10 * pause))):\n    time.sleep(0.1)\n"
+            "outputs.save_json(name, {'threads': os.environ.get('OMP_NUM_THREADS'), 'at_end': torch.get_num_threads()})\n")
     nbs = [_notebook(src / f"{s}.ipynb", "name = ''\nreads = []\npause = 0.0", body)
            for s in ("05-a", "06-b", "07-c")]
     monkeypatch.setattr(run, "AFTER", {"07-c": ("05-a",)})
@@ -148,7 +150,32 @@ def test_chapters_side_by_side_each_record_only_what_they_wrote_and_wait_for_wha
     recs = {r["notebook"]: r for r in run.run_side_by_side(plans, "ci", None, 2)}
     assert {n: sorted(r["outputs"]) for n, r in recs.items()} == {
         "05-a.ipynb": ["results/a.json"], "06-b.ipynb": ["results/b.json"], "07-c.ipynb": ["results/c.json"]}
-    assert json.loads((out / "results" / "a.json").read_text()) == {"threads": "1"}  # b ran beside it
+    # a started beside b with one thread; once b ended it was given every core, at its next progress step
+    cores = os.cpu_count()
+    assert json.loads((out / "results" / "a.json").read_text()) == {"threads": "1", "at_end": cores}
     assert recs["05-a.ipynb"]["execution"]["jobs"] == 2
     a_done = (out / "_provenance" / "05-a.json").stat().st_mtime
     assert a_done <= (out / "results" / "c.json").stat().st_mtime
+
+
+def test_a_chapter_follows_the_thread_budget_the_runner_writes(tmp_path, monkeypatch):
+    import torch
+
+    from headflow.util import progress, threads
+
+    before = torch.get_num_threads()
+    f = tmp_path / "budget"
+    monkeypatch.setenv(threads.ENV, str(f))
+    try:
+        assert threads.follow() is None  # no file yet
+        threads.write(f, 1)
+        assert threads.follow() == 1 and torch.get_num_threads() == 1
+        assert threads.follow() is None  # unchanged since
+        threads.write(f, 3)
+        for _ in progress.bar(range(2), show=False):  # a progress step follows it
+            pass
+        assert torch.get_num_threads() == 3
+        f.write_text("zero\n")
+        assert threads.follow() is None and torch.get_num_threads() == 3  # not a budget: nothing changes
+    finally:
+        torch.set_num_threads(before)

@@ -31,6 +31,7 @@ import yaml
 from headflow.book import index, realpath
 from headflow.book.outputs import book_dir
 from headflow.models import loading, shadow
+from headflow.util import threads as thread_budget
 from headflow.util.hashing import sha256
 from headflow.util.paths import REPO_ROOT
 
@@ -458,8 +459,10 @@ def previous_seconds(out: Path) -> dict[str, float]:
 
 def run_side_by_side(plans: list, profile: str, timeout: int | None, jobs: int) -> list[dict]:
     """Execute one book's chapters ``jobs`` at a time (chapter 0 first and 90, 99 last, alone, with every
-    core; :data:`AFTER` respected), each in its own process with ``cores // jobs`` threads while
-    another runs beside it.  A failing chapter stops the run (the others are stopped too)."""
+    core; :data:`AFTER` respected), each in its own process.  Each running chapter's thread budget is
+    ``cores // chapters running``, rewritten whenever one starts or ends and followed by the chapter at
+    its next progress step (:mod:`headflow.util.threads`), so a chapter left alone gets every core.
+    A failing chapter stops the run (the others are stopped too)."""
     stems = [p.stem for p, _, _ in plans]
     if len(set(stems)) != len(stems) or len({str(o) for _, _, o in plans}) != 1:
         raise SystemExit("error: --jobs runs one book's chapters side by side; a sweep (several models) runs one "
@@ -468,12 +471,20 @@ def run_side_by_side(plans: list, profile: str, timeout: int | None, jobs: int) 
     cores = os.cpu_count() or 1
     first, middle, last = phases(stems, previous_seconds(plans[0][2]))
     records, running, done = [], {}, set()
+    budget_file = {s: plans[0][2] / "_provenance" / f".threads-{s}" for s in stems}
+
+    def rebalance():
+        for stem in running:
+            thread_budget.write(budget_file[stem], max(1, cores // len(running)))
 
     def start(stem, beside):
         p, params, out = by_stem[stem]
         threads = max(1, cores // jobs) if beside else cores
-        execution = {"jobs": jobs, "threads": threads, "started_beside": sorted(beside)}
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        execution = {"jobs": jobs, "threads_at_start": threads, "started_beside": sorted(beside)}
+        budget_file[stem].parent.mkdir(parents=True, exist_ok=True)
+        thread_budget.write(budget_file[stem], threads)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+               thread_budget.ENV: str(budget_file[stem])}
         spec = json.dumps({"path": str(p), "params": params, "out": str(out), "profile": profile,
                            "timeout": timeout, "execution": execution})
         print(f"[headflow.run] {p.name} ({profile}) started, {threads} thread(s)"
@@ -493,6 +504,7 @@ def run_side_by_side(plans: list, profile: str, timeout: int | None, jobs: int) 
         rec = json.loads((by_stem[stem][2] / "_provenance" / f"{stem}.json").read_text())
         records.append(rec)
         done.add(stem)
+        budget_file[stem].unlink(missing_ok=True)
         print(f"[headflow.run] {stem}.ipynb done in {rec['wall_seconds']} s; wrote {len(rec['outputs'])} files",
               flush=True)
 
@@ -508,11 +520,13 @@ def run_side_by_side(plans: list, profile: str, timeout: int | None, jobs: int) 
             pending.remove(stem)
             beside = list(running) + (ready[:1] if len(running) + 1 < jobs else [])
             running[stem] = start(stem, beside)
+            rebalance()
         time.sleep(1)
         for stem, proc in list(running.items()):
             if proc.poll() is not None:
                 del running[stem]
                 finish(stem, proc)
+                rebalance()
     for stem in last:
         proc = start(stem, [])
         proc.wait()

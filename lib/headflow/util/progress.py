@@ -10,15 +10,32 @@ import os
 
 from tqdm.auto import tqdm
 
+from headflow.util import threads
+
 
 def off() -> bool:
     """Whether progress bars are switched off (``TQDM_DISABLE`` set to anything but ``0``/``false``)."""
     return os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
 
 
+class _Bar(tqdm):
+    """A tqdm bar that, at every step, follows the thread budget the book runner sets
+    (:func:`headflow.util.threads.follow`)."""
+
+    def __iter__(self):
+        for item in super().__iter__():
+            threads.follow()
+            yield item
+
+    def update(self, n=1):
+        threads.follow()
+        return super().update(n)
+
+
 def bar(iterable=None, *, show: bool = True, **kwargs):
-    """``tqdm(iterable, **kwargs)``, shown unless ``show`` is False or :func:`off`."""
-    return tqdm(iterable, disable=not show or off(), **kwargs)
+    """``tqdm(iterable, **kwargs)``, shown unless ``show`` is False or :func:`off`; each step follows
+    the runner's thread budget (:mod:`headflow.util.threads`)."""
+    return _Bar(iterable, disable=not show or off(), **kwargs)
 
 
 def write(text: str) -> None:
