@@ -87,10 +87,10 @@ def run_settings(st: Study, sets: Sequence[dict], n_masks: int, batch_size: int 
     normalised}, "r": [...], "left_out": n, "alpha", "n_masks"}}``, as one run per setting gives them,
     with no pass made twice:
 
-    - settings whose passes are the same (:func:`_passes_key`) share them: their targets are read from
-      one pass per mask, each into the store a run for that target alone would write
-      (:func:`headflow.method.experiment.run_attribution` with several stores), and a regression
-      setting reads its store;
+    - settings whose passes are the same (``_passes_key``: all but the target and the regression)
+      share them: their targets are read from one pass per mask, each into the store a run for that
+      target alone would write (:func:`headflow.method.experiment.run_attribution` with several
+      stores), and a regression setting reads its store;
     - a setting with fewer masks (``masks="half"``) reads the first masks of the run with more masks
       and the same baseline, scope, rate, seed and target: the masks of an image are one seeded draw
       (:func:`headflow.method.experiment.unit_masks`), so the first ``m`` of ``n`` are the ``m`` a
