@@ -138,14 +138,16 @@ def test_chapters_side_by_side_each_record_only_what_they_wrote_and_wait_for_wha
     src.mkdir()
     body = ("import json, os, time\nimport torch\nfrom headflow.book import outputs\nfrom headflow.util import progress\n"
             "for r in reads:\n    assert (outputs.book_dir() / 'results' / f'{r}.json').exists(), r\n"
-            "for _ in progress.bar(range(int(10 * pause))):\n    time.sleep(0.1)\n"
+            "for _ in progress.bar(range(int(10 * pause))):\n"
+            "    if until_alone and torch.get_num_threads() == os.cpu_count():\n        break\n"
+            "    time.sleep(0.1)\n"
             "outputs.save_json(name, {'threads': os.environ.get('OMP_NUM_THREADS'), 'at_end': torch.get_num_threads()})\n")
-    nbs = [_notebook(src / f"{s}.ipynb", "name = ''\nreads = []\npause = 0.0", body)
+    nbs = [_notebook(src / f"{s}.ipynb", "name = ''\nreads = []\npause = 0.0\nuntil_alone = False", body)
            for s in ("05-a", "06-b", "07-c")]
     monkeypatch.setattr(run, "AFTER", {"07-c": ("05-a",)})
     monkeypatch.setenv("PYTHONPATH", str(run.REPO_ROOT / "lib"))
     out = tmp_path / "book"
-    plans = [(nbs[0], {"name": "a", "pause": 4.0}, out), (nbs[1], {"name": "b"}, out),
+    plans = [(nbs[0], {"name": "a", "pause": 120.0, "until_alone": True}, out), (nbs[1], {"name": "b"}, out),
              (nbs[2], {"name": "c", "reads": ["a"]}, out)]
     recs = {r["notebook"]: r for r in run.run_side_by_side(plans, "ci", None, 2)}
     assert {n: sorted(r["outputs"]) for n, r in recs.items()} == {
