@@ -201,7 +201,9 @@ def test_adaptive_k_equals_every_k_on_the_organism(organism_model, monkeypatch, 
         passes[design] = n.as_dict()["suffix_passes"]
     _same_statistics(crossfit.summarise(cfs["adaptive"], 200, 0, 2), crossfit.summarise(cfs["every"], 200, 0, 2))
     masks = {d: sum(cf["design"]["masks_judged"].values()) for d, cf in cfs.items()}
-    assert passes["every"] == masks["every"] and passes["adaptive"] == masks["adaptive"] < masks["every"]
+    # each distinct mask is sent once (crossfit.judge_split), so the passes are at most the entries judged
+    assert passes["every"] <= masks["every"] and passes["adaptive"] <= masks["adaptive"] < masks["every"]
+    assert 0 < passes["adaptive"] < passes["every"]
     from headflow.scale.passes import N_ORDERS, judge_adaptive
     H = st.n_layers * st.n_heads
     assert passes["adaptive"] <= judge_adaptive(H, N_ORDERS, 2, 0, H).suffix_passes * len(st.tasks)  # the plan's bound

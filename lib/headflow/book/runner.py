@@ -461,7 +461,7 @@ def run_side_by_side(plans: list, profile: str, timeout: int | None, jobs: int) 
     """Execute one book's chapters ``jobs`` at a time (chapter 0 first and 90, 99 last, alone, with every
     core; :data:`AFTER` respected), each in its own process.  Each running chapter's thread budget is
     ``cores // chapters running``, rewritten whenever one starts or ends and followed by the chapter at
-    its next progress step (:mod:`headflow.util.threads`), so a chapter left alone gets every core.
+    its next progress step (``headflow.util.threads``), so a chapter left alone gets every core.
     A failing chapter stops the run (the others are stopped too)."""
     stems = [p.stem for p, _, _ in plans]
     if len(set(stems)) != len(stems) or len({str(o) for _, _, o in plans}) != 1:

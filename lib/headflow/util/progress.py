@@ -20,7 +20,7 @@ def off() -> bool:
 
 class _Bar(tqdm):
     """A tqdm bar that, at every step, follows the thread budget the book runner sets
-    (:func:`headflow.util.threads.follow`)."""
+    (``headflow.util.threads.follow``)."""
 
     def __iter__(self):
         for item in super().__iter__():
@@ -34,7 +34,7 @@ class _Bar(tqdm):
 
 def bar(iterable=None, *, show: bool = True, **kwargs):
     """``tqdm(iterable, **kwargs)``, shown unless ``show`` is False or :func:`off`; each step follows
-    the runner's thread budget (:mod:`headflow.util.threads`)."""
+    the runner's thread budget (``headflow.util.threads``)."""
     return _Bar(iterable, disable=not show or off(), **kwargs)
 
 
