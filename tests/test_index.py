@@ -39,6 +39,13 @@ def test_the_index_says_what_the_organism_can_do_before_the_verdicts_one_line_pe
     assert index.key_number({"finding": "long; details", "key": "k = 5"}) == "k = 5"
     assert index.key_number({"finding": "a (b, c) d; e"}) == "a d"
 
+    # the chapters the organism's competence lets decide are named in chapter order (a rule, not the
+    # order of the competence table)
+    named = re.search(r"verdicts of chapters ([0-9, ]+) can be read", text)
+    if named:
+        ch = [int(c) for c in named.group(1).split(", ")]
+        assert ch == sorted(ch), named.group(0)
+
 
 def test_render_needs_the_markers():
     with pytest.raises(ValueError, match="status markers"):

@@ -80,7 +80,8 @@ def competence(book: Path) -> str:
         lines.append("It misses: " + "; ".join(f"{k} {show(checks[k])}{bar(checks[k])}" for k in missed) + ".")
     if met:
         lines.append("It meets: " + "; ".join(f"{k} {show(checks[k])}{bar(checks[k])}" for k in met) + ".")
-    decided = [ch.split("-")[0] for ch in verdicts.COMPETENCE_NEEDS if not verdicts.competence_missed(ch, checks)]
+    decided = sorted((ch.split("-")[0] for ch in verdicts.COMPETENCE_NEEDS if not verdicts.competence_missed(ch, checks)),
+                     key=int)  # in chapter order, not the table's
     rest = len(decided) < len(verdicts.COMPETENCE_NEEDS)
     lines.append((f"So the verdicts of chapters {', '.join(decided)} can be read as evidence about the paper's claims"
                   + ("; the others are not testable on this organism" if rest else "")
