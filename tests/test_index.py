@@ -47,6 +47,36 @@ def test_the_index_says_what_the_organism_can_do_before_the_verdicts_one_line_pe
         assert ch == sorted(ch), named.group(0)
 
 
+def test_a_key_number_is_the_first_clause_outside_parentheses():
+    # a "; " inside a parenthesis does not end the clause (chapter 3's finding once showed an open parenthesis)
+    f = "held-out r = 0.99 [0.98, 0.99] (mean within class, then over 8 classes; 95% interval), R^2 0.98 (rate 0.5); x"
+    assert index.first_clause(f) == "held-out r = 0.99 [0.98, 0.99], R^2 0.98"
+    assert index.first_clause("a (b (c; d) e) f; g") == "a f"
+    assert "(" not in index.key_number(index._status(BOOK / "results", "head_attribution"))
+
+
+def _timing(diff_role, diff_final, answer_role, answer_final, image_onset=1):
+    one = lambda d, a: {"difference": d, "answer": a, "image_onset": image_onset, "question_onset": 0}  # noqa: E731
+    return {"role": one(diff_role, answer_role), "final": one(diff_final, answer_final)}
+
+
+def test_chapter_7_key_number_reads_the_decisive_questions_first():
+    res = {"timing": {"object": _timing(None, None, "undetermined", "undetermined", image_onset=None),
+                      "color": _timing(1, 2, "yes", "yes"),
+                      "position": _timing(0, None, "undetermined", "undetermined")}}
+    key = verdicts.knockout_key(res)
+    assert key == ("question before image at role, final: color yes (+1, +2 layers); position undetermined "
+                   "(+0, ? layers); object undetermined (no image onset)")
+    res["timing"]["color"] = _timing(1, -1, "yes", "no (later)")
+    assert "color yes, no (later) (+1, -1 layers)" in verdicts.knockout_key(res)
+    st = {"chapter": "7-token-flow", "finding": "object: final undetermined; ..."}
+    assert index.key_number(st, res).startswith("question before image at role, final: color")
+    assert index.key_number(st) == "object: final undetermined"  # no results: the finding's first clause
+    # the committed index's chapter 7 row opens with the questions its verdict reads
+    row = next(r for r in index.table(BOOK).splitlines() if "<07-token-flow>" in r)
+    assert "| question before image at role, final: color" in row, row
+
+
 def test_render_needs_the_markers():
     with pytest.raises(ValueError, match="status markers"):
         index.render("# no markers here", BOOK)

@@ -48,12 +48,31 @@ def _status(results: Path, name: str) -> dict | None:
     return res.get("status")
 
 
-def key_number(st: dict) -> str:
-    """A status's key number, one short line: its ``key`` where the verdict rule gives one, else the
-    first clause of its finding without parentheses, cut at :data:`KEY_MAX` characters."""
+def first_clause(finding: str) -> str:
+    """A finding's first clause: up to its first "; " outside parentheses and brackets, then without
+    its parentheses (a "; " inside a parenthesis does not end the clause)."""
+    depth = 0
+    for i, ch in enumerate(finding):
+        depth += ch in "([" and 1 or ch in ")]" and -1 or 0
+        if depth == 0 and finding.startswith("; ", i):
+            finding = finding[:i]
+            break
+    while True:
+        out = re.sub(r"\s*\([^()]*\)", "", finding)
+        if out == finding:
+            return out.strip()
+        finding = out
+
+
+def key_number(st: dict, res: dict | None = None) -> str:
+    """A status's key number, one short line: its ``key`` where the verdict rule gives one, else the key
+    :data:`headflow.findings.verdicts.KEYS` derives from the chapter's results ``res``, else the first
+    clause of its finding without parentheses; cut at :data:`KEY_MAX` characters."""
     key = st.get("key")
+    if not key and res is not None and st.get("chapter") in verdicts.KEYS:
+        key = verdicts.KEYS[st["chapter"]](res)
     if not key:
-        key = re.sub(r"\s*\([^()]*\)", "", st["finding"].split("; ")[0]).strip()
+        key = first_clause(st["finding"])
     return key if len(key) <= KEY_MAX else key[:KEY_MAX - 1].rstrip() + "…"
 
 
@@ -104,7 +123,7 @@ def table(book: Path) -> str:
             verdict = st["verdict"]
             if name == "organism" and "checks" in st:  # the bars are listed above the table
                 verdict = f"{sum(c['met'] for c in st['checks'].values())} of {len(st['checks'])} bars met"
-            cells = [key_number(st) + model, verdict]
+            cells = [key_number(st, _results(book / "results", name)) + model, verdict]
             rows.append(f"| {link} | " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return ("### What the organism can and cannot do\n\n" + competence(book) + "\n\n### Verdicts\n\n"
             + "\n".join(rows))

@@ -597,7 +597,7 @@ def knockout(res: dict) -> dict:
     question later; partly if at least one of the decisive tests finds "before"; inconclusive if none
     of them is determined (a rule that nothing decided never defaults to a positive label)."""
     answers = {q: {g: d["answer"] for g, d in v.items()} for q, v in res["timing"].items()}
-    decisive = [answers[q][g] for q in ("color", "position") if q in answers for g in ("role", "final")]
+    decisive = [answers[q][g] for q in KNOCKOUT_DECISIVE if q in answers for g in ("role", "final")]
     later = any(a == "no (later)" for v in answers.values() for a in v.values())
     verdict = (NOT if later else REPRODUCED if decisive and all(a == "yes" for a in decisive)
                else PARTLY if any(a == "yes" for a in decisive) else INCONCLUSIVE)
@@ -618,6 +618,32 @@ def knockout(res: dict) -> dict:
                + (f"; image -> question starts at layer {', '.join(iq)}" if iq else "")
                + f"; the logit-difference target agrees on {len(agree)} of {len(res['timing'])} questions")
     return status("7-token-flow", "Sec. 6", res["model"], finding, verdict)
+
+
+#: Chapter 7's decisive questions: the paper's role and final groups are read on these (see :func:`knockout`).
+KNOCKOUT_DECISIVE = ("color", "position")
+
+
+def knockout_key(res: dict) -> str:
+    """Chapter 7's key number for the index, one line: per question (the decisive ones first, as
+    :func:`knockout` reads them) whether question -> group comes before image -> group for the role and
+    final groups, with the onset differences in layers; a question whose image flows have no onset says so."""
+    def one(q):
+        v = res["timing"][q]
+        r, f = v["role"], v["final"]
+        if r["difference"] is None and f["difference"] is None:
+            return f"{q} undetermined (no image onset)" if r["image_onset"] is None and f["image_onset"] is None \
+                else f"{q} undetermined (no onset)"
+        diffs = ", ".join("?" if d["difference"] is None else f"{d['difference']:+d}" for d in (r, f))
+        answers = r["answer"] if r["answer"] == f["answer"] else f"{r['answer']}, {f['answer']}"
+        return f"{q} {answers} ({diffs} layers)"
+    order = [q for q in KNOCKOUT_DECISIVE if q in res["timing"]] + \
+        [q for q in res["timing"] if q not in KNOCKOUT_DECISIVE]
+    return "question before image at role, final: " + "; ".join(one(q) for q in order)
+
+
+#: Key numbers for the index that a chapter's finding does not open with, from its results (chapter -> function).
+KEYS = {"7-token-flow": knockout_key}
 
 
 TOKEN_THRESHOLD = 0.05  # chapter 8: a group carries image information if its ablation loses more
