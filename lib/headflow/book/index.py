@@ -53,7 +53,10 @@ def first_clause(finding: str) -> str:
     its parentheses (a "; " inside a parenthesis does not end the clause)."""
     depth = 0
     for i, ch in enumerate(finding):
-        depth += ch in "([" and 1 or ch in ")]" and -1 or 0
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
         if depth == 0 and finding.startswith("; ", i):
             finding = finding[:i]
             break

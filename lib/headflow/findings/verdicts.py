@@ -632,8 +632,8 @@ def knockout_key(res: dict) -> str:
         v = res["timing"][q]
         r, f = v["role"], v["final"]
         if r["difference"] is None and f["difference"] is None:
-            return f"{q} undetermined (no image onset)" if r["image_onset"] is None and f["image_onset"] is None \
-                else f"{q} undetermined (no onset)"
+            missing = "image onset" if r["image_onset"] is None and f["image_onset"] is None else "onset"
+            return f"{q} undetermined (no {missing})"
         diffs = ", ".join("?" if d["difference"] is None else f"{d['difference']:+d}" for d in (r, f))
         answers = r["answer"] if r["answer"] == f["answer"] else f"{r['answer']}, {f['answer']}"
         return f"{q} {answers} ({diffs} layers)"
